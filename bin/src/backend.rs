@@ -1,0 +1,76 @@
+//! Which Burn backend runs the model, chosen at run time among those compiled in.
+//! `cpu` is burn-flex: on this 2-core x86 machine it ran our f32 forward faster than burn-ndarray
+//! (see README), and it needs no BLAS system library.
+
+use clap::ValueEnum;
+use hierspec_model::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Precision::F32 => burn::tensor::DType::F32,
+            Precision::F16 => burn::tensor::DType::F16,
+            Precision::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+/// A job generic over the backend; `dispatch` instantiates it for the chosen one.
+pub trait BackendJob {
+    type Output;
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+fn init<B: burn::tensor::backend::Backend>(device: &B::Device, precision: Precision) -> Result<()> {
+    use burn::tensor::Element;
+    let int = <B::IntElem as Element>::dtype();
+    burn::tensor::set_default_dtypes::<B>(device, precision.dtype(), int)
+        .map_err(|e| Error::Setting(format!("--dtype {precision:?} on this device: {e:?}")))
+}
+
+pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -> Result<J::Output> {
+    match kind {
+        #[cfg(feature = "cpu")]
+        DeviceKind::Cpu => {
+            type B = burn::backend::Flex;
+            let device = Default::default();
+            init::<B>(&device, precision)?;
+            job.run::<B>(device)
+        }
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            type B = burn::backend::Wgpu;
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            init::<B>(&device, precision)?;
+            job.run::<B>(device)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            type B = burn::backend::Cuda;
+            let device = burn::backend::cuda::CudaDevice::default();
+            init::<B>(&device, precision)?;
+            job.run::<B>(device)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Setting(format!(
+            "--device {other:?} is not compiled into this binary (build with --features {})",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared pieces of the hierspec binaries: backend selection.
+
+pub mod backend;

@@ -1,0 +1,21 @@
+//! hierspec-model: Llama-family decoders as Burn modules, their KV caches, and the loaders that
+//! turn Hugging Face directories and GGUF files into them.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod gguf;
+pub mod llama;
+pub mod loader;
+pub mod nn;
+pub mod quants;
+pub mod tokenizer;
+pub mod weights;
+
+pub use cache::KvCache;
+pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use llama::{AttnMask, ForwardOutput, Llama, LogitsFor};
+pub use loader::{load, LoadedModel};
+pub use tokenizer::{ChatTemplate, TextTokenizer};

@@ -1,0 +1,121 @@
+//! From a user's `--model` (an alias, a Hugging Face directory, or a .gguf file) to a model on a
+//! device plus its tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::fetch;
+use crate::gguf::{GgufFile, MetaValue};
+use crate::llama::Llama;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{GgufSource, SafetensorsSource};
+
+/// RoPE tables beyond this many positions cost memory for contexts nobody runs at batch 1 here.
+pub const DEFAULT_MAX_CONTEXT: usize = 32_768;
+
+pub struct LoadedModel<B: Backend> {
+    pub model: Llama<B>,
+    pub config: LlamaConfig,
+    pub tokenizer: TextTokenizer,
+    pub source: PathBuf,
+}
+
+impl<B: Backend> LoadedModel<B> {
+    /// Usable context: the model's own limit, capped by the RoPE table we built.
+    pub fn context_len(&self) -> usize {
+        self.model.max_positions()
+    }
+}
+
+/// Resolve an alias (fetching it on first use), a directory, or a file.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    if let Some(a) = fetch::alias(spec) {
+        return fetch::fetch(a);
+    }
+    let p = PathBuf::from(spec);
+    if p.exists() {
+        return Ok(p);
+    }
+    let names: Vec<&str> = fetch::ALIASES.iter().map(|a| a.name).collect();
+    Err(Error::Setting(format!("--model {spec:?} is neither a known alias ({}) nor an existing path", names.join(", "))))
+}
+
+pub fn load<B: Backend>(spec: &str, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+    let path = resolve(spec)?;
+    if path.is_dir() {
+        load_hf_dir(&path, max_context, device)
+    } else {
+        load_gguf(&path, max_context, device)
+    }
+}
+
+pub fn load_hf_dir<B: Backend>(dir: &Path, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let config = LlamaConfig::from_hf_json(&text)?;
+    let src = SafetensorsSource::open_dir(dir)?;
+    let model = Llama::load(&config, &src, config.max_position_embeddings.min(max_context), device)?;
+    let tokenizer = TextTokenizer::from_hf_dir(dir, &config.eos_token_ids)?;
+    Ok(LoadedModel { model, config, tokenizer, source: dir.to_path_buf() })
+}
+
+pub fn load_gguf<B: Backend>(path: &Path, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+    let file = GgufFile::open(path)?;
+    let config = config_from_gguf(&file)?;
+    let tokenizer = TextTokenizer::from_gguf(&file)?;
+    let unpermute = (config.arch == "llama").then_some((config.num_attention_heads, config.num_key_value_heads));
+    let src = GgufSource { file: &file, unpermute };
+    let model = Llama::load(&config, &src, config.max_position_embeddings.min(max_context), device)?;
+    Ok(LoadedModel { model, config, tokenizer, source: path.to_path_buf() })
+}
+
+/// The model config from GGUF metadata (`{arch}.*` keys); tensor presence decides biases and tying.
+pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+    let arch = file.architecture()?.to_string();
+    if !matches!(arch.as_str(), "llama" | "qwen2") {
+        return Err(Error::Unsupported(format!("GGUF architecture {arch:?} (supported: llama, qwen2)")));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let uint = |k: &str| -> Result<usize> {
+        file.meta(&key(k))
+            .and_then(MetaValue::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::Gguf(format!("missing or non-integer metadata {}", key(k))))
+    };
+    let float = |k: &str| file.meta(&key(k)).and_then(MetaValue::as_f64);
+    let heads = uint("attention.head_count")?;
+    let hidden = uint("embedding_length")?;
+    if heads == 0 || (file.meta(&key("attention.key_length")).is_none() && hidden % heads != 0) {
+        return Err(Error::Config(format!("hidden size {hidden} is not divisible by {heads} heads")));
+    }
+    let vocab_size = match file.meta(&key("vocab_size")).and_then(MetaValue::as_u64) {
+        Some(v) => v as usize,
+        None => file.meta("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(|a| a.len()).unwrap_or(0),
+    };
+    if file.tensors.contains_key("rope_freqs.weight") {
+        return Err(Error::Unsupported("GGUF rope_freqs (Llama-3.1 scaled RoPE in GGUF); load the HF directory instead".into()));
+    }
+    let config = LlamaConfig {
+        vocab_size,
+        hidden_size: hidden,
+        intermediate_size: uint("feed_forward_length")?,
+        num_hidden_layers: uint("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: file.meta(&key("attention.head_count_kv")).and_then(MetaValue::as_u64).map(|v| v as usize).unwrap_or(heads),
+        head_dim: file.meta(&key("attention.key_length")).and_then(MetaValue::as_u64).map(|v| v as usize).unwrap_or(hidden / heads),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        rope_scaling: None,
+        max_position_embeddings: uint("context_length").unwrap_or(4096),
+        attention_bias: file.tensors.contains_key("blk.0.attn_q.bias"),
+        tie_word_embeddings: !file.tensors.contains_key("output.weight"),
+        bos_token_id: file.meta("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32),
+        eos_token_ids: file.meta("tokenizer.ggml.eos_token_id").and_then(MetaValue::as_u64).map(|v| v as u32).into_iter().collect(),
+        arch,
+    };
+    config.validate()?;
+    Ok(config)
+}

@@ -1,0 +1,8 @@
+//! Building blocks of the decoder, each a Burn module with `forward`.
+pub mod linear;
+pub mod norm;
+pub mod rope;
+
+pub use linear::Linear;
+pub use norm::RmsNorm;
+pub use rope::Rope;

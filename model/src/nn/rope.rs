@@ -1,0 +1,77 @@
+//! Rotary position embedding, half-split (NeoX / Hugging Face) layout: the pair of dimension i is
+//! i + head_dim/2. Tables are precomputed once for every position up to the context length and
+//! gathered by explicit position ids, so tree nodes can sit at `root + depth` whatever their row.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::config::{Llama3RopeScaling, LlamaConfig};
+
+#[derive(Module, Debug)]
+pub struct Rope<B: Backend> {
+    /// [max_positions, head_dim / 2]
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+/// Inverse frequencies, with Llama-3.1's frequency-dependent scaling when configured.
+pub fn inv_freqs(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeScaling>) -> Vec<f64> {
+    let half = head_dim / 2;
+    (0..half)
+        .map(|i| {
+            let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            match scaling {
+                None => f,
+                Some(s) => {
+                    let old = s.original_max_position_embeddings as f64;
+                    let low_wavelen = old / s.low_freq_factor;
+                    let high_wavelen = old / s.high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / s.factor
+                    } else {
+                        let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * f / s.factor + smooth * f
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+impl<B: Backend> Rope<B> {
+    pub fn new(cfg: &LlamaConfig, max_positions: usize, device: &B::Device) -> Self {
+        let freqs = inv_freqs(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let half = freqs.len();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for &f in &freqs {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [max_positions, half]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [max_positions, half]), device),
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// x: [batch, heads, seq, head_dim]; positions: [seq].
+    pub fn forward(&self, x: Tensor<B, 4>, positions: Tensor<B, 1, Int>) -> Tensor<B, 4> {
+        let [b, h, n, d] = x.dims();
+        let half = d / 2;
+        let cos = self.cos.clone().select(0, positions.clone()).reshape([1, 1, n, half]);
+        let sin = self.sin.clone().select(0, positions).reshape([1, 1, n, half]);
+        let x1 = x.clone().slice([0..b, 0..h, 0..n, 0..half]);
+        let x2 = x.slice([0..b, 0..h, 0..n, half..d]);
+        Tensor::cat(vec![x1.clone() * cos.clone() - x2.clone() * sin.clone(), x2 * cos + x1 * sin], 3)
+    }
+}

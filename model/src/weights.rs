@@ -1,0 +1,208 @@
+//! Where weights come from. The model asks for tensors by their Hugging Face names and gets f32 data
+//! in PyTorch layout; each source maps names, dequantizes and undoes format quirks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+pub type HostTensor = (Vec<f32>, Vec<usize>);
+
+pub trait WeightSource {
+    /// The tensor under its Hugging Face name, as f32 in PyTorch (outermost-first) layout.
+    fn tensor(&self, name: &str) -> Result<HostTensor>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+/// GGUF tensors under HF names. llama-arch GGUFs store W_q / W_k permuted for interleaved RoPE; we
+/// undo it so that one half-split RoPE serves every source.
+pub struct GgufSource<'a> {
+    pub file: &'a GgufFile,
+    /// (n_heads, n_kv_heads) when the llama permutation must be undone.
+    pub unpermute: Option<(usize, usize)>,
+}
+
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// Inverse of convert_hf_to_gguf's permute: rows grouped per head as (2, half) -> (half, 2).
+fn unpermute_rows(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Result<Vec<f32>> {
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        return Err(Error::Gguf(format!("cannot undo the Q/K permutation: {rows} rows, {n_head} heads")));
+    }
+    let half = rows / n_head / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                // stored row (h, i, j) goes to (h, j, i)
+                let src = (h * half * 2 + i * 2 + j) * cols;
+                let dst = (h * 2 * half + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let g = gguf_name(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+        let (data, shape) = self.file.dequantize(&g)?;
+        let heads = match (self.unpermute, name.rsplit('.').nth(1)) {
+            (Some((nh, _)), Some("q_proj")) => Some(nh),
+            (Some((_, nkv)), Some("k_proj")) => Some(nkv),
+            _ => None,
+        };
+        match heads {
+            Some(n) => {
+                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                Ok((unpermute_rows(&data, n, shape[0], cols)?, shape))
+            }
+            None => Ok((data, shape)),
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.tensors.contains_key(&g))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// safetensors (one file or an index of shards)
+
+pub struct SafetensorsSource {
+    shards: Vec<(PathBuf, Mmap, usize)>,
+    /// name -> (shard index, info)
+    index: HashMap<String, (usize, TensorInfo)>,
+}
+
+impl SafetensorsSource {
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Safetensors(format!("{}: {e}", index_path.display())))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::Safetensors(format!("{}: no weight_map", index_path.display()))
+            })?;
+            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::Safetensors(format!(
+                "{}: neither model.safetensors nor model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: read-only mapping of a file we do not modify.
+            let mmap = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+            let (n, meta) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::Safetensors(format!("{}: {e}", path.display())))?;
+            for (name, info) in meta.tensors() {
+                index.insert(name, (i, info.clone()));
+            }
+            shards.push((path.clone(), mmap, 8 + n));
+        }
+        Ok(Self { shards, index })
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn tensor(&self, name: &str) -> Result<HostTensor> {
+        let (shard, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+        let (path, mmap, data_start) = &self.shards[*shard];
+        let (s, e) = info.data_offsets;
+        let bytes = &mmap[data_start + s..data_start + e];
+        let data: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(Error::Unsupported(format!("{}: tensor {name} has dtype {other:?}", path.display())))
+            }
+        };
+        Ok((data, info.shape.clone()))
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_gguf() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias").unwrap(), "blk.3.attn_q.bias");
+        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(), "blk.12.ffn_down.weight");
+        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
+        assert!(gguf_name("model.layers.0.foo.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_the_llama_permutation() {
+        // permute as convert_hf_to_gguf does: reshape(n_head, 2, half, cols).swapaxes(1, 2)
+        let (n_head, rows, cols) = (2, 8, 3);
+        let half = rows / n_head / 2;
+        let orig: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let mut permuted = vec![0f32; orig.len()];
+        for h in 0..n_head {
+            for j in 0..2 {
+                for i in 0..half {
+                    let src = (h * 2 * half + j * half + i) * cols;
+                    let dst = (h * half * 2 + i * 2 + j) * cols;
+                    permuted[dst..dst + cols].copy_from_slice(&orig[src..src + cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&permuted, n_head, rows, cols).unwrap(), orig);
+    }
+}

@@ -1,0 +1,107 @@
+//! Helpers shared by the end-to-end tests: the backend under test and fixture loading.
+//!
+//! The backend is chosen at compile time: `cpu` (Flex, f32; the default and what CI runs), `cuda`
+//! (`cargo test --release -p hierspec-tests --no-default-features --features cuda`, on the GPU
+//! machine), or `wgpu`. `HIERSPEC_TEST_DTYPE=bf16|f16` switches the float type where supported.
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Element, Tensor};
+use serde::Deserialize;
+
+#[cfg(all(feature = "cuda", not(feature = "cpu")))]
+pub type B = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cpu"), not(feature = "cuda")))]
+pub type B = burn::backend::Wgpu;
+#[cfg(feature = "cpu")]
+pub type B = burn::backend::Flex;
+
+pub type Device = <B as burn::tensor::backend::BackendTypes>::Device;
+
+/// The device under test, with its float dtype set once from `HIERSPEC_TEST_DTYPE` (default f32).
+pub fn device() -> Device {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    let device = Device::default();
+    INIT.call_once(|| {
+        let dtype = test_dtype();
+        let int = <<B as burn::tensor::backend::BackendTypes>::IntElem as Element>::dtype();
+        burn::tensor::set_default_dtypes::<B>(&device, dtype, int).expect("dtype supported on the test device");
+    });
+    device
+}
+
+pub fn test_dtype() -> DType {
+    match std::env::var("HIERSPEC_TEST_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// Logit tolerance for the dtype under test (issue #2: f32 2e-3, bf16 5e-2).
+pub fn logit_tolerance() -> f32 {
+    match test_dtype() {
+        DType::F32 => 2e-3,
+        _ => 5e-2,
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn fixture_dir() -> PathBuf {
+    repo_root().join("assets").join("fixtures")
+}
+
+#[derive(Deserialize)]
+pub struct Fixture {
+    pub alias: String,
+    pub gguf_sha256: String,
+    pub prompts: Vec<FixturePrompt>,
+}
+
+#[derive(Deserialize)]
+pub struct FixturePrompt {
+    pub kind: String,
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub top_ids: Vec<Vec<u32>>,
+    pub top_logits: Vec<Vec<f32>>,
+    #[serde(default)]
+    pub greedy: Vec<u32>,
+}
+
+pub fn load_fixture(name: &str) -> Fixture {
+    let path = fixture_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+pub fn to_vec_f32<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().iter::<f32>().collect()
+}
+
+/// Compare logits rows: at every position, our logits at the reference's top-k ids must be within
+/// `tol`, and our argmax must equal the reference's. Returns the max |diff| seen.
+pub fn compare_top_logits(name: &str, ours: &[f32], vocab: usize, top_ids: &[Vec<u32>], top_logits: &[Vec<f32>], tol: f32) -> f32 {
+    let n = top_ids.len();
+    assert_eq!(ours.len(), n * vocab, "{name}: logits size");
+    let mut max_diff = 0f32;
+    for pos in 0..n {
+        let row = &ours[pos * vocab..(pos + 1) * vocab];
+        for (id, want) in top_ids[pos].iter().zip(&top_logits[pos]) {
+            let d = (row[*id as usize] - want).abs();
+            max_diff = max_diff.max(d);
+            assert!(d <= tol, "{name}: position {pos}, token {id}: ours {} vs reference {want} (|diff| {d} > {tol})", row[*id as usize]);
+        }
+        let argmax = row.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+        assert_eq!(argmax as u32, top_ids[pos][0], "{name}: argmax differs at position {pos}");
+    }
+    max_diff
+}

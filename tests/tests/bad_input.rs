@@ -1,0 +1,166 @@
+//! Bad input is a clear error, never a panic: truncated and malformed files, inconsistent configs,
+//! unknown quantization types, prompts beyond the context.
+
+use std::path::{Path, PathBuf};
+
+use hierspec_model::gguf::GgufFile;
+use hierspec_model::{fetch, loader, Error};
+use hierspec_speculative::{generate, Sampler, SamplingParams};
+use hierspec_tests::*;
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hierspec-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn smollm_path() -> PathBuf {
+    fetch::fetch(fetch::alias("smollm2-135m").unwrap()).expect("fetch smollm2-135m")
+}
+
+fn write_prefix(src: &Path, dst: &Path, n: usize) {
+    let bytes = std::fs::read(src).unwrap();
+    std::fs::write(dst, &bytes[..n.min(bytes.len())]).unwrap();
+}
+
+fn err_of<T>(r: Result<T, Error>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncated_gguf_header_and_data() {
+    let src = smollm_path();
+    let d = tmp_dir("gguf");
+    let len = std::fs::metadata(&src).unwrap().len() as usize;
+    for (n, want) in [(3, "shorter than the header"), (2000, "truncated"), (len - 4096, "truncated: tensor")] {
+        let p = d.join(format!("cut{n}.gguf"));
+        write_prefix(&src, &p, n);
+        let msg = err_of(GgufFile::open(&p));
+        assert!(msg.contains(want), "cut at {n}: {msg}");
+        // and through the user-facing loader
+        let msg = err_of(loader::load::<B>(p.to_str().unwrap(), 4096, &device()));
+        assert!(msg.contains("GGUF"), "{msg}");
+    }
+    let p = d.join("notgguf.gguf");
+    std::fs::write(&p, b"PK\x03\x04 definitely not a gguf file").unwrap();
+    assert!(err_of(GgufFile::open(&p)).contains("bad magic"));
+}
+
+/// A minimal GGUF v3 with one tensor of the given ggml type id.
+fn tiny_gguf(ty: u32, n: u64, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // kv
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, "llama");
+    s(&mut b, "w");
+    b.extend(1u32.to_le_bytes());
+    b.extend(n.to_le_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(data);
+    b
+}
+
+#[test]
+fn unknown_quant_type_is_named() {
+    let d = tmp_dir("quant");
+    let p = d.join("q2k.gguf");
+    std::fs::write(&p, tiny_gguf(10, 256, &[0u8; 84])).unwrap(); // Q2_K
+    let msg = err_of(GgufFile::open(&p));
+    assert!(msg.contains("quantization type 10"), "{msg}");
+    // a known type whose row does not split into blocks
+    std::fs::write(&p, tiny_gguf(8, 20, &[0u8; 34])).unwrap(); // Q8_0 needs rows of 32
+    let msg = err_of(GgufFile::open(&p));
+    assert!(msg.contains("does not fit"), "{msg}");
+    // a well-formed single tensor still parses
+    std::fs::write(&p, tiny_gguf(8, 32, &[0u8; 34])).unwrap();
+    let f = GgufFile::open(&p).unwrap();
+    assert_eq!(f.dequantize("w").unwrap().1, vec![32]);
+}
+
+fn tiny_config(kv_heads: usize) -> String {
+    format!(
+        r#"{{"model_type":"llama","vocab_size":32,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
+        "num_attention_heads":4,"num_key_value_heads":{kv_heads},"rms_norm_eps":1e-5,"rope_theta":10000.0,
+        "max_position_embeddings":64,"tie_word_embeddings":true}}"#
+    )
+}
+
+/// A safetensors file by hand: 8-byte header length, JSON header, data.
+fn safetensors_bytes(tensors: &[(&str, Vec<usize>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut off = 0usize;
+    for (name, shape) in tensors {
+        let n: usize = shape.iter().product::<usize>() * 4;
+        header.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + n]}));
+        off += n;
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend(h);
+    b.extend((0..off / 4).flat_map(|i| ((i % 7) as f32 * 0.01).to_le_bytes()));
+    b
+}
+
+#[test]
+fn inconsistent_config_and_truncated_safetensors() {
+    let d = tmp_dir("hf");
+    std::fs::write(d.join("config.json"), tiny_config(3)).unwrap();
+    std::fs::write(d.join("model.safetensors"), safetensors_bytes(&[("x", vec![2])])).unwrap();
+    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    assert!(msg.contains("num_key_value_heads"), "{msg}");
+
+    std::fs::write(d.join("config.json"), tiny_config(2)).unwrap();
+    let full = safetensors_bytes(&[("model.embed_tokens.weight", vec![32, 16])]);
+    std::fs::write(d.join("model.safetensors"), &full[..full.len() - 10]).unwrap();
+    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    assert!(msg.contains("safetensors"), "{msg}");
+
+    // complete file, but a tensor of the wrong shape
+    let wrong = safetensors_bytes(&[("model.embed_tokens.weight", vec![31, 16])]);
+    std::fs::write(d.join("model.safetensors"), wrong).unwrap();
+    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    assert!(msg.contains("expected shape [32, 16]"), "{msg}");
+}
+
+#[test]
+fn prompt_beyond_context() {
+    let device = device();
+    let m = loader::load::<B>("smollm2-135m", 64, &device).expect("load");
+    let ids = m.tokenizer.encode(&"word ".repeat(80)).unwrap();
+    assert!(ids.len() > 64);
+    let mut s = Sampler::new(SamplingParams::default()).unwrap();
+    let msg = err_of(generate(&m.model, &m.config, &ids, 8, &mut s, &[], |_| {}));
+    assert!(msg.contains("exceeds the context of 64 tokens"), "{msg}");
+    // fits alone, but not with the requested new tokens
+    let msg = err_of(generate(&m.model, &m.config, &ids[..60], 8, &mut s, &[], |_| {}));
+    assert!(msg.contains("60 tokens plus 8 new tokens"), "{msg}");
+    let msg = err_of(generate(&m.model, &m.config, &[], 8, &mut s, &[], |_| {}));
+    assert!(msg.contains("empty"), "{msg}");
+    let msg = err_of(generate(&m.model, &m.config, &[1_000_000], 8, &mut s, &[], |_| {}));
+    assert!(msg.contains("outside the vocabulary"), "{msg}");
+}
+
+#[test]
+fn unknown_model_spec() {
+    let msg = err_of(loader::load::<B>("no-such-model", 4096, &device()));
+    assert!(msg.contains("smollm2-135m"), "the message lists the aliases: {msg}");
+}
