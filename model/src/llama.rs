@@ -4,7 +4,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Distribution, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
@@ -196,6 +196,42 @@ impl<B: Backend> Llama<B> {
 
     pub fn max_positions(&self) -> usize {
         self.rope.max_positions()
+    }
+
+    /// A model with random weights at the config's shapes, made on the device from `seed`.
+    pub fn random(cfg: &LlamaConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+        cfg.validate()?;
+        B::seed(device, seed);
+        let (h, hd, std) = (cfg.hidden_size, cfg.head_dim, 0.02);
+        let (nh, nkv, ffn) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
+        let norm = || RmsNorm { weight: Param::from_tensor(Tensor::ones([h], device)), eps: cfg.rms_norm_eps };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: Linear::random(h, nh * hd, cfg.attention_bias, std, device),
+                    k_proj: Linear::random(h, nkv * hd, cfg.attention_bias, std, device),
+                    v_proj: Linear::random(h, nkv * hd, cfg.attention_bias, std, device),
+                    o_proj: Linear::random(nh * hd, h, false, std, device),
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: Linear::random(h, ffn, false, std, device),
+                    up_proj: Linear::random(h, ffn, false, std, device),
+                    down_proj: Linear::random(ffn, h, false, std, device),
+                },
+            })
+            .collect();
+        Ok(Self {
+            embed_tokens: Param::from_tensor(Tensor::random([cfg.vocab_size, h], Distribution::Normal(0.0, std), device)),
+            layers,
+            norm: norm(),
+            lm_head: Linear::random(h, cfg.vocab_size, false, std, device),
+            rope: Rope::new(cfg, max_positions, device),
+        })
     }
 
     /// Build from any weight source (HF names), checking every shape against the config.

@@ -50,8 +50,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// `assets/fixtures`, or `$HIERSPEC_FIXTURES` (test binaries copied to another machine).
 pub fn fixture_dir() -> PathBuf {
-    repo_root().join("assets").join("fixtures")
+    match std::env::var_os("HIERSPEC_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => repo_root().join("assets").join("fixtures"),
+    }
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 //! variant beside it; callers only see `forward`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 
@@ -34,6 +34,15 @@ impl<B: Backend> Linear<B> {
             None => None,
         };
         Ok(Self { weight: Param::from_tensor(weight), bias })
+    }
+
+    /// Random N(0, std) weights made on the device (speed runs at real shapes need no files).
+    pub fn random(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
+        let dist = Distribution::Normal(0.0, std);
+        Self {
+            weight: Param::from_tensor(Tensor::random([d_in, d_out], dist, device)),
+            bias: bias.then(|| Param::from_tensor(Tensor::random([d_out], dist, device))),
+        }
     }
 
     pub fn d_out(&self) -> usize {

@@ -1,0 +1,152 @@
+//! `bench`: speed measurements. Today: `--synthetic <shape>`, AR decode of a random-weight model at a
+//! published shape (weights made on the device from a seed: speed does not depend on their values),
+//! against the bandwidth bound. Prints a table and writes JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
+use hierspec_model::{Error, KvCache, Llama, LlamaConfig, LogitsFor, Result};
+use hierspec_speculative::ar::{read_id, tokens_tensor};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "hierspec speed benchmarks (synthetic shapes)")]
+struct Args {
+    /// Shape preset: qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, llama3-8b, llama3-70b.
+    #[arg(long)]
+    synthetic: String,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    dtype: Precision,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    /// Timed repetitions after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Device copy bandwidth in GB/s, for the bandwidth bound (H200: ~4300 measured).
+    #[arg(long, default_value_t = 4300.0)]
+    copy_gbps: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    shape: String,
+    device: DeviceKind,
+    dtype: Precision,
+    prompt_len: usize,
+    new_tokens: usize,
+    repeats: usize,
+    prefill_ms: f64,
+    decode_tok_s: f64,
+    decode_tok_s_runs: Vec<f64>,
+    ms_per_token: f64,
+    weight_bytes_per_token: u64,
+    bound_tok_s: f64,
+    bound_fraction: f64,
+}
+
+/// Bytes of weights one decode step reads: every linear layer, the norms, one embedding row.
+fn weight_bytes(cfg: &LlamaConfig, elem: u64) -> u64 {
+    let (h, hd) = (cfg.hidden_size as u64, cfg.head_dim as u64);
+    let (nh, nkv, ffn) = (cfg.num_attention_heads as u64, cfg.num_key_value_heads as u64, cfg.intermediate_size as u64);
+    let per_layer = h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * ffn + 2 * h;
+    let params = cfg.num_hidden_layers as u64 * per_layer + h * cfg.vocab_size as u64 + 2 * h;
+    params * elem
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+impl BackendJob for Args {
+    type Output = Report;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+        if self.repeats == 0 || self.new_tokens < 2 || self.prompt_len == 0 {
+            return Err(Error::Setting("--repeats >= 1, --new-tokens >= 2 and --prompt-len >= 1 are required".into()));
+        }
+        let cfg = LlamaConfig::preset(&self.synthetic)?;
+        let ctx = self.prompt_len + self.new_tokens;
+        let model = Llama::<B>::random(&cfg, ctx, self.seed, &device)?;
+        let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
+        let mut prefill = Vec::new();
+        let mut rates = Vec::new();
+        for run in 0..=self.repeats {
+            let mut cache = KvCache::new(&cfg, 1, ctx, &device);
+            let t0 = Instant::now();
+            let out = model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, prompt.len(), &device), &mut cache, None, LogitsFor::Last);
+            let mut next = out.logits.reshape([cfg.vocab_size]).argmax(0);
+            let _ = read_id::<B>(next.clone());
+            let t1 = Instant::now();
+            for _ in 1..self.new_tokens {
+                let pos = cache.len();
+                let out = model.forward(next.reshape([1, 1]), Llama::<B>::positions(pos, 1, &device), &mut cache, None, LogitsFor::Last);
+                next = out.logits.reshape([cfg.vocab_size]).argmax(0);
+                // Read every token back, as real generation must (streaming, stop tokens).
+                let _ = read_id::<B>(next.clone());
+            }
+            let decode_s = t1.elapsed().as_secs_f64();
+            if run > 0 {
+                prefill.push((t1 - t0).as_secs_f64() * 1e3);
+                rates.push((self.new_tokens - 1) as f64 / decode_s);
+            }
+        }
+        let elem = match self.dtype {
+            Precision::F32 => 4,
+            _ => 2,
+        };
+        let bytes = weight_bytes(&cfg, elem);
+        let bound = self.copy_gbps * 1e9 / bytes as f64;
+        let decode = median(&mut rates.clone());
+        Ok(Report {
+            shape: self.synthetic.clone(),
+            device: self.device,
+            dtype: self.dtype,
+            prompt_len: self.prompt_len,
+            new_tokens: self.new_tokens,
+            repeats: self.repeats,
+            prefill_ms: median(&mut prefill),
+            decode_tok_s: decode,
+            decode_tok_s_runs: rates,
+            ms_per_token: 1e3 / decode,
+            weight_bytes_per_token: bytes,
+            bound_tok_s: bound,
+            bound_fraction: decode / bound,
+        })
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let json = args.json.clone();
+    match dispatch(args.device, args.dtype, args) {
+        Ok(r) => {
+            println!("| shape | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!(
+                "| {} | {:?} | {:?} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.1}% |",
+                r.shape, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
+                r.bound_tok_s, 100.0 * r.bound_fraction
+            );
+            if let Some(p) = json {
+                if let Err(e) = std::fs::write(&p, serde_json::to_string_pretty(&r).unwrap()) {
+                    eprintln!("error: {}: {e}", p.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
