@@ -65,6 +65,8 @@ pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -
             type B = burn::backend::Cuda;
             let device = burn::backend::cuda::CudaDevice::default();
             init::<B>(&device, precision)?;
+            // burn-cuda runs f32 matmuls on TF32 tensor cores: keep --dtype f32 a true f32 mode.
+            hierspec_model::nn::matmul::set_split_f32(precision == Precision::F32);
             job.run::<B>(device)
         }
         #[allow(unreachable_patterns)]

@@ -10,6 +10,7 @@ use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::nn::linear::check_shape;
+use crate::nn::matmul::matmul;
 use crate::nn::{Linear, RmsNorm, Rope};
 use crate::weights::WeightSource;
 
@@ -121,14 +122,14 @@ impl<B: Backend> Attention<B> {
         // GQA without repeating K/V: the `group` query heads sharing a KV head become extra rows.
         let group = nh / nkv;
         let q = q.reshape([b, nkv, group * n, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
+        let scores = matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
         let scores = match mask {
             Some(m) => (scores.reshape([b, nkv, group, n, t]) + m.bias.clone().reshape([1, 1, 1, n, t]))
                 .reshape([b, nkv, group * n, t]),
             None => scores,
         };
         let probs = softmax(scores, 3).cast(v.dtype());
-        let out = probs.matmul(v).reshape([b, nh, n, hd]).swap_dims(1, 2).reshape([b, n, nh * hd]);
+        let out = matmul(probs, v).reshape([b, nh, n, hd]).swap_dims(1, 2).reshape([b, n, nh * hd]);
         self.o_proj.forward(out)
     }
 }

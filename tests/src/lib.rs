@@ -26,6 +26,8 @@ pub fn device() -> Device {
         let dtype = test_dtype();
         let int = <<B as burn::tensor::backend::BackendTypes>::IntElem as Element>::dtype();
         burn::tensor::set_default_dtypes::<B>(&device, dtype, int).expect("dtype supported on the test device");
+        // burn-cuda runs f32 matmuls on TF32 tensor cores; the f32 reference mode splits them.
+        hierspec_model::nn::matmul::set_split_f32(cfg!(feature = "cuda") && dtype == DType::F32);
     });
     device
 }

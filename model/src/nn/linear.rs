@@ -52,7 +52,7 @@ impl<B: Backend> Linear<B> {
     /// x: [batch, seq, d_in] -> [batch, seq, d_out]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d_in] = x.dims();
-        let y = x.reshape([b * n, d_in]).matmul(self.weight.val());
+        let y = super::matmul::matmul(x.reshape([b * n, d_in]), self.weight.val());
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,

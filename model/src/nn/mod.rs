@@ -1,5 +1,6 @@
 //! Building blocks of the decoder, each a Burn module with `forward`.
 pub mod linear;
+pub mod matmul;
 pub mod norm;
 pub mod rope;
 
