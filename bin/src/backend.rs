@@ -9,6 +9,8 @@ use hierspec_model::{Error, Result};
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Cpu,
+    /// burn-ndarray, the other CPU backend (build with `--features ndarray`), for comparison.
+    Ndarray,
     Wgpu,
     Cuda,
 }
@@ -49,6 +51,13 @@ pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -
         #[cfg(feature = "cpu")]
         DeviceKind::Cpu => {
             type B = burn::backend::Flex;
+            let device = Default::default();
+            init::<B>(&device, precision)?;
+            job.run::<B>(device)
+        }
+        #[cfg(feature = "ndarray")]
+        DeviceKind::Ndarray => {
+            type B = burn::backend::NdArray;
             let device = Default::default();
             init::<B>(&device, precision)?;
             job.run::<B>(device)

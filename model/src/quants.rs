@@ -179,6 +179,34 @@ mod tests {
         assert_eq!(y[31], -4.0);
     }
 
+    /// Every supported type against the `gguf` package's dequantizers (scripts/reference_quants.py).
+    #[test]
+    fn dequantize_matches_the_gguf_package() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/fixtures/quant_blocks.json");
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let types = [
+            ("F32", GgmlType::F32),
+            ("F16", GgmlType::F16),
+            ("BF16", GgmlType::BF16),
+            ("Q4_0", GgmlType::Q4_0),
+            ("Q4_1", GgmlType::Q4_1),
+            ("Q5_0", GgmlType::Q5_0),
+            ("Q8_0", GgmlType::Q8_0),
+            ("Q4_K", GgmlType::Q4K),
+            ("Q6_K", GgmlType::Q6K),
+        ];
+        for (name, ty) in types {
+            let entry = &fixture[name];
+            let hex = entry["raw"].as_str().unwrap();
+            let raw: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            let want: Vec<f32> = entry["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let got = ty.dequantize(&raw, want.len()).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{name}[{i}]: {g} vs {w}");
+            }
+        }
+    }
+
     #[test]
     fn wrong_byte_count_is_an_error() {
         assert!(GgmlType::Q8_0.dequantize(&[0u8; 33], 32).is_err());
