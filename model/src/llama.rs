@@ -95,18 +95,19 @@ impl<B: Backend> AttnMask<B> {
     }
 }
 
+/// Where the new rows of one forward go, shared by every layer: their RoPE positions, the cache
+/// length L they are written after, and the mask over (cache + new rows). `mask: None` is only valid
+/// for a single new row (it sees every cached row and itself).
+pub struct Step<'a, B: Backend> {
+    pub rope: &'a Rope<B>,
+    pub positions: Tensor<B, 1, Int>,
+    pub cache_len: usize,
+    pub mask: Option<&'a AttnMask<B>>,
+}
+
 impl<B: Backend> Attention<B> {
     /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        positions: Tensor<B, 1, Int>,
-        kv: &mut LayerKv<B>,
-        cache_len: usize,
-        mask: Option<&AttnMask<B>>,
-    ) -> Tensor<B, 3> {
-        // `mask: None` is only valid for a single new row (it sees every cached row and itself).
+    pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, h: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
@@ -114,16 +115,16 @@ impl<B: Backend> Attention<B> {
         let k = heads(self.k_proj.forward(x.clone()), nkv);
         let v = heads(self.v_proj.forward(x), nkv);
 
-        let q = rope.forward(q, positions.clone());
-        let k = rope.forward(k, positions);
-        let (k, v) = kv.write(cache_len, k, v);
-        let t = cache_len + n;
+        let q = step.rope.forward(q, step.positions.clone());
+        let k = step.rope.forward(k, step.positions.clone());
+        let (k, v) = kv.write(step.cache_len, k, v);
+        let t = step.cache_len + n;
 
         // GQA without repeating K/V: the `group` query heads sharing a KV head become extra rows.
         let group = nh / nkv;
         let q = q.reshape([b, nkv, group * n, hd]);
         let scores = matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
-        let scores = match mask {
+        let scores = match step.mask {
             Some(m) => (scores.reshape([b, nkv, group, n, t]) + m.bias.clone().reshape([1, 1, 1, n, t]))
                 .reshape([b, nkv, group * n, t]),
             None => scores,
@@ -141,16 +142,8 @@ impl<B: Backend> Mlp<B> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        positions: Tensor<B, 1, Int>,
-        kv: &mut LayerKv<B>,
-        cache_len: usize,
-        mask: Option<&AttnMask<B>>,
-    ) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, positions, kv, cache_len, mask);
+    pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), step, kv);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -178,8 +171,9 @@ impl<B: Backend> Llama<B> {
             m => m,
         };
         let mut x = self.embed_tokens.val().select(0, tokens.reshape([b * n])).reshape([b, n, hidden_size]);
+        let step = Step { rope: &self.rope, positions, cache_len, mask };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.rope, positions.clone(), kv, cache_len, mask);
+            x = layer.forward(x, &step, kv);
         }
         cache.advance(n);
         let hidden = self.norm.forward(x);
