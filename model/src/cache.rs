@@ -2,9 +2,10 @@
 //! nodes occupy consecutive rows while their positions are `root + depth`. Writing new rows is a
 //! slice-assign into the owned buffer (in place when the buffer is not shared), never a concatenation.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
 
 pub struct LayerKv<B: Backend> {
     /// [batch, kv_heads, capacity, head_dim]
@@ -43,6 +44,34 @@ impl<B: Backend> KvCache<B> {
         self.len = self.len.min(len);
     }
 
+    /// Keep the cache rows `rows` (ascending, each in [start, len)) by moving them to
+    /// [start, start + rows.len()) in every layer, then drop everything after: the compaction after a
+    /// tree verification, where `rows` are the accepted path's rows. Runs on the device.
+    pub fn keep_rows(&mut self, start: usize, rows: &[usize]) -> Result<()> {
+        if start > self.len || rows.windows(2).any(|w| w[0] >= w[1]) || rows.iter().any(|&r| r < start || r >= self.len) {
+            return Err(Error::Setting(format!(
+                "keep_rows: rows {rows:?} must be ascending and within [{start}, {})",
+                self.len
+            )));
+        }
+        let already_in_place = rows.iter().enumerate().all(|(i, &r)| r == start + i);
+        if !already_in_place {
+            for layer in &mut self.layers {
+                let device = layer.k.device();
+                let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+                let [b, h, _, d] = layer.k.dims();
+                let dst = [0..b, 0..h, start..start + rows.len(), 0..d];
+                let k = layer.k.clone().select(2, idx.clone());
+                let v = layer.v.clone().select(2, idx);
+                layer.k.inplace(|c| c.slice_assign(dst.clone(), k));
+                layer.v.inplace(|c| c.slice_assign(dst, v));
+            }
+        }
+        self.len = start + rows.len();
+        Ok(())
+    }
+
     /// Mark `n` rows written by the layers of the last forward as valid.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
@@ -59,5 +88,40 @@ impl<B: Backend> LayerKv<B> {
         self.k.inplace(|c| c.slice_assign([0..b, 0..h, start..end, 0..d], k));
         self.v.inplace(|c| c.slice_assign([0..b, 0..h, start..end, 0..d], v));
         (self.k.clone().slice([0..b, 0..h, 0..end, 0..d]), self.v.clone().slice([0..b, 0..h, 0..end, 0..d]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn rows_of(c: &KvCache<Flex>, layer: usize) -> Vec<f32> {
+        let [_, _, _, d] = c.layers[layer].k.dims();
+        c.layers[layer].k.clone().slice([0..1, 0..1, 0..c.len(), 0..d]).into_data().iter::<f32>().collect()
+    }
+
+    #[test]
+    fn keep_rows_gathers_the_path_and_truncates() {
+        let cfg = LlamaConfig::preset("qwen2.5-coder-0.5b").unwrap();
+        let cfg = LlamaConfig { num_hidden_layers: 2, num_key_value_heads: 1, head_dim: 2, ..cfg };
+        let device = Default::default();
+        let mut c = KvCache::<Flex>::new(&cfg, 1, 16, &device);
+        // row r holds (r, -r) in layer 0 and (10 r, -10 r) in layer 1
+        for (l, scale) in [(0usize, 1.0f32), (1, 10.0)] {
+            let vals: Vec<f32> = (0..9).flat_map(|r| [r as f32 * scale, -(r as f32) * scale]).collect();
+            let t = Tensor::<Flex, 4>::from_data(TensorData::new(vals, [1, 1, 9, 2]), &device);
+            c.layers[l].write(0, t.clone(), t);
+        }
+        c.advance(9);
+        c.keep_rows(4, &[4, 6, 7]).unwrap();
+        assert_eq!(c.len(), 7);
+        assert_eq!(rows_of(&c, 0), vec![0., -0., 1., -1., 2., -2., 3., -3., 4., -4., 6., -6., 7., -7.]);
+        assert_eq!(rows_of(&c, 1)[8..], [40., -40., 60., -60., 70., -70.]);
+        c.truncate(5);
+        assert_eq!(c.len(), 5);
+        assert!(c.keep_rows(2, &[3, 3]).is_err());
+        assert!(c.keep_rows(2, &[1]).is_err());
+        assert!(c.keep_rows(2, &[5]).is_err());
     }
 }
