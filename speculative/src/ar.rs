@@ -18,9 +18,17 @@ pub struct GenerationStats {
     pub decode_ms: f64,
     /// Target forwards in the decode phase.
     pub target_forwards: usize,
+    /// Drafter forwards (token steps) in the decode phase.
+    pub draft_forwards: usize,
 }
 
 impl GenerationStats {
+    /// Mean accepted length: tokens emitted after the prefill token per target forward, counting
+    /// the target's own (bonus) token.
+    pub fn tau(&self) -> f64 {
+        if self.target_forwards == 0 { 0.0 } else { self.new_tokens.saturating_sub(1) as f64 / self.target_forwards as f64 }
+    }
+
     /// Decode tokens/s: tokens produced after the first one over the decode time.
     pub fn decode_tok_s(&self) -> f64 {
         let n = self.new_tokens.saturating_sub(1);

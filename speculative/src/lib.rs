@@ -3,7 +3,10 @@
 
 pub mod ar;
 pub mod sampling;
+pub mod sd;
 pub mod tree;
+pub mod verify;
 
 pub use ar::{generate, GenerationStats};
 pub use sampling::{Sampler, SamplingParams};
+pub use sd::generate_sd;

@@ -6,7 +6,17 @@ use std::path::PathBuf;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_model::{loader, Error, Result};
+use hierspec_speculative::sd::{generate_sd, Model};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Method {
+    /// The target alone.
+    Ar,
+    /// A smaller model of the same tokenizer drafts --draft-len tokens, the target verifies them.
+    Sd,
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Generate text with a Llama-family model (greedy at temperature 0)")]
@@ -23,6 +33,13 @@ struct Args {
     system: Option<String>,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
+    #[arg(long, value_enum, default_value_t = Method::Ar)]
+    method: Method,
+    /// Draft model for `--method sd` (alias, HF directory or .gguf).
+    #[arg(long)]
+    draft: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    draft_len: usize,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
@@ -48,6 +65,10 @@ struct Args {
 #[derive(serde::Serialize)]
 struct Stats {
     model: String,
+    method: Method,
+    draft: Option<String>,
+    /// Tokens per target forward in the decode phase, the target's bonus token counted.
+    tau: f64,
     device: DeviceKind,
     dtype: Precision,
     prompt_tokens: usize,
@@ -89,21 +110,44 @@ impl BackendJob for Args {
                 }
             }
         };
-        let (tokens, stats) =
-            generate(&m.model, &m.config, &ids, self.max_new_tokens, &mut sampler, &m.tokenizer.eos_ids, &mut emit)?;
+        let stop = m.tokenizer.eos_ids.clone();
+        let (tokens, stats) = match self.method {
+            Method::Ar => generate(&m.model, &m.config, &ids, self.max_new_tokens, &mut sampler, &stop, &mut emit)?,
+            Method::Sd => {
+                let spec = self.draft.as_deref().ok_or_else(|| Error::Setting("--method sd needs --draft <model>".into()))?;
+                if !params.is_greedy() {
+                    return Err(Error::Setting("--method sd is greedy only so far (use --temperature 0)".into()));
+                }
+                let d = loader::load::<B>(spec, self.max_context, &device)?;
+                if d.tokenizer.vocab_size() != m.tokenizer.vocab_size() || d.config.vocab_size != m.config.vocab_size {
+                    return Err(Error::Setting(format!(
+                        "--draft {spec} has a different tokenizer or vocabulary ({} vs {})",
+                        d.config.vocab_size, m.config.vocab_size
+                    )));
+                }
+                let target = Model { model: &m.model, config: &m.config };
+                let draft = Model { model: &d.model, config: &d.config };
+                generate_sd(target, draft, &ids, self.max_new_tokens, self.draft_len, &stop, &mut emit)?
+            }
+        };
         println!();
         eprintln!(
-            "[{}] prefill {:.1} ms ({} tokens) | decode {:.2} tok/s ({} tokens in {:.1} ms)",
+            "[{} {:?}] prefill {:.1} ms ({} tokens) | decode {:.2} tok/s ({} tokens in {:.1} ms) | tau {:.2} (tokens per target forward, bonus counted)",
             self.model,
+            self.method,
             stats.prefill_ms,
             stats.prompt_tokens,
             stats.decode_tok_s(),
             stats.new_tokens,
-            stats.decode_ms
+            stats.decode_ms,
+            stats.tau()
         );
         if let Some(path) = &self.stats_json {
             let s = Stats {
                 model: self.model.clone(),
+                method: self.method,
+                draft: self.draft.clone(),
+                tau: stats.tau(),
                 device: self.device,
                 dtype: self.dtype,
                 prompt_tokens: stats.prompt_tokens,
