@@ -4,9 +4,10 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use hierspec_model::{Error, KvCache, Llama, LlamaConfig, LogitsFor, Result};
+use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
 use crate::sampling::Sampler;
+use crate::verify::Runner;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationStats {
@@ -36,13 +37,17 @@ impl GenerationStats {
     }
 }
 
-/// Check that a prompt plus its new tokens fit the model's context.
-pub fn check_context(prompt: usize, max_new: usize, context: usize) -> Result<()> {
-    if prompt == 0 {
+/// Check a prompt before any work: not empty, ids inside the vocabulary, and the prompt plus `new`
+/// more cache rows within the context.
+pub fn check_prompt(prompt: &[u32], new: usize, context: usize, vocab: usize) -> Result<()> {
+    if prompt.is_empty() {
         return Err(Error::Setting("the prompt is empty".into()));
     }
-    if prompt + max_new > context {
-        return Err(Error::ContextOverflow { prompt, new: max_new, context });
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Setting(format!("token id {bad} is outside the vocabulary ({vocab})")));
+    }
+    if prompt.len() + new > context {
+        return Err(Error::ContextOverflow { prompt: prompt.len(), new, context });
     }
     Ok(())
 }
@@ -67,12 +72,8 @@ pub fn generate<B: Backend>(
     stop: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    check_context(prompt.len(), max_new, model.max_positions())?;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= config.vocab_size) {
-        return Err(Error::Setting(format!("token id {bad} is outside the vocabulary ({})", config.vocab_size)));
-    }
-    let device = model.embed_tokens.device();
-    let mut cache = KvCache::new(config, 1, prompt.len() + max_new, &device);
+    check_prompt(prompt, max_new, model.max_positions(), config.vocab_size)?;
+    let mut target = Runner::new(model, config, prompt.len() + max_new)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
     let mut out = Vec::with_capacity(max_new);
     if max_new == 0 {
@@ -80,10 +81,8 @@ pub fn generate<B: Backend>(
     }
 
     let t0 = Instant::now();
-    let positions = Llama::<B>::positions(0, prompt.len(), &device);
-    let logits = model.forward(tokens_tensor(prompt, &device), positions, &mut cache, None, LogitsFor::Last).logits;
-    let mut next = sampler.sample(logits.reshape([config.vocab_size]));
-    let mut id = read_id(next.clone());
+    let logits = target.forward(prompt, LogitsFor::Last);
+    let mut id = read_id(sampler.sample(logits.reshape([config.vocab_size])));
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
@@ -93,13 +92,9 @@ pub fn generate<B: Backend>(
         if out.len() >= max_new || stop.contains(&id) {
             break;
         }
-        let pos = cache.len();
-        let logits = model
-            .forward(next.reshape([1, 1]), Llama::<B>::positions(pos, 1, &device), &mut cache, None, LogitsFor::Last)
-            .logits;
+        let logits = target.forward(&[id], LogitsFor::Last);
         stats.target_forwards += 1;
-        next = sampler.sample(logits.reshape([config.vocab_size]));
-        id = read_id(next.clone());
+        id = read_id(sampler.sample(logits.reshape([config.vocab_size])));
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = out.len();

@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
-use crate::ar::{check_context, read_id, GenerationStats};
+use crate::ar::{check_prompt, read_id, GenerationStats};
 use crate::verify::{accept_sequence_greedy, Runner};
 
 pub struct Model<'a, B: Backend> {
@@ -43,7 +43,8 @@ pub fn generate_sd<B: Backend>(
     }
     // Verification writes up to draft_len + 1 rows past the accepted sequence.
     let capacity = prompt.len() + max_new + draft_len + 1;
-    check_context(prompt.len(), max_new + draft_len + 1, target.model.max_positions().min(draft.model.max_positions()))?;
+    let context = target.model.max_positions().min(draft.model.max_positions());
+    check_prompt(prompt, max_new + draft_len + 1, context, target.config.vocab_size)?;
     let mut tgt = Runner::new(target.model, target.config, capacity)?;
     let mut drf = Runner::new(draft.model, draft.config, capacity)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };

@@ -164,3 +164,21 @@ fn unknown_model_spec() {
     let msg = err_of(loader::load::<B>("no-such-model", 4096, &device()));
     assert!(msg.contains("smollm2-135m"), "the message lists the aliases: {msg}");
 }
+
+#[test]
+fn impossible_sd_settings() {
+    use hierspec_model::{Llama, LlamaConfig};
+    use hierspec_speculative::sd::{generate_sd, Model};
+    let device = device();
+    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let ids = m.tokenizer.encode("hello").unwrap();
+    let target = || Model { model: &m.model, config: &m.config };
+    let msg = err_of(generate_sd(target(), target(), &ids, 8, 0, &[], |_| {}));
+    assert!(msg.contains("--draft-len must be at least 1"), "{msg}");
+    let other = LlamaConfig { vocab_size: 1000, num_hidden_layers: 1, ..m.config.clone() };
+    let small = Llama::<B>::random(&other, 256, 0, &device).unwrap();
+    let msg = err_of(generate_sd(target(), Model { model: &small, config: &other }, &ids, 8, 3, &[], |_| {}));
+    assert!(msg.contains("must share a tokenizer"), "{msg}");
+    let msg = err_of(generate_sd(target(), target(), &ids, 250, 8, &[], |_| {}));
+    assert!(msg.contains("exceeds the context of 256"), "{msg}");
+}
