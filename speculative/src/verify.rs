@@ -17,7 +17,10 @@ pub struct Runner<'a, B: Backend> {
 impl<'a, B: Backend> Runner<'a, B> {
     pub fn new(model: &'a Llama<B>, config: &'a LlamaConfig, capacity: usize) -> Result<Self> {
         if capacity > model.max_positions() {
-            return Err(Error::ContextOverflow { prompt: 0, new: capacity, context: model.max_positions() });
+            return Err(Error::Setting(format!(
+                "a KV cache of {capacity} rows exceeds the model's context of {} positions",
+                model.max_positions()
+            )));
         }
         let device = model.embed_tokens.device();
         Ok(Self { model, config, cache: KvCache::new(config, 1, capacity, &device) })
