@@ -72,3 +72,25 @@ fn lossless_sd_qwen_05b() {
 fn lossless_sd_qwen_05b_all_prompts() {
     check("qwen2.5-coder-0.5b", 20, 64);
 }
+
+/// The hierarchy's pair: Qwen2.5-Coder-1.5B verifying drafts of the 0.5B (slow on 2 cores):
+/// `cargo test --release lossless_sd_qwen_15b -- --ignored`.
+#[test]
+#[ignore]
+fn lossless_sd_qwen_15b_with_05b_draft() {
+    let device = device();
+    let t = loader::load::<B>("qwen2.5-coder-1.5b", 4096, &device).expect("load target");
+    let d = loader::load::<B>("qwen2.5-coder-0.5b", 4096, &device).expect("load draft");
+    let n: usize = std::env::var("HIERSPEC_LOSSLESS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    for (pi, ids) in prompts(&t).iter().take(n).enumerate() {
+        let mut s = Sampler::new(SamplingParams::default()).unwrap();
+        let (ar, _) = generate(&t.model, &t.config, ids, 64, &mut s, &[], |_| {}).unwrap();
+        for k in [3, 6] {
+            let target = Model { model: &t.model, config: &t.config };
+            let draft = Model { model: &d.model, config: &d.config };
+            let (sd, st) = generate_sd(target, draft, ids, 64, k, &[], |_| {}).unwrap();
+            assert_eq!(sd, ar, "prompt {pi}, k {k}: SD (1.5B + 0.5B) differs from AR");
+            eprintln!("prompt {pi} k {k}: tau {:.2}", st.tau());
+        }
+    }
+}
