@@ -93,6 +93,12 @@ pub fn to_vec_f32<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().iter::<f32>().collect()
 }
 
+/// Largest |a - b| over two equally long slices (the lengths are asserted, so a short side fails).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
 /// Compare logits rows: at every position, our logits at the reference's top-k ids must be within
 /// `tol`, and our argmax must equal the reference's. Returns the max |diff| seen.
 pub fn compare_top_logits(name: &str, ours: &[f32], vocab: usize, top_ids: &[Vec<u32>], top_logits: &[Vec<f32>], tol: f32) -> f32 {

@@ -34,7 +34,7 @@ fn check_model(alias: &str) {
         if pi == 0 {
             let want = read_f32_file(&fixture_dir().join(format!("{alias}.last.f32")));
             let last = &logits[(ids.len() - 1) * vocab..];
-            let max = last.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let max = max_abs_diff(last, &want);
             eprintln!("{alias}: full last-position logits max |diff| {max:.2e}");
             assert!(max <= tol, "{alias}: full last-position logits differ by {max}");
         }
@@ -102,6 +102,6 @@ fn prefill_and_incremental_decode_agree() {
         got.extend(to_vec_f32(l.logits));
     }
     assert_eq!(cache.len(), ids.len());
-    let max = got.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max = max_abs_diff(&got, &all);
     assert!(max <= logit_tolerance(), "incremental vs one-shot logits differ by {max} (vocab {vocab})");
 }

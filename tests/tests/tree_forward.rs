@@ -38,6 +38,13 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     let prefill = |cache: &mut KvCache<B>| {
         m.model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, l, &device), cache, None, LogitsFor::Last);
     };
+    // The reference: prompt then `seq` as a plain causal sequence in a fresh cache; last logits.
+    let sequential = |seq: &[u32]| {
+        let mut c = KvCache::new(&m.config, 1, l + seq.len(), &device);
+        prefill(&mut c);
+        let out = m.model.forward(tokens_tensor(seq, &device), Llama::<B>::positions(l, seq.len(), &device), &mut c, None, LogitsFor::Last);
+        to_vec_f32(out.logits)
+    };
 
     let mut cache = KvCache::new(&m.config, 1, l + n + 1, &device);
     prefill(&mut cache);
@@ -49,13 +56,9 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     let tol = logit_tolerance();
     for i in 0..n {
         let seq: Vec<u32> = path(i).iter().map(|&j| tree.tokens[j]).collect();
-        let mut c = KvCache::new(&m.config, 1, l + seq.len(), &device);
-        prefill(&mut c);
-        let want = to_vec_f32(
-            m.model.forward(tokens_tensor(&seq, &device), Llama::<B>::positions(l, seq.len(), &device), &mut c, None, LogitsFor::Last).logits,
-        );
+        let want = sequential(&seq);
         let got = &tree_logits[i * vocab..(i + 1) * vocab];
-        let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = max_abs_diff(got, &want);
         assert!(max <= tol, "node {i}: tree logits differ from the sequential path by {max}");
     }
 
@@ -72,11 +75,6 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     );
     let mut seq: Vec<u32> = accepted.iter().map(|&j| tree.tokens[j]).collect();
     seq.push(next);
-    let mut c = KvCache::new(&m.config, 1, l + seq.len(), &device);
-    prefill(&mut c);
-    let want = to_vec_f32(
-        m.model.forward(tokens_tensor(&seq, &device), Llama::<B>::positions(l, seq.len(), &device), &mut c, None, LogitsFor::Last).logits,
-    );
-    let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max = max_abs_diff(&got, &sequential(&seq));
     assert!(max <= tol, "after compaction the next step differs from the sequence by {max}");
 }

@@ -3,13 +3,12 @@
 //! against the bandwidth bound. Prints a table and writes JSON.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
-use hierspec_model::{Error, KvCache, Llama, LlamaConfig, LogitsFor, Result};
-use hierspec_speculative::ar::{read_id, tokens_tensor};
+use hierspec_model::{Error, Llama, LlamaConfig, Result};
+use hierspec_speculative::{generate, Sampler, SamplingParams};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "hierspec speed benchmarks (synthetic shapes)")]
@@ -80,24 +79,13 @@ impl BackendJob for Args {
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut prefill = Vec::new();
         let mut rates = Vec::new();
+        // Run 0 warms up (autotune, allocations); greedy, no stop tokens, every token read back.
         for run in 0..=self.repeats {
-            let mut cache = KvCache::new(&cfg, 1, ctx, &device);
-            let t0 = Instant::now();
-            let out = model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, prompt.len(), &device), &mut cache, None, LogitsFor::Last);
-            let mut next = out.logits.reshape([cfg.vocab_size]).argmax(0);
-            let _ = read_id::<B>(next.clone());
-            let t1 = Instant::now();
-            for _ in 1..self.new_tokens {
-                let pos = cache.len();
-                let out = model.forward(next.reshape([1, 1]), Llama::<B>::positions(pos, 1, &device), &mut cache, None, LogitsFor::Last);
-                next = out.logits.reshape([cfg.vocab_size]).argmax(0);
-                // Read every token back, as real generation must (streaming, stop tokens).
-                let _ = read_id::<B>(next.clone());
-            }
-            let decode_s = t1.elapsed().as_secs_f64();
+            let mut sampler = Sampler::new(SamplingParams::default())?;
+            let (_, stats) = generate(&model, &cfg, &prompt, self.new_tokens, &mut sampler, &[], |_| {})?;
             if run > 0 {
-                prefill.push((t1 - t0).as_secs_f64() * 1e3);
-                rates.push((self.new_tokens - 1) as f64 / decode_s);
+                prefill.push(stats.prefill_ms);
+                rates.push(stats.decode_tok_s());
             }
         }
         let elem = match self.dtype {
