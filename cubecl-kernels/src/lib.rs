@@ -1,1 +1,32 @@
-//! hierspec-kernels: fused kernels land here with the W4A16 and speculative-core issues.
+//! hierspec-kernels: the engine's hot operations, each as a plain-tensor reference that every Burn
+//! backend runs and, on cubecl runtimes (CUDA, wgpu), a cubecl kernel compared against it in tests.
+//!
+//! - [`dense::linear`]: decode-shaped `x[M, K] W[K, N]` for M <= 128 (burn 0.21's matmul reads the
+//!   weights at ~15% of the H200's bandwidth at M = 1).
+//! - [`int4::matmul`]: the same product with W4A16 weights, group dequantization fused in.
+//! - [`attention::attention`]: new rows attending to the KV cache prefix plus themselves under a
+//!   bit-packed tree (ancestor) or causal mask, GQA without repeating K/V.
+//!
+//! Dispatch is by the tensor primitive's concrete type at run time ([`cube`]): a `CubeTensor` of an
+//! enabled runtime takes the kernel, anything else (Flex, ndarray, autodiff) the reference. That keeps
+//! the model generic over `burn::Backend` with no extra trait bound, and keeps training on autodiff
+//! differentiable through the references.
+
+pub mod attention;
+pub mod dense;
+pub mod int4;
+
+#[cfg(feature = "cube")]
+mod cube;
+
+/// A weight or setting the kernels cannot accept, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}

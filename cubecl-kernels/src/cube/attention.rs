@@ -1,0 +1,166 @@
+//! Tree attention: one cube per (new row, query head). The cube walks the visible keys in chunks of
+//! its thread count with an online softmax (running max and sum in f32), so any cache length and any
+//! number of new rows work with fixed shared memory. Each thread scores one key per chunk; then each
+//! thread owning a head dimension accumulates the chunk's probability-weighted V column. Cache rows
+//! before the new ones are always visible; among the new rows, the bit-packed mask decides (or, for a
+//! single new row, it sees itself). K/V are read through their strides: the cache views need no copy.
+
+use burn::tensor::Shape;
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
+use cubecl::prelude::*;
+
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+
+#[cube(launch)]
+fn tree_attention_kernel<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    bits: &Tensor<u32>,
+    out: &mut Tensor<F>,
+    n: usize,
+    t: usize,
+    group: usize,
+    words_per_row: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] threads: usize,
+    #[comptime] masked: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = CUBE_POS_X as usize;
+    let h = CUBE_POS_Y as usize;
+    let tid = UNIT_POS_X as usize;
+    let kv = h / group;
+    let cache_len = t - n;
+
+    let mut q_s = SharedMemory::<f32>::new(head_dim);
+    let mut p_s = SharedMemory::<f32>::new(threads);
+    let mut red = SharedMemory::<f32>::new(threads);
+    if tid < head_dim {
+        q_s[tid] = f32::cast_from(q[h * q.stride(1) + i * q.stride(2) + tid * q.stride(3)]) * scale;
+    }
+    sync_cube();
+
+    let k_base = kv * k.stride(1);
+    let v_base = kv * v.stride(1);
+    let mut m_run = f32::new(-1.0e30);
+    let mut l_run = 0.0f32;
+    let mut acc = 0.0f32;
+    let mut c0 = 0usize;
+    while c0 < t {
+        let j = c0 + tid;
+        let mut visible = j < t;
+        if comptime!(masked) {
+            if visible && j >= cache_len {
+                let jj = j - cache_len;
+                let word = bits[i * words_per_row + jj / 32];
+                visible = ((word >> (jj % 32) as u32) & 1u32) == 1u32;
+            }
+        }
+        let mut s = f32::new(-1.0e30);
+        if visible {
+            let mut dot = 0.0f32;
+            let row = k_base + j * k.stride(2);
+            for d in 0..head_dim {
+                dot += q_s[d] * f32::cast_from(k[row + d * k.stride(3)]);
+            }
+            s = dot;
+        }
+
+        // Chunk maximum.
+        red[tid] = s;
+        sync_cube();
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if tid < stride {
+                let other = red[tid + stride];
+                if other > red[tid] {
+                    red[tid] = other;
+                }
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let chunk_max = red[0];
+        sync_cube();
+
+        let mut m_new = m_run;
+        if chunk_max > m_new {
+            m_new = chunk_max;
+        }
+        let mut p = 0.0f32;
+        if visible {
+            p = (s - m_new).exp();
+        }
+        p_s[tid] = p;
+        red[tid] = p;
+        sync_cube();
+        let mut stride = CUBE_DIM_X as usize / 2;
+        while stride > 0 {
+            if tid < stride {
+                red[tid] += red[tid + stride];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let rescale = (m_run - m_new).exp();
+        l_run = l_run * rescale + red[0];
+        if tid < head_dim {
+            let mut o = acc * rescale;
+            let mut len = t - c0;
+            if len > threads {
+                len = threads;
+            }
+            for jj in 0..len {
+                o += p_s[jj] * f32::cast_from(v[v_base + (c0 + jj) * v.stride(2) + tid * v.stride(3)]);
+            }
+            acc = o;
+        }
+        m_run = m_new;
+        sync_cube();
+        c0 += threads;
+    }
+    if tid < head_dim {
+        out[(h * n + i) * head_dim + tid] = F::cast_from(acc / l_run);
+    }
+}
+
+/// q [1, heads, n, hd]; k, v [1, kv_heads, t, hd] (any strides); bits [n, ceil(n / 32)] or `None`
+/// for a single new row. Returns [1, heads, n, hd].
+pub(crate) fn tree_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    bits: Option<CubeTensor<R>>,
+) -> CubeTensor<R> {
+    let [_, heads, n, hd] = q.meta.shape().dims::<4>();
+    let [_, kv_heads, t, _] = k.meta.shape().dims::<4>();
+    let dtype = q.dtype;
+    let out = empty_device_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    let threads = hd.next_power_of_two().max(128);
+    let masked = bits.is_some();
+    let words_per_row = n.div_ceil(32);
+    // Unmasked (one new row): the kernel never reads `bits`; q's buffer fills the slot.
+    let bits = bits.map(into_contiguous).unwrap_or_else(|| q.clone());
+    tree_attention_kernel::launch::<R>(
+        &q.client.clone(),
+        CubeCount::Static(n as u32, heads as u32, 1),
+        CubeDim::new_1d(threads as u32),
+        q.into_tensor_arg(),
+        k.into_tensor_arg(),
+        v.into_tensor_arg(),
+        bits.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        n,
+        t,
+        heads / kv_heads,
+        words_per_row,
+        1.0 / (hd as f32).sqrt(),
+        hd,
+        threads,
+        masked,
+        dtype.into(),
+    );
+    out
+}
