@@ -10,7 +10,7 @@
 //!   minimum for GGUF Q4_1/Q4_K), or `(q - 8) * scale` (symmetric).
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{backend::Backend, DType, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 
 use crate::dense::{self, SMALL_M_MAX};
 use crate::Invalid;
@@ -76,6 +76,23 @@ impl<B: Backend> Int4Weight<B> {
             qweight: Param::initialized(ParamId::new(), Tensor::<B, 2, Int>::from_data(TensorData::new(words, [kw, n]), device)),
             scales: float(scales),
             offsets: offsets.map(float),
+            k,
+            n,
+            group,
+        })
+    }
+
+    /// Random words and scales made on the device (speed runs at real shapes need no files).
+    pub fn random(k: usize, n: usize, group: usize, asymmetric: bool, device: &B::Device) -> Result<Self, Invalid> {
+        check_dims(k, n, group)?;
+        let kw = k.div_ceil(PACK);
+        let half = || Tensor::<B, 2, Int>::random([kw, n], Distribution::Uniform(0.0, 65536.0), device);
+        let words = half().bitwise_left_shift_scalar(16.elem()).bitwise_or(half());
+        let float = || Param::from_tensor(Tensor::random([k / group, n], Distribution::Uniform(0.001, 0.01), device));
+        Ok(Self {
+            qweight: Param::initialized(ParamId::new(), words),
+            scales: float(),
+            offsets: asymmetric.then(float),
             k,
             n,
             group,

@@ -19,6 +19,14 @@ pub mod int4;
 #[cfg(feature = "cube")]
 mod cube;
 
+/// Whether `B`'s tensors take the cubecl kernels (false: every op runs its reference).
+pub fn has_kernels<B: burn::tensor::backend::Backend>() -> bool {
+    #[cfg(feature = "cube")]
+    return cube::has_kernels::<B>();
+    #[cfg(not(feature = "cube"))]
+    false
+}
+
 /// A weight or setting the kernels cannot accept, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

@@ -3,15 +3,16 @@
 //! (cache rows + new rows), so the same code serves prefill, decode, and tree / sequence verification.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{backend::Backend, DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::activation::silu;
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::nn::linear::check_shape;
-use crate::nn::matmul::matmul;
-use crate::nn::{Linear, RmsNorm, Rope};
+pub use hierspec_kernels::attention::AttnMask;
+use hierspec_kernels::attention::attention;
+use crate::nn::{Linear, QuantSpec, RmsNorm, Rope};
 use crate::weights::WeightSource;
 
 #[derive(Module, Debug)]
@@ -64,37 +65,6 @@ pub struct ForwardOutput<B: Backend> {
     pub hidden: Tensor<B, 3>,
 }
 
-/// Additive attention bias over (cache rows + new rows): 0 where a new row may attend, -inf-like where
-/// it may not. `None` in `forward` means plain causal attention of the new rows after the whole cache.
-pub struct AttnMask<B: Backend> {
-    /// [n_new, cache_len + n_new], f32
-    pub bias: Tensor<B, 2>,
-}
-
-const MASKED: f32 = -1.0e30;
-
-impl<B: Backend> AttnMask<B> {
-    /// `allowed[i * n + j]`: new row i may see new row j. Every cache row before the new ones is visible.
-    pub fn from_new_rows(cache_len: usize, n: usize, allowed: &[bool], device: &B::Device) -> Self {
-        assert_eq!(allowed.len(), n * n, "mask must be n x n");
-        let t = cache_len + n;
-        let mut bias = vec![0f32; n * t];
-        for i in 0..n {
-            for j in 0..n {
-                if !allowed[i * n + j] {
-                    bias[i * t + cache_len + j] = MASKED;
-                }
-            }
-        }
-        Self { bias: Tensor::from_data(TensorData::new(bias, [n, t]), (device, DType::F32)) }
-    }
-
-    pub fn causal(cache_len: usize, n: usize, device: &B::Device) -> Self {
-        let allowed: Vec<bool> = (0..n * n).map(|k| k % n <= k / n).collect();
-        Self::from_new_rows(cache_len, n, &allowed, device)
-    }
-}
-
 /// Where the new rows of one forward go, shared by every layer: their RoPE positions, the cache
 /// length L they are written after, and the mask over (cache + new rows). `mask: None` is only valid
 /// for a single new row (it sees every cached row and itself).
@@ -118,19 +88,8 @@ impl<B: Backend> Attention<B> {
         let q = step.rope.forward(q, step.positions.clone());
         let k = step.rope.forward(k, step.positions.clone());
         let (k, v) = kv.write(step.cache_len, k, v);
-        let t = step.cache_len + n;
 
-        // GQA without repeating K/V: the `group` query heads sharing a KV head become extra rows.
-        let group = nh / nkv;
-        let q = q.reshape([b, nkv, group * n, hd]);
-        let scores = matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
-        let scores = match step.mask {
-            Some(m) => (scores.reshape([b, nkv, group, n, t]) + m.bias.clone().reshape([1, 1, 1, n, t]))
-                .reshape([b, nkv, group * n, t]),
-            None => scores,
-        };
-        let probs = softmax(scores, 3).cast(v.dtype());
-        let out = matmul(probs, v).reshape([b, nh, n, hd]).swap_dims(1, 2).reshape([b, n, nh * hd]);
+        let out = attention(q, k, v, step.mask).swap_dims(1, 2).reshape([b, n, nh * hd]);
         self.o_proj.forward(out)
     }
 }
@@ -189,42 +148,78 @@ impl<B: Backend> Llama<B> {
         Tensor::arange(start as i64..(start + n) as i64, device)
     }
 
+    /// Bytes of weights one decode step reads: every linear layer, the norms, one embedding row.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let elem = self.embed_tokens.val().dtype().size();
+        let h = self.embed_tokens.dims()[1];
+        let per_layer = |l: &DecoderLayer<B>| {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+                .iter()
+                .map(|x| x.weight_bytes())
+                .sum::<usize>()
+                + 2 * h * elem
+        };
+        self.layers.iter().map(per_layer).sum::<usize>() + self.lm_head.weight_bytes() + 2 * h * elem
+    }
+
     pub fn max_positions(&self) -> usize {
         self.rope.max_positions()
     }
 
     /// A model with random weights at the config's shapes, made on the device from `seed`.
     pub fn random(cfg: &LlamaConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+        Self::random_with(cfg, max_positions, seed, None, device)
+    }
+
+    /// As [`Llama::random`], with random int4 weights (W4A16) where `quant` says so.
+    pub fn random_with(
+        cfg: &LlamaConfig,
+        max_positions: usize,
+        seed: u64,
+        quant: Option<&QuantSpec>,
+        device: &B::Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         B::seed(device, seed);
+        let lin = |d_in: usize, d_out: usize, bias: bool, q: Option<&QuantSpec>| -> Result<Linear<B>> {
+            match q {
+                Some(q) => Linear::random_int4(d_in, d_out, bias, q, device),
+                None => Ok(Linear::random(d_in, d_out, bias, 0.02, device)),
+            }
+        };
+        let head_quant = quant.filter(|q| q.lm_head);
         let (h, hd, std) = (cfg.hidden_size, cfg.head_dim, 0.02);
         let (nh, nkv, ffn) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
         let norm = || RmsNorm { weight: Param::from_tensor(Tensor::ones([h], device)), eps: cfg.rms_norm_eps };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                input_layernorm: norm(),
-                self_attn: Attention {
-                    q_proj: Linear::random(h, nh * hd, cfg.attention_bias, std, device),
-                    k_proj: Linear::random(h, nkv * hd, cfg.attention_bias, std, device),
-                    v_proj: Linear::random(h, nkv * hd, cfg.attention_bias, std, device),
-                    o_proj: Linear::random(nh * hd, h, false, std, device),
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                },
-                post_attention_layernorm: norm(),
-                mlp: Mlp {
-                    gate_proj: Linear::random(h, ffn, false, std, device),
-                    up_proj: Linear::random(h, ffn, false, std, device),
-                    down_proj: Linear::random(ffn, h, false, std, device),
-                },
+            .map(|_| {
+                Ok(DecoderLayer {
+                    input_layernorm: norm(),
+                    self_attn: Attention {
+                        q_proj: lin(h, nh * hd, cfg.attention_bias, quant)?,
+                        k_proj: lin(h, nkv * hd, cfg.attention_bias, quant)?,
+                        v_proj: lin(h, nkv * hd, cfg.attention_bias, quant)?,
+                        o_proj: lin(nh * hd, h, false, quant)?,
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                    },
+                    post_attention_layernorm: norm(),
+                    mlp: Mlp {
+                        gate_proj: lin(h, ffn, false, quant)?,
+                        up_proj: lin(h, ffn, false, quant)?,
+                        down_proj: lin(ffn, h, false, quant)?,
+                    },
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens: Param::from_tensor(Tensor::random([cfg.vocab_size, h], Distribution::Normal(0.0, std), device)),
             layers,
             norm: norm(),
-            lm_head: Linear::random(h, cfg.vocab_size, false, std, device),
+            lm_head: lin(h, cfg.vocab_size, false, head_quant)?,
             rope: Rope::new(cfg, max_positions, device),
         })
     }
@@ -232,13 +227,31 @@ impl<B: Backend> Llama<B> {
     /// Build from any weight source (HF names), checking every shape against the config.
     /// `max_positions` bounds the RoPE table (and so the usable context).
     pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+        Self::load_with(cfg, src, max_positions, None, device)
+    }
+
+    /// As [`Llama::load`], quantizing the decoder's linear layers (and lm_head if asked) to W4A16 with
+    /// round-to-nearest when `quant` is given.
+    pub fn load_with(
+        cfg: &LlamaConfig,
+        src: &dyn WeightSource,
+        max_positions: usize,
+        quant: Option<&QuantSpec>,
+        device: &B::Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
+        let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear<B>> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
-            Linear::from_torch(name, src.tensor(&format!("{name}.weight"))?, b, d_in, d_out, device)
+            let w = src.tensor(&format!("{name}.weight"))?;
+            match quant {
+                Some(q) => Linear::from_torch_rtn(name, w, b, (d_in, d_out), q, device),
+                None => Linear::from_torch(name, w, b, d_in, d_out, device),
+            }
         };
+        let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| linear_q(name, d_in, d_out, bias, quant);
+        let head_quant = quant.filter(|q| q.lm_head);
         let norm = |name: &str| RmsNorm::from_weights(name, src.tensor(&format!("{name}.weight"))?, h, cfg.rms_norm_eps, device);
 
         let (emb, emb_shape) = src.tensor("model.embed_tokens.weight")?;
@@ -267,9 +280,13 @@ impl<B: Backend> Llama<B> {
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_torch("lm_head", (emb.clone(), emb_shape), None, h, cfg.vocab_size, device)?
+            let w = (emb.clone(), emb_shape);
+            match head_quant {
+                Some(q) => Linear::from_torch_rtn("lm_head", w, None, (h, cfg.vocab_size), q, device)?,
+                None => Linear::from_torch("lm_head", w, None, h, cfg.vocab_size, device)?,
+            }
         } else if src.contains("lm_head.weight") {
-            linear("lm_head", h, cfg.vocab_size, false)?
+            linear_q("lm_head", h, cfg.vocab_size, false, head_quant)?
         } else {
             return Err(Error::MissingTensor("lm_head.weight (and tie_word_embeddings is false)".into()));
         };

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::fetch;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Llama;
+use crate::nn::QuantSpec;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{GgufSource, SafetensorsSource};
 
@@ -43,32 +44,49 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     Err(Error::Setting(format!("--model {spec:?} is neither a known alias ({}) nor an existing path", names.join(", "))))
 }
 
-pub fn load<B: Backend>(spec: &str, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
-    let path = resolve(spec)?;
-    if path.is_dir() {
-        load_hf_dir(&path, max_context, device)
-    } else {
-        load_gguf(&path, max_context, device)
+/// How to load: the context cap and an optional load-time W4A16 quantization.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub max_context: usize,
+    pub quant: Option<QuantSpec>,
+}
+
+impl LoadOptions {
+    pub fn new(max_context: usize) -> Self {
+        Self { max_context, quant: None }
     }
 }
 
-pub fn load_hf_dir<B: Backend>(dir: &Path, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load<B: Backend>(spec: &str, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+    load_with(spec, &LoadOptions::new(max_context), device)
+}
+
+pub fn load_with<B: Backend>(spec: &str, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
+    let path = resolve(spec)?;
+    if path.is_dir() {
+        load_hf_dir(&path, opts, device)
+    } else {
+        load_gguf(&path, opts, device)
+    }
+}
+
+pub fn load_hf_dir<B: Backend>(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let config = LlamaConfig::from_hf_json(&text)?;
     let src = SafetensorsSource::open_dir(dir)?;
-    let model = Llama::load(&config, &src, config.max_position_embeddings.min(max_context), device)?;
+    let model = Llama::load_with(&config, &src, config.max_position_embeddings.min(opts.max_context), opts.quant.as_ref(), device)?;
     let tokenizer = TextTokenizer::from_hf_dir(dir, &config.eos_token_ids)?;
     Ok(LoadedModel { model, config, tokenizer, source: dir.to_path_buf() })
 }
 
-pub fn load_gguf<B: Backend>(path: &Path, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load_gguf<B: Backend>(path: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
     let config = config_from_gguf(&file)?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let unpermute = (config.arch == "llama").then_some((config.num_attention_heads, config.num_key_value_heads));
     let src = GgufSource { file: &file, unpermute };
-    let model = Llama::load(&config, &src, config.max_position_embeddings.min(max_context), device)?;
+    let model = Llama::load_with(&config, &src, config.max_position_embeddings.min(opts.max_context), opts.quant.as_ref(), device)?;
     Ok(LoadedModel { model, config, tokenizer, source: path.to_path_buf() })
 }
 

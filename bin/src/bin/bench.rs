@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
+use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Llama, LlamaConfig, Result};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 
@@ -34,11 +35,15 @@ struct Args {
     seed: u64,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// W4A16: random int4 weights (group 128, asymmetric) for every decoder linear layer.
+    #[arg(long)]
+    int4: bool,
 }
 
 #[derive(serde::Serialize)]
 struct Report {
     shape: String,
+    int4: bool,
     device: DeviceKind,
     dtype: Precision,
     prompt_len: usize,
@@ -51,15 +56,6 @@ struct Report {
     weight_bytes_per_token: u64,
     bound_tok_s: f64,
     bound_fraction: f64,
-}
-
-/// Bytes of weights one decode step reads: every linear layer, the norms, one embedding row.
-fn weight_bytes(cfg: &LlamaConfig, elem: u64) -> u64 {
-    let (h, hd) = (cfg.hidden_size as u64, cfg.head_dim as u64);
-    let (nh, nkv, ffn) = (cfg.num_attention_heads as u64, cfg.num_key_value_heads as u64, cfg.intermediate_size as u64);
-    let per_layer = h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * ffn + 2 * h;
-    let params = cfg.num_hidden_layers as u64 * per_layer + h * cfg.vocab_size as u64 + 2 * h;
-    params * elem
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -75,7 +71,8 @@ impl BackendJob for Args {
         }
         let cfg = LlamaConfig::preset(&self.synthetic)?;
         let ctx = self.prompt_len + self.new_tokens;
-        let model = Llama::<B>::random(&cfg, ctx, self.seed, &device)?;
+        let quant = self.int4.then(QuantSpec::default);
+        let model = Llama::<B>::random_with(&cfg, ctx, self.seed, quant.as_ref(), &device)?;
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut prefill = Vec::new();
         let mut rates = Vec::new();
@@ -88,15 +85,12 @@ impl BackendJob for Args {
                 rates.push(stats.decode_tok_s());
             }
         }
-        let elem = match self.dtype {
-            Precision::F32 => 4,
-            _ => 2,
-        };
-        let bytes = weight_bytes(&cfg, elem);
+        let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
         let decode = median(&mut rates.clone());
         Ok(Report {
             shape: self.synthetic.clone(),
+            int4: self.int4,
             device: self.device,
             dtype: self.dtype,
             prompt_len: self.prompt_len,
@@ -118,11 +112,11 @@ fn main() {
     let json = args.json.clone();
     match dispatch(args.device, args.dtype, args) {
         Ok(r) => {
-            println!("| shape | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("| shape | weights | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             println!(
-                "| {} | {:?} | {:?} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.1}% |",
-                r.shape, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
+                "| {} | {} | {:?} | {:?} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.1}% |",
+                r.shape, if r.int4 { "W4A16 g128" } else { "dense" }, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
                 r.bound_tok_s, 100.0 * r.bound_fraction
             );
             if let Some(p) = json {

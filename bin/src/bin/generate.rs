@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
-use hierspec_model::{loader, Error, Result};
+use hierspec_model::loader::{self, LoadOptions};
+use hierspec_model::nn::QuantSpec;
+use hierspec_model::{Error, Result};
 use hierspec_speculative::sd::{generate_sd, Model};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 
@@ -60,6 +62,26 @@ struct Args {
     max_context: usize,
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Quantize the target's linear layers to W4A16 at load (`rtn`: round-to-nearest per group).
+    /// A quantized checkpoint directory loads as W4A16 without this flag.
+    #[arg(long, value_enum, default_value_t = Quant::None)]
+    quant: Quant,
+    /// Input rows per scale for --quant (the full row where it does not divide the layer's input).
+    #[arg(long, default_value_t = 128)]
+    quant_group: usize,
+    /// Symmetric int4 (zero point 8) instead of min-max per group.
+    #[arg(long)]
+    quant_sym: bool,
+    /// Quantize lm_head too (dense by default).
+    #[arg(long)]
+    quant_lm_head: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Quant {
+    None,
+    Rtn,
 }
 
 #[derive(serde::Serialize)]
@@ -85,7 +107,15 @@ impl BackendJob for Args {
         let params = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed };
         let mut sampler = Sampler::new(params)?;
         let prompt = self.prompt.clone().or(self.prompt_flag.clone()).unwrap_or_else(|| "Write a haiku about the sea.".into());
-        let m = loader::load::<B>(&self.model, self.max_context, &device)?;
+        if self.quant != Quant::None && !matches!(self.quant_group, 32 | 64 | 128 | 256) {
+            return Err(Error::Setting(format!("--quant-group {} (use 32, 64, 128 or 256)", self.quant_group)));
+        }
+        let quant = (self.quant == Quant::Rtn).then_some(QuantSpec {
+            group: self.quant_group,
+            asymmetric: !self.quant_sym,
+            lm_head: self.quant_lm_head,
+        });
+        let m = loader::load_with::<B>(&self.model, &LoadOptions { max_context: self.max_context, quant }, &device)?;
         let text = match (&m.tokenizer.chat_template, self.no_chat) {
             (Some(t), false) => t.render(self.system.as_deref(), &[("user", &prompt)]),
             _ => prompt,

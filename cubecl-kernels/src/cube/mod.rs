@@ -53,6 +53,18 @@ macro_rules! for_each_runtime {
     }};
 }
 
+pub(crate) fn has_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "wgpu")]
+    if is_cube::<B, cubecl::wgpu::WgpuRuntime>() {
+        return true;
+    }
+    #[cfg(feature = "cuda")]
+    if is_cube::<B, cubecl::cuda::CudaRuntime>() {
+        return true;
+    }
+    false
+}
+
 pub(crate) fn dense_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         if !supported(x.dtype()) || x.dtype() != w.dtype() {

@@ -1,16 +1,48 @@
-//! Dense linear layer `y = x W (+ b)` with W stored as [in, out]. The W4A16 work adds a quantized
-//! variant beside it; callers only see `forward`.
+//! Linear layer `y = x W (+ b)` with W stored as [in, out], dense or W4A16 (`QuantLinear` is this
+//! layer with an int4 weight: callers only see `forward`). Both weight kinds go through the small-M
+//! kernels of `hierspec-kernels` on cubecl runtimes.
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use hierspec_kernels::{dense, int4, int4::Int4Weight};
 
 use crate::error::{Error, Result};
 
 #[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
+pub enum LinearWeight<B: Backend> {
     /// [d_in, d_out]
-    pub weight: Param<Tensor<B, 2>>,
+    Dense(Param<Tensor<B, 2>>),
+    Int4(QuantWeight<B>),
+}
+
+/// An int4 weight, plus its dequantized copy on backends without the fused kernel (CPU): they run
+/// the reference product, and dequantizing once at load instead of every step keeps them usable.
+#[derive(Module, Debug)]
+pub struct QuantWeight<B: Backend> {
+    pub q: Int4Weight<B>,
+    pub dequantized: Option<Param<Tensor<B, 2>>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: LinearWeight<B>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+/// How to quantize dense weights at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// Input rows per scale (32, 64, 128, ...; the full row when it does not divide d_in).
+    pub group: usize,
+    pub asymmetric: bool,
+    /// Quantize lm_head too (kept dense by default: it is the most sensitive layer).
+    pub lm_head: bool,
+}
+
+impl Default for QuantSpec {
+    fn default() -> Self {
+        Self { group: 128, asymmetric: true, lm_head: false }
+    }
 }
 
 impl<B: Backend> Linear<B> {
@@ -33,26 +65,95 @@ impl<B: Backend> Linear<B> {
             }
             None => None,
         };
-        Ok(Self { weight: Param::from_tensor(weight), bias })
+        Ok(Self { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias })
+    }
+
+    /// A layer with an int4 weight and optional bias.
+    pub fn quantized(q: Int4Weight<B>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
+        let dequantized = (!hierspec_kernels::has_kernels::<B>()).then(|| {
+            let dtype = q.scales.val().dtype();
+            Param::from_tensor(q.dequantize().cast(dtype))
+        });
+        Self { weight: LinearWeight::Int4(QuantWeight { q, dequantized }), bias }
+    }
+
+    /// Round-to-nearest W4A16 from a PyTorch-layout weight `[out, in]`.
+    pub fn from_torch_rtn(
+        name: &str,
+        weight: (Vec<f32>, Vec<usize>),
+        bias: Option<(Vec<f32>, Vec<usize>)>,
+        (d_in, d_out): (usize, usize),
+        spec: &QuantSpec,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (w, shape) = weight;
+        check_shape(&format!("{name}.weight"), &shape, &[d_out, d_in])?;
+        let group = if d_in % spec.group == 0 { spec.group } else { d_in };
+        let host = int4::quantize_rtn(&transpose(&w, d_out, d_in), d_in, d_out, group, spec.asymmetric)
+            .map_err(|e| Error::Setting(format!("{name}: {e}")))?;
+        let weight = host.upload(device).map_err(|e| Error::Setting(format!("{name}: {e}")))?;
+        let bias = match bias {
+            Some((b, shape)) => {
+                check_shape(&format!("{name}.bias"), &shape, &[d_out])?;
+                Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device)))
+            }
+            None => None,
+        };
+        Ok(Self::quantized(weight, bias))
     }
 
     /// Random N(0, std) weights made on the device (speed runs at real shapes need no files).
     pub fn random(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
         let dist = Distribution::Normal(0.0, std);
         Self {
-            weight: Param::from_tensor(Tensor::random([d_in, d_out], dist, device)),
+            weight: LinearWeight::Dense(Param::from_tensor(Tensor::random([d_in, d_out], dist, device))),
             bias: bias.then(|| Param::from_tensor(Tensor::random([d_out], dist, device))),
         }
     }
 
+    /// Random int4 weights made on the device, for speed runs at real shapes.
+    pub fn random_int4(d_in: usize, d_out: usize, bias: bool, spec: &QuantSpec, device: &B::Device) -> Result<Self> {
+        let group = if d_in % spec.group == 0 { spec.group } else { d_in };
+        let q = Int4Weight::random(d_in, d_out, group, spec.asymmetric, device).map_err(|e| Error::Setting(e.0))?;
+        let bias = bias.then(|| Param::from_tensor(Tensor::random([d_out], Distribution::Normal(0.0, 0.02), device)));
+        Ok(Self::quantized(q, bias))
+    }
+
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[1],
+            LinearWeight::Int4(w) => w.q.n,
+        }
+    }
+
+    pub fn d_in(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[0],
+            LinearWeight::Int4(w) => w.q.k,
+        }
+    }
+
+    /// Bytes a forward reads for the weight (for bandwidth bounds).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dims()[0] * w.dims()[1] * w.val().dtype().size(),
+            LinearWeight::Int4(w) => w.q.bytes(),
+        }
+    }
+
+    /// 2-D product, no bias.
+    pub fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Dense(w) => dense::linear(x, w.val()),
+            LinearWeight::Int4(QuantWeight { dequantized: Some(w), .. }) => dense::linear(x, w.val()),
+            LinearWeight::Int4(QuantWeight { q, .. }) => int4::matmul(x, q),
+        }
     }
 
     /// x: [batch, seq, d_in] -> [batch, seq, d_out]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, d_in] = x.dims();
-        let y = super::matmul::matmul(x.reshape([b * n, d_in]), self.weight.val());
+        let y = self.matmul(x.reshape([b * n, d_in]));
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,

@@ -4,6 +4,6 @@ pub mod matmul;
 pub mod norm;
 pub mod rope;
 
-pub use linear::Linear;
+pub use linear::{Linear, LinearWeight, QuantSpec};
 pub use norm::RmsNorm;
 pub use rope::Rope;
