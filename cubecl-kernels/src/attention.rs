@@ -13,12 +13,17 @@ use crate::dense::matmul;
 /// A large negative bias instead of -inf: exp underflows to exactly 0 and no NaN can appear.
 pub const MASKED: f32 = -1.0e30;
 
-/// Which new rows each new row may see, packed 32 per word, plus the additive-bias form the reference
-/// path uses (built on first use).
+/// Which key rows each new row may see. The first `prefix` key rows are visible to every new row;
+/// the last `cols` key rows (the new rows themselves, possibly after earlier draft rows still in the
+/// cache) follow a bit mask. Packed 32 per word, plus the additive-bias form the reference path uses
+/// (built on first use).
 pub struct AttnMask<B: Backend> {
-    pub cache_len: usize,
+    pub prefix: usize,
+    /// New (query) rows.
     pub n: usize,
-    /// Row-major [n, ceil(n / 32)]: bit `j % 32` of word `j / 32` in row i = new row i sees new row j.
+    /// Masked key rows, after the prefix; the keys are `prefix + cols` rows in all.
+    pub cols: usize,
+    /// Row-major [n, ceil(cols / 32)]: bit `j % 32` of word `j / 32` in row i = row i sees key prefix + j.
     pub words: Vec<u32>,
     /// The same on the device, for the kernel.
     pub bits: Tensor<B, 2, Int>,
@@ -26,21 +31,26 @@ pub struct AttnMask<B: Backend> {
 }
 
 impl<B: Backend> AttnMask<B> {
-    /// `allowed[i * n + j]`: new row i may see new row j.
+    /// `allowed[i * n + j]`: new row i may see new row j; every cached row is visible.
     pub fn from_new_rows(cache_len: usize, n: usize, allowed: &[bool], device: &B::Device) -> Self {
-        assert_eq!(allowed.len(), n * n, "mask must be n x n");
-        let wpr = n.div_ceil(32);
+        Self::new(cache_len, n, n, allowed, device)
+    }
+
+    /// `allowed[i * cols + j]`: new row i may see key row `prefix + j`.
+    pub fn new(prefix: usize, n: usize, cols: usize, allowed: &[bool], device: &B::Device) -> Self {
+        assert_eq!(allowed.len(), n * cols, "mask must be n x cols");
+        let wpr = cols.div_ceil(32);
         let mut words = vec![0u32; n * wpr];
         for i in 0..n {
-            for j in 0..n {
-                if allowed[i * n + j] {
+            for j in 0..cols {
+                if allowed[i * cols + j] {
                     words[i * wpr + j / 32] |= 1 << (j % 32);
                 }
             }
         }
         let as_i32: Vec<i32> = words.iter().map(|&w| w as i32).collect();
         let bits = Tensor::from_data(TensorData::new(as_i32, [n, wpr]), device);
-        Self { cache_len, n, words, bits, bias: OnceCell::new() }
+        Self { prefix, n, cols, words, bits, bias: OnceCell::new() }
     }
 
     pub fn causal(cache_len: usize, n: usize, device: &B::Device) -> Self {
@@ -48,31 +58,33 @@ impl<B: Backend> AttnMask<B> {
         Self::from_new_rows(cache_len, n, &allowed, device)
     }
 
+    /// Whether new row i sees masked key row j (key `prefix + j`).
     pub fn allows(&self, i: usize, j: usize) -> bool {
-        self.words[i * self.n.div_ceil(32) + j / 32] >> (j % 32) & 1 == 1
+        self.words[i * self.cols.div_ceil(32) + j / 32] >> (j % 32) & 1 == 1
     }
 
-    /// [n, cache_len + n] additive f32 bias: 0 where visible, [`MASKED`] where not.
+    /// [n, prefix + cols] additive f32 bias: 0 where visible, [`MASKED`] where not.
     pub fn bias(&self) -> Tensor<B, 2> {
         self.bias
             .get_or_init(|| {
-                let n = self.n;
-                let new: Vec<f32> =
-                    (0..n * n).map(|k| if self.allows(k / n, k % n) { 0.0 } else { MASKED }).collect();
+                let (n, cols) = (self.n, self.cols);
+                let masked: Vec<f32> =
+                    (0..n * cols).map(|k| if self.allows(k / cols, k % cols) { 0.0 } else { MASKED }).collect();
                 let device = self.bits.device();
-                let new = Tensor::<B, 2>::from_data(TensorData::new(new, [n, n]), (&device, DType::F32));
-                if self.cache_len == 0 {
-                    new
+                let masked = Tensor::<B, 2>::from_data(TensorData::new(masked, [n, cols]), (&device, DType::F32));
+                if self.prefix == 0 {
+                    masked
                 } else {
-                    Tensor::cat(vec![Tensor::zeros([n, self.cache_len], (&device, DType::F32)), new], 1)
+                    Tensor::cat(vec![Tensor::zeros([n, self.prefix], (&device, DType::F32)), masked], 1)
                 }
             })
             .clone()
     }
 }
 
-/// q: [b, heads, n, hd]; k, v: [b, kv_heads, t, hd] with t = cache_len + n (the cache rows so far and
-/// the new rows, already written). `mask: None` only for n = 1. Returns [b, heads, n, hd].
+/// q: [b, heads, n, hd]; k, v: [b, kv_heads, t, hd]: the cache rows so far and the new rows, already
+/// written (t = mask.prefix + mask.cols). `mask: None` only for n = 1, which then sees all t rows.
+/// Returns [b, heads, n, hd].
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -96,6 +108,9 @@ pub fn reference<B: Backend>(
     let [b, nh, n, hd] = q.dims();
     let [_, nkv, t, _] = k.dims();
     assert!(mask.is_some() || n == 1, "attention over {n} new rows needs a mask");
+    if let Some(m) = mask {
+        assert_eq!((m.n, m.prefix + m.cols), (n, t), "mask shape vs rows and keys");
+    }
     // The `group` query heads sharing a KV head become extra rows of one product.
     let group = nh / nkv;
     let q = q.reshape([b, nkv, group * n, hd]);

@@ -98,8 +98,20 @@ fn tree_attention_kernel_matches_reference() {
         }
         let mask = (n > 1).then(|| AttnMask::<B>::from_new_rows(cache_len, n, &allowed, &device));
         let got = attention::attention(q.clone(), k.clone(), v.clone(), mask.as_ref());
-        let want = attention::reference(q, k, v, mask.as_ref());
+        let want = attention::reference(q.clone(), k.clone(), v.clone(), mask.as_ref());
         let err = rel_err(got, want);
         assert!(err <= bound(&device), "attention heads {nh}/{nkv} hd {hd} cache {cache_len} n {n}: relative error {err}");
+
+        // The drafter's case: earlier draft rows are still in the cache and masked too (the last
+        // `cols` keys follow the mask, the rest are visible).
+        let cols = (cache_len / 2).max(1).min(t - 1) + 1;
+        let cols = cols.max(n).min(t);
+        let allowed: Vec<bool> = (0..n * cols).map(|x| x % cols == cols - n + x / cols || rng.random_bool(0.4)).collect();
+        let mask = AttnMask::<B>::new(t - cols, n, cols, &allowed, &device);
+        let err = rel_err(
+            attention::attention(q.clone(), k.clone(), v.clone(), Some(&mask)),
+            attention::reference(q, k, v, Some(&mask)),
+        );
+        assert!(err <= bound(&device), "attention with {cols} masked keys, heads {nh}/{nkv} hd {hd} n {n}: relative error {err}");
     }
 }

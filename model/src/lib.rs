@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod eagle;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
@@ -15,6 +16,7 @@ pub mod weights;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
+pub use eagle::{EagleConfig, EagleHead};
 pub use error::{Error, Result};
 pub use llama::{AttnMask, ForwardOutput, Llama, LogitsFor};
 pub use loader::{load, LoadedModel};

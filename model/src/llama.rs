@@ -76,6 +76,20 @@ pub struct Step<'a, B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Build from `lin(name, d_in, d_out, bias)`, called for q_proj, k_proj, v_proj, o_proj in order.
+    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear<B>>) -> Result<Self> {
+        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: lin("q_proj", h, nh * hd, cfg.attention_bias)?,
+            k_proj: lin("k_proj", h, nkv * hd, cfg.attention_bias)?,
+            v_proj: lin("v_proj", h, nkv * hd, cfg.attention_bias)?,
+            o_proj: lin("o_proj", nh * hd, h, false)?,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
     /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
@@ -95,6 +109,16 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Build from `lin(name, d_in, d_out, bias)`, called for gate_proj, up_proj, down_proj in order.
+    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear<B>>) -> Result<Self> {
+        let (h, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: lin("gate_proj", h, ffn, false)?,
+            up_proj: lin("up_proj", h, ffn, false)?,
+            down_proj: lin("down_proj", ffn, h, false)?,
+        })
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
@@ -129,7 +153,7 @@ impl<B: Backend> Llama<B> {
             }
             m => m,
         };
-        let mut x = self.embed_tokens.val().select(0, tokens.reshape([b * n])).reshape([b, n, hidden_size]);
+        let mut x = self.embed(tokens);
         let step = Step { rope: &self.rope, positions, cache_len, mask };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &step, kv);
@@ -141,6 +165,13 @@ impl<B: Backend> Llama<B> {
             LogitsFor::Last => hidden.clone().slice([0..b, n - 1..n, 0..hidden_size]),
         };
         ForwardOutput { logits: self.lm_head.forward(last), hidden }
+    }
+
+    /// Token embeddings: [b, n] -> [b, n, hidden].
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, n] = tokens.dims();
+        let h = self.embed_tokens.dims()[1];
+        self.embed_tokens.val().select(0, tokens.reshape([b * n])).reshape([b, n, h])
     }
 
     /// Convenience: positions [start, start + n) as a device tensor.
@@ -190,28 +221,15 @@ impl<B: Backend> Llama<B> {
             }
         };
         let head_quant = quant.filter(|q| q.lm_head);
-        let (h, hd, std) = (cfg.hidden_size, cfg.head_dim, 0.02);
-        let (nh, nkv, ffn) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
-        let norm = || RmsNorm { weight: Param::from_tensor(Tensor::ones([h], device)), eps: cfg.rms_norm_eps };
+        let (h, std) = (cfg.hidden_size, 0.02);
+        let norm = || RmsNorm::ones(h, cfg.rms_norm_eps, device);
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {
                 Ok(DecoderLayer {
                     input_layernorm: norm(),
-                    self_attn: Attention {
-                        q_proj: lin(h, nh * hd, cfg.attention_bias, quant)?,
-                        k_proj: lin(h, nkv * hd, cfg.attention_bias, quant)?,
-                        v_proj: lin(h, nkv * hd, cfg.attention_bias, quant)?,
-                        o_proj: lin(nh * hd, h, false, quant)?,
-                        n_heads: nh,
-                        n_kv_heads: nkv,
-                        head_dim: hd,
-                    },
+                    self_attn: Attention::build(cfg, |_, i, o, b| lin(i, o, b, quant))?,
                     post_attention_layernorm: norm(),
-                    mlp: Mlp {
-                        gate_proj: lin(h, ffn, false, quant)?,
-                        up_proj: lin(h, ffn, false, quant)?,
-                        down_proj: lin(ffn, h, false, quant)?,
-                    },
+                    mlp: Mlp::build(cfg, |_, i, o, b| lin(i, o, b, quant))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -240,8 +258,7 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let h = cfg.hidden_size;
         let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear<B>> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
             let w = src.tensor(&format!("{name}.weight"))?;
@@ -259,24 +276,11 @@ impl<B: Backend> Llama<B> {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let bias = cfg.attention_bias;
             layers.push(DecoderLayer {
                 input_layernorm: norm(&format!("{p}.input_layernorm"))?,
-                self_attn: Attention {
-                    q_proj: linear(&format!("{p}.self_attn.q_proj"), h, nh * hd, bias)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), h, nkv * hd, bias)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), h, nkv * hd, bias)?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), nh * hd, h, false)?,
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                },
+                self_attn: Attention::build(cfg, |n, i, o, b| linear(&format!("{p}.self_attn.{n}"), i, o, b))?,
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"))?,
-                mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), h, cfg.intermediate_size, false)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, false)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), cfg.intermediate_size, h, false)?,
-                },
+                mlp: Mlp::build(cfg, |n, i, o, b| linear(&format!("{p}.mlp.{n}"), i, o, b))?,
             });
         }
         let lm_head = if cfg.tie_word_embeddings {

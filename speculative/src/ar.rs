@@ -21,6 +21,10 @@ pub struct GenerationStats {
     pub target_forwards: usize,
     /// Drafter forwards (token steps) in the decode phase.
     pub draft_forwards: usize,
+    /// Decode time spent drafting and verifying (speculative methods; host clock, each phase ends
+    /// with a read to the host).
+    pub draft_ms: f64,
+    pub verify_ms: f64,
 }
 
 impl GenerationStats {

@@ -68,6 +68,7 @@ pub fn generate_sd<B: Backend>(
     };
     let mut done = emit(first, &mut seq, &mut out);
     while !done {
+        let td = Instant::now();
         // Draft: catch up on unseen tokens (the pending one at least), then propose.
         let k = draft_len.min(max_new - out.len());
         let unseen = seq[drf.cache.len()..].to_vec();
@@ -77,6 +78,8 @@ pub fn generate_sd<B: Backend>(
             drafts.push(read_id(drf.forward(&[last], LogitsFor::Last).argmax(1).reshape([1])));
         }
         stats.draft_forwards += k;
+        stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+        let tv = Instant::now();
 
         // Verify [pending] ++ drafts in one forward.
         let l = tgt.cache.len();
@@ -86,6 +89,7 @@ pub fn generate_sd<B: Backend>(
         input.extend_from_slice(&drafts);
         let (j, next) = accept_sequence_greedy(tgt.forward(&input, LogitsFor::All), &drafts);
         stats.target_forwards += 1;
+        stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
 
         // Resync: rows past the accepted prefix are stale in both caches.
         tgt.cache.truncate(l + 1 + j);

@@ -117,3 +117,15 @@ pub fn compare_top_logits(name: &str, ours: &[f32], vocab: usize, top_ids: &[Vec
     }
     max_diff
 }
+
+/// The 20 mixed prompts of `assets/prompts/mixed20.txt`, chat-templated and tokenized for `m`.
+pub fn chat_prompts(m: &hierspec_model::LoadedModel<B>) -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(repo_root().join("assets/prompts/mixed20.txt")).unwrap();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let t = m.tokenizer.chat_template.as_ref().unwrap().render(None, &[("user", l)]);
+            m.tokenizer.encode(&t).unwrap()
+        })
+        .collect()
+}

@@ -2,21 +2,10 @@
 //! high-acceptance drafter (the target itself), a low-acceptance one (random weights, same
 //! vocabulary) and several draft lengths, on 20 prompts of different kinds, 64 new tokens each.
 
-use hierspec_model::{loader, Llama, LlamaConfig, LoadedModel};
+use hierspec_model::{loader, Llama, LlamaConfig};
 use hierspec_speculative::sd::{generate_sd, Model};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 use hierspec_tests::*;
-
-fn prompts(m: &LoadedModel<B>) -> Vec<Vec<u32>> {
-    let text = std::fs::read_to_string(repo_root().join("assets/prompts/mixed20.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let t = m.tokenizer.chat_template.as_ref().unwrap().render(None, &[("user", l)]);
-            m.tokenizer.encode(&t).unwrap()
-        })
-        .collect()
-}
 
 fn random_drafter(cfg: &LlamaConfig, device: &Device) -> (Llama<B>, LlamaConfig) {
     let small = LlamaConfig { num_hidden_layers: 2, ..cfg.clone() };
@@ -28,7 +17,7 @@ fn check(alias: &str, n_prompts: usize, new_tokens: usize) {
     let m = loader::load::<B>(alias, 4096, &device).expect("load");
     let (rand_model, rand_cfg) = random_drafter(&m.config, &device);
     let mut accepted = (0usize, 0usize);
-    for (pi, ids) in prompts(&m).iter().take(n_prompts).enumerate() {
+    for (pi, ids) in chat_prompts(&m).iter().take(n_prompts).enumerate() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         // No stop tokens: every method must produce the same 64 tokens.
         let (ar, _) = generate(&m.model, &m.config, ids, new_tokens, &mut s, &[], |_| {}).unwrap();
@@ -82,7 +71,7 @@ fn lossless_sd_qwen_15b_with_05b_draft() {
     let t = loader::load::<B>("qwen2.5-coder-1.5b", 4096, &device).expect("load target");
     let d = loader::load::<B>("qwen2.5-coder-0.5b", 4096, &device).expect("load draft");
     let n: usize = std::env::var("HIERSPEC_LOSSLESS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    for (pi, ids) in prompts(&t).iter().take(n).enumerate() {
+    for (pi, ids) in chat_prompts(&t).iter().take(n).enumerate() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         let (ar, _) = generate(&t.model, &t.config, ids, 64, &mut s, &[], |_| {}).unwrap();
         for k in [3, 6] {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
+use hierspec_kernels::attention::{self, AttnMask};
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
 use hierspec_model::{Error, Result};
 
@@ -42,6 +43,18 @@ struct Args {
     /// Written into the JSON.
     #[arg(long, default_value = "unknown")]
     revision: String,
+    /// Time tree attention instead (Llama-3-8B attention: 32 query heads, 8 KV heads, head dim 128)
+    /// against the plain-tensor reference, for cache lengths 512..8192 and N = 1..64 new rows.
+    #[arg(long)]
+    attention: bool,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct AttnRecord {
+    cache_len: usize,
+    n: usize,
+    kernel_us: f64,
+    reference_us: f64,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -71,6 +84,7 @@ struct Report {
     group: usize,
     copy_gbps: f64,
     records: Vec<Record>,
+    attention: Vec<AttnRecord>,
 }
 
 /// (name, k, n) of one decoder layer's products: fused qkv, o, fused gate_up, down.
@@ -121,6 +135,40 @@ fn copy_gbps<B: Backend>(args: &Args, device: &B::Device) -> f64 {
     (2 * 4 * n) as f64 / (us * 1e-6) / 1e9
 }
 
+/// Tree attention at the Llama-3-8B attention shape, kernel vs reference, random tree masks.
+fn attention_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<AttnRecord> {
+    let (heads, kv_heads, hd) = (32, 8, 128);
+    let mut out = Vec::new();
+    for cache_len in [512, 2048, 8192] {
+        for n in [1, 4, 16, 32, 64] {
+            let t = cache_len + n;
+            let k = Tensor::<B, 4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
+            let v = Tensor::<B, 4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
+            let q = Tensor::<B, 4>::random([1, heads, n, hd], Distribution::Normal(0.0, 1.0), device);
+            // A chain-of-siblings tree: node i's parent is (i - 1) / 2.
+            let allowed: Vec<bool> = (0..n * n)
+                .map(|x| {
+                    let (i, j) = (x / n, x % n);
+                    let mut a = Some(i);
+                    while let Some(c) = a {
+                        if c == j {
+                            return true;
+                        }
+                        a = (c > 0).then(|| (c - 1) / 2);
+                    }
+                    false
+                })
+                .collect();
+            let mask = (n > 1).then(|| AttnMask::<B>::from_new_rows(cache_len, n, &allowed, device));
+            let kernel_us = args.time::<B, _>(device, || attention::attention(q.clone(), k.clone(), v.clone(), mask.as_ref()));
+            let reference_us = args.time::<B, _>(device, || attention::reference(q.clone(), k.clone(), v.clone(), mask.as_ref()));
+            eprintln!("attention cache {cache_len} n {n}: kernel {kernel_us:.1} us, reference {reference_us:.1} us");
+            out.push(AttnRecord { cache_len, n, kernel_us, reference_us });
+        }
+    }
+    out
+}
+
 impl BackendJob for Args {
     type Output = Report;
     fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
@@ -131,6 +179,18 @@ impl BackendJob for Args {
             .collect::<Result<_>>()?;
         if self.samples == 0 || self.calls == 0 || ms.iter().any(|&m| m == 0) {
             return Err(Error::Setting("--samples, --calls and every M must be >= 1".into()));
+        }
+        if self.attention {
+            return Ok(Report {
+                device: format!("{:?}", self.device),
+                dtype: self.dtype,
+                revision: self.revision.clone(),
+                date: String::new(),
+                group: self.group,
+                copy_gbps: 0.0,
+                records: Vec::new(),
+                attention: attention_records::<B>(&self, &device),
+            });
         }
         let copy = copy_gbps::<B>(&self, &device);
         eprintln!("copy bandwidth: {copy:.0} GB/s");
@@ -174,6 +234,7 @@ impl BackendJob for Args {
             group: self.group,
             copy_gbps: copy,
             records,
+            attention: Vec::new(),
         })
     }
 }
@@ -188,6 +249,14 @@ fn main() {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
+            if !r.attention.is_empty() {
+                println!("tree attention, Llama-3-8B shape (32/8 heads, head dim 128), dtype {:?}", r.dtype);
+                println!("| cache len | N | kernel us | reference us | speedup |");
+                println!("|---|---|---|---|---|");
+                for a in &r.attention {
+                    println!("| {} | {} | {:.1} | {:.1} | {:.2}x |", a.cache_len, a.n, a.kernel_us, a.reference_us, a.reference_us / a.kernel_us);
+                }
+            }
             println!("copy bandwidth {:.0} GB/s, int4 group {}, dtype {:?}", r.copy_gbps, r.group, r.dtype);
             println!("| shape | M | K | N | int4 us | int4 GB/s | of copy bw | TFLOP/s | dense kernel us | dense of bw | burn matmul us |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");

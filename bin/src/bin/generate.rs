@@ -8,7 +8,11 @@ use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_model::loader::{self, LoadOptions};
 use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Result};
+use hierspec_model::eagle::{load_head, EagleConfig, EagleHead};
+use hierspec_speculative::drafter::EagleDrafter;
 use hierspec_speculative::sd::{generate_sd, Model};
+use hierspec_speculative::tree::TreeConfig;
+use hierspec_speculative::generate_eagle;
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -18,6 +22,8 @@ enum Method {
     Ar,
     /// A smaller model of the same tokenizer drafts --draft-len tokens, the target verifies them.
     Sd,
+    /// An EAGLE head (--eagle) drafts a dynamic tree, the target verifies it in one forward.
+    Eagle,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -42,6 +48,19 @@ struct Args {
     draft: Option<String>,
     #[arg(long, default_value_t = 5)]
     draft_len: usize,
+    /// EAGLE head directory for `--method eagle` (config.json + safetensors), trained for --model.
+    /// `random` makes an untrained head (exercises the machinery; acceptance is low).
+    #[arg(long)]
+    eagle: Option<String>,
+    /// Children per tree node and frontier width.
+    #[arg(long, default_value_t = 10)]
+    tree_topk: usize,
+    /// Drafter forwards per tree (levels below the root).
+    #[arg(long, default_value_t = 6)]
+    tree_depth: usize,
+    /// Nodes per tree, root included.
+    #[arg(long, default_value_t = 60)]
+    tree_nodes: usize,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
@@ -63,7 +82,6 @@ struct Args {
     #[arg(long)]
     stats_json: Option<PathBuf>,
     /// Quantize the target's linear layers to W4A16 at load (`rtn`: round-to-nearest per group).
-    /// A quantized checkpoint directory loads as W4A16 without this flag.
     #[arg(long, value_enum, default_value_t = Quant::None)]
     quant: Quant,
     /// Input rows per scale for --quant (the full row where it does not divide the layer's input).
@@ -98,6 +116,8 @@ struct Stats {
     prefill_ms: f64,
     decode_ms: f64,
     decode_tok_s: f64,
+    draft_ms: f64,
+    verify_ms: f64,
     text: String,
 }
 
@@ -159,10 +179,27 @@ impl BackendJob for Args {
                 let draft = Model { model: &d.model, config: &d.config };
                 generate_sd(target, draft, &ids, self.max_new_tokens, self.draft_len, &stop, &mut emit)?
             }
+            Method::Eagle => {
+                let spec = self.eagle.as_deref().ok_or_else(|| Error::Setting("--method eagle needs --eagle <head dir>".into()))?;
+                if !params.is_greedy() {
+                    return Err(Error::Setting("--method eagle is greedy only so far (use --temperature 0)".into()));
+                }
+                let tree = TreeConfig { top_k: self.tree_topk, depth: self.tree_depth, total_nodes: self.tree_nodes };
+                tree.validate()?;
+                let positions = m.context_len();
+                let (head, head_cfg) = if spec == "random" {
+                    let cfg = EagleConfig::for_base(&m.config);
+                    (EagleHead::<B>::random(&cfg, positions, self.seed, &device)?, cfg)
+                } else {
+                    load_head::<B>(std::path::Path::new(spec), &m.config, positions, &device)?
+                };
+                let mut drafter = EagleDrafter::new(&head, &head_cfg, &m.model, ids.len() + self.max_new_tokens + 1)?;
+                generate_eagle(&m.model, &m.config, &mut drafter, &tree, &ids, self.max_new_tokens, &stop, &mut emit)?
+            }
         };
         println!();
         eprintln!(
-            "[{} {:?}] prefill {:.1} ms ({} tokens) | decode {:.2} tok/s ({} tokens in {:.1} ms) | tau {:.2} (tokens per target forward, bonus counted)",
+            "[{} {:?}] prefill {:.1} ms ({} tokens) | decode {:.2} tok/s ({} tokens in {:.1} ms; draft {:.1} ms, verify {:.1} ms) | tau {:.2} (tokens per target forward, bonus counted)",
             self.model,
             self.method,
             stats.prefill_ms,
@@ -170,6 +207,8 @@ impl BackendJob for Args {
             stats.decode_tok_s(),
             stats.new_tokens,
             stats.decode_ms,
+            stats.draft_ms,
+            stats.verify_ms,
             stats.tau()
         );
         if let Some(path) = &self.stats_json {
@@ -185,6 +224,8 @@ impl BackendJob for Args {
                 prefill_ms: stats.prefill_ms,
                 decode_ms: stats.decode_ms,
                 decode_tok_s: stats.decode_tok_s(),
+                draft_ms: stats.draft_ms,
+                verify_ms: stats.verify_ms,
                 text: m.tokenizer.decode(&tokens)?,
             };
             let json = serde_json::to_string_pretty(&s).expect("stats serialise");

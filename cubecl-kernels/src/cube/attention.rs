@@ -1,9 +1,9 @@
 //! Tree attention: one cube per (new row, query head). The cube walks the visible keys in chunks of
 //! its thread count with an online softmax (running max and sum in f32), so any cache length and any
 //! number of new rows work with fixed shared memory. Each thread scores one key per chunk; then each
-//! thread owning a head dimension accumulates the chunk's probability-weighted V column. Cache rows
-//! before the new ones are always visible; among the new rows, the bit-packed mask decides (or, for a
-//! single new row, it sees itself). K/V are read through their strides: the cache views need no copy.
+//! thread owning a head dimension accumulates the chunk's probability-weighted V column. Key rows
+//! before the last `cols` are always visible; among the last `cols`, the bit-packed mask decides (an
+//! unmasked single new row sees everything). K/V are read through their strides: the cache views need no copy.
 
 use burn::tensor::Shape;
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
@@ -20,6 +20,7 @@ fn tree_attention_kernel<F: Float>(
     out: &mut Tensor<F>,
     n: usize,
     t: usize,
+    cols: usize,
     group: usize,
     words_per_row: usize,
     scale: f32,
@@ -32,7 +33,7 @@ fn tree_attention_kernel<F: Float>(
     let h = CUBE_POS_Y as usize;
     let tid = UNIT_POS_X as usize;
     let kv = h / group;
-    let cache_len = t - n;
+    let prefix = t - cols;
 
     let mut q_s = SharedMemory::<f32>::new(head_dim);
     let mut p_s = SharedMemory::<f32>::new(threads);
@@ -52,8 +53,8 @@ fn tree_attention_kernel<F: Float>(
         let j = c0 + tid;
         let mut visible = j < t;
         if comptime!(masked) {
-            if visible && j >= cache_len {
-                let jj = j - cache_len;
+            if visible && j >= prefix {
+                let jj = j - prefix;
                 let word = bits[i * words_per_row + jj / 32];
                 visible = ((word >> (jj % 32) as u32) & 1u32) == 1u32;
             }
@@ -126,13 +127,13 @@ fn tree_attention_kernel<F: Float>(
     }
 }
 
-/// q [1, heads, n, hd]; k, v [1, kv_heads, t, hd] (any strides); bits [n, ceil(n / 32)] or `None`
-/// for a single new row. Returns [1, heads, n, hd].
+/// q [1, heads, n, hd]; k, v [1, kv_heads, t, hd] (any strides); `bits` [n, ceil(cols / 32)] over the
+/// last `cols` key rows, or `None` for a single new row. Returns [1, heads, n, hd].
 pub(crate) fn tree_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
-    bits: Option<CubeTensor<R>>,
+    bits: Option<(CubeTensor<R>, usize)>,
 ) -> CubeTensor<R> {
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
     let [_, kv_heads, t, _] = k.meta.shape().dims::<4>();
@@ -140,9 +141,10 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let out = empty_device_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, heads, n, hd]), dtype);
     let threads = hd.next_power_of_two().max(128);
     let masked = bits.is_some();
-    let words_per_row = n.div_ceil(32);
+    let cols = bits.as_ref().map_or(0, |b| b.1);
+    let words_per_row = cols.div_ceil(32);
     // Unmasked (one new row): the kernel never reads `bits`; q's buffer fills the slot.
-    let bits = bits.map(into_contiguous).unwrap_or_else(|| q.clone());
+    let bits = bits.map(|b| into_contiguous(b.0)).unwrap_or_else(|| q.clone());
     tree_attention_kernel::launch::<R>(
         &q.client.clone(),
         CubeCount::Static(n as u32, heads as u32, 1),
@@ -154,6 +156,7 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
         out.clone().into_tensor_arg(),
         n,
         t,
+        cols,
         heads / kv_heads,
         words_per_row,
         1.0 / (hd as f32).sqrt(),

@@ -106,7 +106,7 @@ pub(crate) fn attention<B: Backend>(
             return None;
         }
         let bits = match mask {
-            Some(m) => Some(int::<B, R, 2>(&m.bits)?),
+            Some(m) => Some((int::<B, R, 2>(&m.bits)?, m.cols)),
             None if n == 1 => None,
             None => return None,
         };

@@ -19,6 +19,11 @@ impl<B: Backend> RmsNorm<B> {
         Ok(Self { weight: Param::from_tensor(weight), eps })
     }
 
+    /// Unit weights (random models and fresh heads).
+    pub fn ones(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self { weight: Param::from_tensor(Tensor::ones([dim], device)), eps }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let x32 = x.cast(DType::F32);

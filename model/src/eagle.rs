@@ -1,0 +1,181 @@
+//! The EAGLE-1/2 draft head (method.md, "EAGLE-1/2 head"): `x = fc([e_{t+1} ; f_t])`, one Llama
+//! decoder layer without its input norm, output f^_{t+1} = x (no final norm). The embedding and
+//! lm_head are the base model's, passed in at call sites, never copied. The head has its own KV cache
+//! indexed by position: row t holds the pair (f_t, e_{t+1}); re-syncing overwrites stale rows.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Int, Tensor};
+use serde_json::Value;
+
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::llama::{Attention, AttnMask, Mlp, Step};
+use crate::nn::{Linear, RmsNorm, Rope};
+use crate::weights::{SafetensorsSource, WeightSource};
+
+/// A head's configuration: the decoder-layer shapes (a Llama config with one layer) and whether
+/// `fc` has a bias (EAGLE's `bias` key; the official code defaults it to true).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EagleConfig {
+    pub layer: LlamaConfig,
+    pub fc_bias: bool,
+}
+
+impl EagleConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut layer = LlamaConfig::from_hf_json(text)?;
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::Config(format!("head config.json: {e}")))?;
+        let fc_bias = v.get("bias").and_then(Value::as_bool).unwrap_or(true);
+        layer.num_hidden_layers = 1;
+        Ok(Self { layer, fc_bias })
+    }
+
+    /// A head shaped for `base` (its hidden size, heads, vocabulary and RoPE), as EAGLE builds them.
+    pub fn for_base(base: &LlamaConfig) -> Self {
+        Self { layer: LlamaConfig { num_hidden_layers: 1, ..base.clone() }, fc_bias: base.attention_bias }
+    }
+
+    /// The head drafts for `base`: features and embeddings must have the base's width, and its
+    /// logits come from the base's lm_head.
+    pub fn check_base(&self, base: &LlamaConfig) -> Result<()> {
+        if self.layer.hidden_size != base.hidden_size {
+            return Err(Error::Setting(format!(
+                "the EAGLE head's hidden size ({}) does not match the model's ({}): it was trained for another model",
+                self.layer.hidden_size, base.hidden_size
+            )));
+        }
+        if self.layer.vocab_size != base.vocab_size {
+            return Err(Error::Setting(format!(
+                "the EAGLE head's vocabulary ({}) does not match the model's ({})",
+                self.layer.vocab_size, base.vocab_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EagleHead<B: Backend> {
+    /// [2H -> H], input [embedding ; feature].
+    pub fc: Linear<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+    pub rope: Rope<B>,
+}
+
+impl<B: Backend> EagleHead<B> {
+    /// Random weights (tests: every code path runs, acceptance is low).
+    pub fn random(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+        let c = &cfg.layer;
+        c.validate()?;
+        B::seed(device, seed);
+        let lin = |_: &str, i: usize, o: usize, b: bool| Ok(Linear::random(i, o, b, 0.02, device));
+        Ok(Self {
+            fc: Linear::random(2 * c.hidden_size, c.hidden_size, cfg.fc_bias, 0.02, device),
+            self_attn: Attention::build(c, lin)?,
+            post_attention_layernorm: RmsNorm::ones(c.hidden_size, c.rms_norm_eps, device),
+            mlp: Mlp::build(c, lin)?,
+            rope: Rope::new(c, max_positions, device),
+        })
+    }
+
+    /// Load from EAGLE's names (`fc.*`, `layers.0.*`); any `embed_tokens` in the file is ignored.
+    pub fn load(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+        let c = &cfg.layer;
+        c.validate()?;
+        let h = c.hidden_size;
+        let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
+            let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
+            Linear::from_torch(name, src.tensor(&format!("{name}.weight"))?, b, d_in, d_out, device)
+        };
+        let norm_name = "layers.0.post_attention_layernorm";
+        Ok(Self {
+            fc: linear("fc", 2 * h, h, cfg.fc_bias)?,
+            self_attn: Attention::build(c, |n, i, o, b| linear(&format!("layers.0.self_attn.{n}"), i, o, b))?,
+            post_attention_layernorm: RmsNorm::from_weights(norm_name, src.tensor(&format!("{norm_name}.weight"))?, h, c.rms_norm_eps, device)?,
+            mlp: Mlp::build(c, |n, i, o, b| linear(&format!("layers.0.mlp.{n}"), i, o, b))?,
+            rope: Rope::new(c, max_positions, device),
+        })
+    }
+
+    /// A KV cache for this head (one layer) with `capacity` rows.
+    pub fn new_cache(&self, cfg: &EagleConfig, capacity: usize) -> KvCache<B> {
+        KvCache::new(&cfg.layer, 1, capacity, &self.fc_device())
+    }
+
+    fn fc_device(&self) -> B::Device {
+        self.post_attention_layernorm.weight.device()
+    }
+
+    /// embeds: e_{t+1} [1, n, H]; features: f_t [1, n, H]; rows go to cache rows [len, len + n) at
+    /// `positions`. Returns the predicted features f^_{t+1} [1, n, H].
+    pub fn forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        features: Tensor<B, 3>,
+        positions: Tensor<B, 1, Int>,
+        cache: &mut KvCache<B>,
+        mask: Option<&AttnMask<B>>,
+    ) -> Tensor<B, 3> {
+        let n = embeds.dims()[1];
+        let cache_len = cache.len();
+        let causal;
+        let mask = match mask {
+            None if n > 1 => {
+                causal = AttnMask::causal(cache_len, n, &embeds.device());
+                Some(&causal)
+            }
+            m => m,
+        };
+        let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
+        let step = Step { rope: &self.rope, positions, cache_len, mask };
+        // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.
+        let h = x.clone() + self.self_attn.forward(x, &step, &mut cache.layers[0]);
+        let out = h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h));
+        cache.advance(n);
+        out
+    }
+
+    fn fc_dtype(&self) -> burn::tensor::DType {
+        self.post_attention_layernorm.weight.val().dtype()
+    }
+}
+
+/// The weight files of a head directory: safetensors (single, sharded with an index, or any
+/// `*.safetensors`); `pytorch_model.bin` is named in the error with the conversion to run.
+pub fn head_source(dir: &Path) -> Result<SafetensorsSource> {
+    if dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists() {
+        return SafetensorsSource::open_dir(dir);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if !files.is_empty() {
+        return SafetensorsSource::open_files(&files);
+    }
+    if dir.join("pytorch_model.bin").exists() {
+        return Err(Error::Unsupported(format!(
+            "{}: pytorch_model.bin (a pickle) is not read; convert it once with: python3 -c \"import torch, safetensors.torch as st; st.save_file(torch.load('{0}/pytorch_model.bin', map_location='cpu'), '{0}/model.safetensors')\"",
+            dir.display()
+        )));
+    }
+    Err(Error::Safetensors(format!("{}: no safetensors weights for the EAGLE head", dir.display())))
+}
+
+/// Load a head directory (config.json + weights) for the base model `base`.
+pub fn load_head<B: Backend>(dir: &Path, base: &LlamaConfig, max_positions: usize, device: &B::Device) -> Result<(EagleHead<B>, EagleConfig)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg = EagleConfig::from_json(&text)?;
+    cfg.check_base(base)?;
+    let src = head_source(dir)?;
+    let head = EagleHead::load(&cfg, &src, max_positions, device)?;
+    Ok((head, cfg))
+}

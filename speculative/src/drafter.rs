@@ -1,0 +1,234 @@
+//! Tree drafters: what proposes an EAGLE-2 tree for a verifier. `EagleDrafter` runs an EAGLE head on
+//! the verifier's features; `OracleDrafter` (tests) proposes a known greedy continuation, so the
+//! verifier must accept every level of it. Both are driven through `TreeDrafter`:
+//!   observe(features, next tokens)  pairs (f_t, token t+1) for positions the drafter has not seen
+//!   draft(root)                     a tree rooted at the newest token (the verifier's pending one)
+//!   truncate(len)                   forget positions >= len (re-sync after a rejection upstream)
+
+use std::collections::HashMap;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, Result};
+
+use crate::ar::tokens_tensor;
+use crate::tree::{build_tree, DraftTree, FrontierNode, Proposal, TreeConfig};
+
+pub trait TreeDrafter<B: Backend> {
+    /// Pairs for the next positions: the verifier's final-norm features [n, H] at positions
+    /// t..t+n and the token at each position + 1.
+    fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()>;
+    /// Forget every position >= `len`.
+    fn truncate(&mut self, len: usize);
+    /// A tree rooted at `root`, the newest token (the last `next_tokens` entry observed).
+    fn draft(&mut self, root: u32, cfg: &TreeConfig) -> Result<DraftTree>;
+    /// Drafter forwards run so far.
+    fn forwards(&self) -> usize;
+}
+
+/// An EAGLE head drafting for `base` (whose embedding and lm_head it uses).
+pub struct EagleDrafter<'a, B: Backend> {
+    head: &'a EagleHead<B>,
+    base: &'a Llama<B>,
+    cache: KvCache<B>,
+    /// Observed pairs not yet run through the head.
+    pending_features: Vec<Tensor<B, 2>>,
+    pending_tokens: Vec<u32>,
+    /// The head's prediction f^ at the newest position (the root's feature).
+    last: Option<Tensor<B, 2>>,
+    forwards: usize,
+}
+
+impl<'a, B: Backend> EagleDrafter<'a, B> {
+    pub fn new(head: &'a EagleHead<B>, cfg: &EagleConfig, base: &'a Llama<B>, capacity: usize) -> Result<Self> {
+        if capacity > head.rope.max_positions() {
+            return Err(Error::Setting(format!("EAGLE head cache of {capacity} rows exceeds its {} positions", head.rope.max_positions())));
+        }
+        Ok(Self {
+            head,
+            base,
+            cache: head.new_cache(cfg, capacity),
+            pending_features: Vec::new(),
+            pending_tokens: Vec::new(),
+            last: None,
+            forwards: 0,
+        })
+    }
+}
+
+impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
+    fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()> {
+        if features.dims()[0] != next_tokens.len() {
+            return Err(Error::Setting(format!("{} features for {} next tokens", features.dims()[0], next_tokens.len())));
+        }
+        self.pending_features.push(features);
+        self.pending_tokens.extend_from_slice(next_tokens);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.pending_features.clear();
+        self.pending_tokens.clear();
+        self.last = None;
+    }
+
+    fn draft(&mut self, root: u32, cfg: &TreeConfig) -> Result<DraftTree> {
+        cfg.validate()?;
+        let device = self.base.embed_tokens.device();
+        // Catch up: run the observed pairs (causal, at their own positions) and keep the newest row.
+        if !self.pending_tokens.is_empty() {
+            let n = self.pending_tokens.len();
+            let start = self.cache.len();
+            if start + n > self.cache.capacity() {
+                return Err(Error::Setting("EAGLE head cache is full".into()));
+            }
+            let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
+            let h = feats.dims()[1];
+            let embeds = self.base.embed(tokens_tensor(&self.pending_tokens, &device));
+            let out = self.head.forward(embeds, feats.reshape([1, n, h]), Llama::<B>::positions(start, n, &device), &mut self.cache, None);
+            self.forwards += 1;
+            self.last = Some(out.slice([0..1, n - 1..n, 0..h]).reshape([1, h]));
+            self.pending_tokens.clear();
+        }
+        let last = self.last.clone().ok_or_else(|| Error::Setting("EAGLE drafter: nothing observed yet".into()))?;
+        let committed = self.cache.len();
+        let first = top_k_rows(self.base, last.clone(), cfg.top_k).remove(0);
+
+        // Tree levels: each frontier node's input is (its parent's predicted feature, its token) at
+        // position committed + depth - 1; it sees the committed rows and the rows of its ancestors.
+        let mut row_of: HashMap<usize, usize> = HashMap::new(); // history index -> head cache row
+        let mut out_of: HashMap<usize, Tensor<B, 2>> = HashMap::new(); // history index -> f^ [1, H]
+        let mut parent_of: HashMap<usize, Option<usize>> = HashMap::new();
+        let head = self.head;
+        let base = self.base;
+        let cache = &mut self.cache;
+        let mut forwards = 0;
+        let tree = build_tree(cfg, root, &first, |nodes: &[FrontierNode]| {
+            let f = nodes.len();
+            let start = cache.len();
+            if start + f > cache.capacity() {
+                return Err(Error::Setting("EAGLE head cache is full".into()));
+            }
+            let feats: Vec<Tensor<B, 2>> = nodes
+                .iter()
+                .map(|nd| nd.parent.map_or_else(|| last.clone(), |p| out_of[&p].clone()))
+                .collect();
+            let h = feats[0].dims()[1];
+            let feats = Tensor::cat(feats, 0).reshape([1, f, h]);
+            let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
+            let embeds = base.embed(tokens_tensor(&tokens, &device));
+            let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
+            let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [f]), &device);
+            // Mask over the draft rows [committed, start + f).
+            let cols = start + f - committed;
+            let mut allowed = vec![false; f * cols];
+            for (i, nd) in nodes.iter().enumerate() {
+                parent_of.insert(nd.history, nd.parent);
+                allowed[i * cols + (start - committed) + i] = true;
+                let mut a = nd.parent;
+                while let Some(p) = a {
+                    allowed[i * cols + row_of[&p] - committed] = true;
+                    a = parent_of[&p];
+                }
+            }
+            let mask = AttnMask::new(committed, f, cols, &allowed, &device);
+            let out = head.forward(embeds, feats, positions, cache, Some(&mask));
+            forwards += 1;
+            let out = out.reshape([f, h]);
+            for (i, nd) in nodes.iter().enumerate() {
+                row_of.insert(nd.history, start + i);
+                out_of.insert(nd.history, out.clone().slice([i..i + 1, 0..h]));
+            }
+            Ok(top_k_rows(base, out, cfg.top_k))
+        });
+        self.forwards += forwards;
+        // Draft rows are scratch: the committed rows stay, the rest is overwritten next time.
+        self.cache.truncate(committed);
+        tree
+    }
+
+    fn forwards(&self) -> usize {
+        self.forwards
+    }
+}
+
+/// The base lm_head's log-softmax top-k over features [n, H]: per row, (token, log-probability).
+fn top_k_rows<B: Backend>(base: &Llama<B>, features: Tensor<B, 2>, k: usize) -> Vec<Vec<Proposal>> {
+    let [n, h] = features.dims();
+    let logits = base.lm_head.forward(features.reshape([1, n, h]));
+    let v = logits.dims()[2];
+    let logp = log_softmax(logits.reshape([n, v]).cast(burn::tensor::DType::F32), 1);
+    let (vals, idx) = logp.topk_with_indices(k.min(v), 1);
+    let vals: Vec<f32> = vals.into_data().iter::<f32>().collect();
+    let idx: Vec<i64> = idx.into_data().iter::<i64>().collect();
+    let k = vals.len() / n;
+    (0..n).map(|r| (0..k).map(|c| Proposal { token: idx[r * k + c] as u32, logprob: vals[r * k + c] }).collect()).collect()
+}
+
+/// Proposes a known continuation (the verifier's own greedy output, computed beforehand) as the
+/// best child at every level, with decoy siblings: the verifier must accept the whole depth.
+pub struct OracleDrafter {
+    /// Prompt followed by the reference continuation.
+    sequence: Vec<u32>,
+    /// Tokens of `sequence` the verifier has confirmed (positions observed + the root).
+    known: usize,
+    vocab: u32,
+    forwards: usize,
+}
+
+impl OracleDrafter {
+    pub fn new(prompt: &[u32], reference: &[u32], vocab: usize) -> Self {
+        Self { sequence: prompt.iter().chain(reference).copied().collect(), known: 0, vocab: vocab as u32, forwards: 0 }
+    }
+
+    /// `k` proposals: the true next token first (log-prob 0) when known, then decoys.
+    fn proposals(&self, truth: Option<u32>, k: usize) -> Vec<Proposal> {
+        let mut v: Vec<Proposal> = truth.map(|t| Proposal { token: t, logprob: 0.0 }).into_iter().collect();
+        let mut c = truth.unwrap_or(0);
+        while v.len() < k {
+            c = (c + 7919) % self.vocab;
+            if Some(c) != truth && v.iter().all(|p| p.token != c) {
+                v.push(Proposal { token: c, logprob: -1.0 - v.len() as f32 });
+            }
+        }
+        v
+    }
+}
+
+impl<B: Backend> TreeDrafter<B> for OracleDrafter {
+    fn observe(&mut self, _features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()> {
+        // The first observation covers the prompt: positions 0..n and the tokens 1..=n.
+        self.known = if self.known == 0 { next_tokens.len() + 1 } else { self.known + next_tokens.len() };
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.known = self.known.min(len + 1);
+    }
+
+    fn draft(&mut self, _root: u32, cfg: &TreeConfig) -> Result<DraftTree> {
+        let truth = |depth: usize| self.sequence.get(self.known - 1 + depth).copied();
+        let first = self.proposals(truth(1), cfg.top_k);
+        let mut on_path: HashMap<usize, bool> = HashMap::new();
+        let mut forwards = 1;
+        let tree = build_tree(cfg, self.sequence[self.known - 1], &first, |nodes: &[FrontierNode]| {
+            forwards += 1;
+            Ok(nodes
+                .iter()
+                .map(|nd| {
+                    let ok = truth(nd.depth) == Some(nd.token) && nd.parent.is_none_or(|p| on_path[&p]);
+                    on_path.insert(nd.history, ok);
+                    self.proposals(if ok { truth(nd.depth + 1) } else { None }, cfg.top_k)
+                })
+                .collect())
+        });
+        self.forwards += forwards;
+        tree
+    }
+
+    fn forwards(&self) -> usize {
+        self.forwards
+    }
+}

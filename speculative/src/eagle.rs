@@ -1,0 +1,94 @@
+//! EAGLE-2 speculative decoding (greedy): a tree drafter proposes a dynamic tree rooted at the
+//! newest token, the target verifies it in one forward under the ancestor mask, keeps the deepest
+//! valid path plus its own next token, and compacts its cache to that path. Output equals the
+//! target's AR greedy output.
+//!
+//! One round, as a state machine over the emitted sequence:
+//!   Draft:   the drafter catches up on the observed (feature, next token) pairs and builds a tree.
+//!   Verify:  the target runs the tree at rows [L, L + N), positions L + depth.
+//!   Accept:  on the device: the deepest valid node and the bonus token (two integers to the host).
+//!   Compact: the path's K/V rows move to [L, L + a); the drafter observes the path's features.
+
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use hierspec_model::{Llama, LlamaConfig, Result};
+
+use crate::ar::{check_prompt, read_id, GenerationStats};
+use crate::drafter::TreeDrafter;
+use crate::tree::TreeConfig;
+use crate::verify::{accept_tree_greedy, Runner};
+
+/// Generate up to `max_new` tokens with trees from `drafter`; greedy only.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_eagle<B: Backend>(
+    model: &Llama<B>,
+    config: &LlamaConfig,
+    drafter: &mut dyn TreeDrafter<B>,
+    tree: &TreeConfig,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, GenerationStats)> {
+    tree.validate()?;
+    // Verification writes up to total_nodes rows past the accepted sequence.
+    check_prompt(prompt, max_new + tree.total_nodes, model.max_positions(), config.vocab_size)?;
+    let mut tgt = Runner::new(model, config, prompt.len() + max_new + tree.total_nodes)?;
+    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut out = Vec::with_capacity(max_new + tree.depth + 1);
+    if max_new == 0 {
+        return Ok((out, stats));
+    }
+    let device = tgt.device();
+
+    let t0 = Instant::now();
+    let (logits, features) = tgt.forward_features(prompt);
+    let n = prompt.len();
+    let first = read_id(logits.slice([n - 1..n]).argmax(1).reshape([1]));
+    // Pairs (f_t, token t+1) for every prompt position: the prompt shifted by one, then `first`.
+    let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
+    drafter.observe(features, &next)?;
+    stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    let t1 = Instant::now();
+    let mut emit = |t: u32, out: &mut Vec<u32>| -> bool {
+        out.push(t);
+        on_token(t);
+        out.len() >= max_new || stop.contains(&t)
+    };
+    let mut done = emit(first, &mut out);
+    let mut pending = first;
+    while !done {
+        let td = Instant::now();
+        let draft = drafter.draft(pending, tree)?;
+        stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+
+        let tv = Instant::now();
+        let l = tgt.cache.len();
+        let (logits, features) = tgt.forward_tree(&draft);
+        let acc = accept_tree_greedy(logits, &draft);
+        stats.target_forwards += 1;
+        let rows: Vec<usize> = acc.path.iter().map(|&i| l + i).collect();
+        tgt.cache.keep_rows(l, &rows)?;
+        let idx: Vec<i64> = acc.path.iter().map(|&i| i as i64).collect();
+        let path_features = features.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [acc.path.len()]), &device));
+        stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
+
+        // New tokens: the path below the root, then the bonus; each is the "next token" of a path node.
+        let new: Vec<u32> = acc.path[1..].iter().map(|&i| draft.tokens[i]).chain(std::iter::once(acc.bonus)).collect();
+        drafter.observe(path_features, &new)?;
+        for &t in &new {
+            if emit(t, &mut out) {
+                done = true;
+                break;
+            }
+        }
+        pending = acc.bonus;
+    }
+    stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    stats.new_tokens = out.len();
+    stats.draft_forwards = drafter.forwards();
+    Ok((out, stats))
+}
