@@ -41,16 +41,21 @@ impl EagleConfig {
     /// The head drafts for `base`: features and embeddings must have the base's width, and its
     /// logits come from the base's lm_head.
     pub fn check_base(&self, base: &LlamaConfig) -> Result<()> {
-        if self.layer.hidden_size != base.hidden_size {
+        self.check_dims(base.hidden_size, base.vocab_size)
+    }
+
+    /// As [`EagleConfig::check_base`], from the base model's hidden size and vocabulary.
+    pub fn check_dims(&self, hidden_size: usize, vocab_size: usize) -> Result<()> {
+        if self.layer.hidden_size != hidden_size {
             return Err(Error::Setting(format!(
-                "the EAGLE head's hidden size ({}) does not match the model's ({}): it was trained for another model",
-                self.layer.hidden_size, base.hidden_size
+                "the EAGLE head's hidden size ({}) does not match the model's ({hidden_size}): it was trained for another model",
+                self.layer.hidden_size
             )));
         }
-        if self.layer.vocab_size != base.vocab_size {
+        if self.layer.vocab_size != vocab_size {
             return Err(Error::Setting(format!(
-                "the EAGLE head's vocabulary ({}) does not match the model's ({})",
-                self.layer.vocab_size, base.vocab_size
+                "the EAGLE head's vocabulary ({}) does not match the model's ({vocab_size})",
+                self.layer.vocab_size
             )));
         }
         Ok(())

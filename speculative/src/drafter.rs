@@ -41,7 +41,12 @@ pub struct EagleDrafter<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> EagleDrafter<'a, B> {
-    pub fn new(head: &'a EagleHead<B>, cfg: &EagleConfig, base: &'a Llama<B>, capacity: usize) -> Result<Self> {
+    /// `capacity`: cache rows for the sequence (prompt + new tokens); room for the draft rows of
+    /// `tree` is added.
+    pub fn new(head: &'a EagleHead<B>, cfg: &EagleConfig, base: &'a Llama<B>, capacity: usize, tree: &TreeConfig) -> Result<Self> {
+        let [vocab, hidden] = base.embed_tokens.dims();
+        cfg.check_dims(hidden, vocab)?;
+        let capacity = capacity + tree.depth * tree.top_k + 1;
         if capacity > head.rope.max_positions() {
             return Err(Error::Setting(format!("EAGLE head cache of {capacity} rows exceeds its {} positions", head.rope.max_positions())));
         }

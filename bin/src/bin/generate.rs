@@ -193,7 +193,7 @@ impl BackendJob for Args {
                 } else {
                     load_head::<B>(std::path::Path::new(spec), &m.config, positions, &device)?
                 };
-                let mut drafter = EagleDrafter::new(&head, &head_cfg, &m.model, ids.len() + self.max_new_tokens + 1)?;
+                let mut drafter = EagleDrafter::new(&head, &head_cfg, &m.model, ids.len() + self.max_new_tokens + 1, &tree)?;
                 generate_eagle(&m.model, &m.config, &mut drafter, &tree, &ids, self.max_new_tokens, &stop, &mut emit)?
             }
         };

@@ -6,23 +6,22 @@
 //! unmasked single new row sees everything). K/V are read through their strides: the cache views need no copy.
 
 use burn::tensor::Shape;
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn tree_attention_kernel<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    bits: &Tensor<u32>,
+    bits: &Tensor<i32>,
     out: &mut Tensor<F>,
     n: usize,
     t: usize,
     cols: usize,
     group: usize,
-    words_per_row: usize,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] threads: usize,
@@ -55,8 +54,8 @@ fn tree_attention_kernel<F: Float>(
         if comptime!(masked) {
             if visible && j >= prefix {
                 let jj = j - prefix;
-                let word = bits[i * words_per_row + jj / 32];
-                visible = ((word >> (jj % 32) as u32) & 1u32) == 1u32;
+                let word = bits[i * bits.stride(0) + (jj / 32) * bits.stride(1)];
+                visible = ((word >> (jj % 32) as i32) & 1i32) == 1i32;
             }
         }
         let mut s = f32::new(-1.0e30);
@@ -138,14 +137,14 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
     let [_, kv_heads, t, _] = k.meta.shape().dims::<4>();
     let dtype = q.dtype;
-    let out = empty_device_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    let out = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, heads, n, hd]), dtype);
     let threads = hd.next_power_of_two().max(128);
     let masked = bits.is_some();
     let cols = bits.as_ref().map_or(0, |b| b.1);
-    let words_per_row = cols.div_ceil(32);
     // Unmasked (one new row): the kernel never reads `bits`; q's buffer fills the slot.
-    let bits = bits.map(|b| into_contiguous(b.0)).unwrap_or_else(|| q.clone());
-    tree_attention_kernel::launch::<R>(
+    let bits = bits.map(|b| b.0).unwrap_or_else(|| q.clone());
+    // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, mask words < cols / 32.
+    unsafe { tree_attention_kernel::launch_unchecked::<R>(
         &q.client.clone(),
         CubeCount::Static(n as u32, heads as u32, 1),
         CubeDim::new_1d(threads as u32),
@@ -158,12 +157,11 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
         t,
         cols,
         heads / kv_heads,
-        words_per_row,
         1.0 / (hd as f32).sqrt(),
         hd,
         threads,
         masked,
         dtype.into(),
-    );
+    ) };
     out
 }

@@ -6,9 +6,14 @@
 //! f32 accumulators, so a weight element is loaded once and used for every row of the tile; the
 //! k-split partial sums meet in shared memory at the end. Larger M runs more tiles over the same
 //! weights, which then come from L2.
+//!
+//! Weights are read through their strides: cubecl may allocate 2-D tensors with padded rows (pitched
+//! layouts), and copying a weight on every call would cost more than the product. The small x is made
+//! contiguous (a no-op when it already is) so its index math stays simple. Outputs are contiguous.
+//! Launches are unchecked: every index is bounded by the kernel's own guards.
 
 use burn::tensor::Shape;
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
 /// Output columns per cube (one warp wide).
@@ -61,7 +66,36 @@ fn reduce_store<F: Float>(
     }
 }
 
-#[cube(launch)]
+/// Stage rows [m0, m0 + m_tile) of x, columns [k0, k0 + chunk), into shared memory as f32 (zero
+/// past K): every lane of a warp then reads the same x element from shared memory (a broadcast)
+/// instead of issuing its own global load per weight element.
+#[cube]
+fn stage_x<F: Float>(
+    x: &Tensor<F>,
+    x_s: &mut SharedMemory<f32>,
+    m0: usize,
+    m: usize,
+    k: usize,
+    k0: usize,
+    #[comptime] m_tile: usize,
+    #[comptime] chunk: usize,
+    #[comptime] threads: usize,
+) {
+    let mut e = UNIT_POS_Y as usize * N_TILE + UNIT_POS_X as usize;
+    while e < m_tile * chunk {
+        let i = e / chunk;
+        let kk = k0 + e % chunk;
+        let row = if m0 + i < m { m0 + i } else { m - 1 };
+        let mut v = 0.0f32;
+        if kk < k {
+            v = f32::cast_from(x[row * k + kk]);
+        }
+        x_s[e] = v;
+        e += threads;
+    }
+}
+
+#[cube(launch_unchecked)]
 fn dense_kernel<F: Float>(
     x: &Tensor<F>,
     w: &Tensor<F>,
@@ -75,46 +109,43 @@ fn dense_kernel<F: Float>(
 ) {
     let col = CUBE_POS_X as usize * N_TILE + UNIT_POS_X as usize;
     let m0 = CUBE_POS_Y as usize * m_tile;
+    let ks = UNIT_POS_Y as usize;
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
         acc[i] = 0.0f32;
     }
-    if col < n {
-        // Four rows per step: four independent loads in flight per thread.
-        let mut kk = UNIT_POS_Y as usize * 4;
-        while kk + 4 <= k {
+    // Each chunk of K: every k-lane takes 4 consecutive rows (four loads in flight per thread).
+    let chunk = comptime!(4 * k_split);
+    let mut x_s = SharedMemory::<f32>::new(m_tile * chunk);
+    let mut k0 = 0usize;
+    while k0 < k {
+        stage_x::<F>(x, &mut x_s, m0, m, k, k0, m_tile, chunk, N_TILE * k_split);
+        sync_cube();
+        if col < n {
             #[unroll]
             for r in 0..4usize {
-                let wv = f32::cast_from(w[(kk + r) * n + col]);
-                #[unroll]
-                for i in 0..m_tile {
-                    let row = if m0 + i < m { m0 + i } else { m - 1 };
-                    acc[i] += f32::cast_from(x[row * k + kk + r]) * wv;
+                let lk = ks * 4 + r;
+                let kk = k0 + lk;
+                if kk < k {
+                    let wv = f32::cast_from(w[kk * w.stride(0) + col * w.stride(1)]);
+                    #[unroll]
+                    for i in 0..m_tile {
+                        acc[i] += x_s[i * chunk + lk] * wv;
+                    }
                 }
             }
-            kk += k_split * 4;
         }
-        // The tail of K (< 4 rows) belongs to the lane whose next step would have covered it.
-        if kk < k {
-            while kk < k {
-                let wv = f32::cast_from(w[kk * n + col]);
-                #[unroll]
-                for i in 0..m_tile {
-                    let row = if m0 + i < m { m0 + i } else { m - 1 };
-                    acc[i] += f32::cast_from(x[row * k + kk]) * wv;
-                }
-                kk += 1;
-            }
-        }
+        sync_cube();
+        k0 += chunk;
     }
     reduce_store::<F>(&acc, out, m0, m, n, col, m_tile, k_split);
 }
 
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn int4_kernel<F: Float>(
     x: &Tensor<F>,
-    qweight: &Tensor<u32>,
+    qweight: &Tensor<i32>,
     scales: &Tensor<F>,
     offsets: &Tensor<F>,
     out: &mut Tensor<F>,
@@ -129,39 +160,51 @@ fn int4_kernel<F: Float>(
 ) {
     let col = CUBE_POS_X as usize * N_TILE + UNIT_POS_X as usize;
     let m0 = CUBE_POS_Y as usize * m_tile;
+    let ks = UNIT_POS_Y as usize;
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
         acc[i] = 0.0f32;
     }
-    if col < n {
-        let words = (k + 7) / 8;
-        let mut wi = UNIT_POS_Y as usize;
-        while wi < words {
-            let word = qweight[wi * n + col];
-            let k0 = wi * 8;
-            // A word never straddles groups (group is a multiple of 8 or the whole row), so its
-            // scale and offset are read once.
-            let gi = (k0 / group) * n + col;
-            let scale = f32::cast_from(scales[gi]);
-            let mut offset = scale * -8.0f32;
-            if comptime!(asymmetric) {
-                offset = f32::cast_from(offsets[gi]);
-            }
+    // Each chunk of K covers 4 words (32 rows) per k-lane: four independent word loads in flight.
+    let chunk_words = comptime!(4 * k_split);
+    let chunk = comptime!(32 * k_split);
+    let mut x_s = SharedMemory::<f32>::new(m_tile * chunk);
+    let words = (k + 7) / 8;
+    let mut w0 = 0usize;
+    while w0 < words {
+        stage_x::<F>(x, &mut x_s, m0, m, k, w0 * 8, m_tile, chunk, N_TILE * k_split);
+        sync_cube();
+        if col < n {
             #[unroll]
-            for j in 0..8u32 {
-                let kk = k0 + j as usize;
-                if kk < k {
-                    let wv = f32::cast_from((word >> (4 * j)) & 15u32) * scale + offset;
+            for u in 0..4usize {
+                let lw = ks + u * k_split;
+                let wi = w0 + lw;
+                if wi < words {
+                    let word = qweight[wi * qweight.stride(0) + col * qweight.stride(1)];
+                    // A word never straddles groups (group is a multiple of 8 or the whole row),
+                    // so its scale and offset are read once.
+                    let g = (wi * 8) / group;
+                    let scale = f32::cast_from(scales[g * scales.stride(0) + col * scales.stride(1)]);
+                    let mut offset = scale * -8.0f32;
+                    if comptime!(asymmetric) {
+                        offset = f32::cast_from(offsets[g * offsets.stride(0) + col * offsets.stride(1)]);
+                    }
+                    // Rows past K (a partial last word) meet zeros in x_s.
                     #[unroll]
-                    for i in 0..m_tile {
-                        let row = if m0 + i < m { m0 + i } else { m - 1 };
-                        acc[i] += f32::cast_from(x[row * k + kk]) * wv;
+                    for j in 0..8u32 {
+                        let wv = f32::cast_from((word >> (4 * j) as i32) & 15i32) * scale + offset;
+                        let lk = lw * 8 + j as usize;
+                        #[unroll]
+                        for i in 0..m_tile {
+                            acc[i] += x_s[i * chunk + lk] * wv;
+                        }
                     }
                 }
             }
-            wi += k_split;
         }
+        sync_cube();
+        w0 += chunk_words;
     }
     reduce_store::<F>(&acc, out, m0, m, n, col, m_tile, k_split);
 }
@@ -174,13 +217,15 @@ fn launch_dims(m: usize, n: usize) -> (usize, usize, CubeCount, CubeDim) {
 
 /// x [m, k] (any dtype the kernel is built for), w [k, n] of the same dtype.
 pub(crate) fn dense<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>) -> CubeTensor<R> {
-    let (x, w) = (into_contiguous(x), into_contiguous(w));
     let [m, k] = x.meta.shape().dims::<2>();
     let n = w.meta.shape().dims::<2>()[1];
     let dtype = x.dtype;
-    let out = empty_device_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
     let (m_tile, k_split, count, dim) = launch_dims(m, n);
-    dense_kernel::launch::<R>(
+    let x = into_contiguous(x);
+    // SAFETY: every index is bounded in the kernel: columns by `col < n`, rows of x clamped to
+    // m - 1, K by the loop bounds, groups by k0 < k.
+    unsafe { dense_kernel::launch_unchecked::<R>(
         &x.client.clone(),
         count,
         dim,
@@ -193,7 +238,7 @@ pub(crate) fn dense<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>) -> CubeT
         m_tile,
         k_split,
         dtype.into(),
-    );
+    ) };
     out
 }
 
@@ -206,23 +251,24 @@ pub(crate) fn int4<R: CubeRuntime>(
     k: usize,
     group: usize,
 ) -> CubeTensor<R> {
-    let x = into_contiguous(x);
     let m = x.meta.shape().dims::<2>()[0];
     let n = qweight.meta.shape().dims::<2>()[1];
     let dtype = x.dtype;
-    let out = empty_device_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n]), dtype);
     let (m_tile, k_split, count, dim) = launch_dims(m, n);
     let asymmetric = offsets.is_some();
     // The symmetric kernel never reads `offsets`; any float tensor fills the slot.
     let offsets = offsets.unwrap_or_else(|| scales.clone());
-    int4_kernel::launch::<R>(
+    let x = into_contiguous(x);
+    // SAFETY: as for `dense`.
+    unsafe { int4_kernel::launch_unchecked::<R>(
         &x.client.clone(),
         count,
         dim,
         x.into_tensor_arg(),
-        into_contiguous(qweight).into_tensor_arg(),
-        into_contiguous(scales).into_tensor_arg(),
-        into_contiguous(offsets).into_tensor_arg(),
+        qweight.into_tensor_arg(),
+        scales.into_tensor_arg(),
+        offsets.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         m,
         k,
@@ -232,6 +278,6 @@ pub(crate) fn int4<R: CubeRuntime>(
         k_split,
         asymmetric,
         dtype.into(),
-    );
+    ) };
     out
 }
