@@ -182,3 +182,41 @@ fn impossible_sd_settings() {
     let msg = err_of(generate_sd(target(), target(), &ids, 250, 8, &[], |_| {}));
     assert!(msg.contains("exceeds the context of 256"), "{msg}");
 }
+
+#[test]
+fn impossible_eagle_settings() {
+    use hierspec_model::eagle::{load_head, EagleConfig, EagleHead};
+    use hierspec_model::LlamaConfig;
+    use hierspec_speculative::drafter::EagleDrafter;
+    use hierspec_speculative::generate_eagle;
+    use hierspec_speculative::tree::TreeConfig;
+    let device = device();
+    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let ids = m.tokenizer.encode("hello").unwrap();
+    let cfg = EagleConfig::for_base(&m.config);
+    let head = EagleHead::<B>::random(&cfg, 256, 0, &device).unwrap();
+    let good = TreeConfig::default();
+    // Tree shapes with a zero.
+    for (bad, what) in [((0, 6, 60), "top-k 0"), ((10, 0, 60), "depth 0"), ((10, 6, 0), "nodes 0")] {
+        let tree = TreeConfig { top_k: bad.0, depth: bad.1, total_nodes: bad.2 };
+        let mut d = EagleDrafter::new(&head, &cfg, &m.model, 64, &good).unwrap();
+        let msg = err_of(generate_eagle(&m.model, &m.config, &mut d, &tree, &ids, 8, &[], |_| {}));
+        assert!(msg.contains("tree settings must be positive"), "{what}: {msg}");
+    }
+    // A head trained for another model (hidden size), or another vocabulary.
+    let wide = EagleConfig::for_base(&LlamaConfig { hidden_size: 640, num_attention_heads: 10, num_key_value_heads: 5, head_dim: 64, ..m.config.clone() });
+    let wide_head = EagleHead::<B>::random(&wide, 256, 0, &device).unwrap();
+    let msg = err_of(EagleDrafter::new(&wide_head, &wide, &m.model, 64, &good).map(|_| ()));
+    assert!(msg.contains("hidden size (640) does not match the model's (576)"), "{msg}");
+    let other_vocab = EagleConfig::for_base(&LlamaConfig { vocab_size: 1000, ..m.config.clone() });
+    let msg = err_of(other_vocab.check_base(&m.config));
+    assert!(msg.contains("vocabulary (1000)"), "{msg}");
+    // A head directory without weights, and one with only a pickle.
+    let d = tmp_dir("eagle-head");
+    std::fs::write(d.join("config.json"), r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 1, "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048}"#).unwrap();
+    let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
+    assert!(msg.contains("no safetensors weights"), "{msg}");
+    std::fs::write(d.join("pytorch_model.bin"), b"not read").unwrap();
+    let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
+    assert!(msg.contains("convert it once"), "{msg}");
+}

@@ -32,7 +32,6 @@ fn check(alias: &str, n_prompts: usize, random_prompts: usize, shape_prompts: us
     let m = loader::load::<B>(alias, 4096, &device).expect("load");
     let head_cfg = EagleConfig::for_base(&m.config);
     let head = EagleHead::<B>::random(&head_cfg, 4096, 3, &device).unwrap();
-    let capacity = 4096;
     let mut oracle_tau = Vec::new();
     for (pi, ids) in chat_prompts(&m).iter().take(n_prompts).enumerate() {
         let want = ar(&m, ids);
@@ -42,7 +41,7 @@ fn check(alias: &str, n_prompts: usize, random_prompts: usize, shape_prompts: us
         }
         for (name, shape) in &shapes {
             if pi < random_prompts.max(shape_prompts) {
-                let mut random = EagleDrafter::new(&head, &head_cfg, &m.model, capacity, shape).unwrap();
+                let mut random = EagleDrafter::new(&head, &head_cfg, &m.model, ids.len() + NEW + 1, shape).unwrap();
                 let (got, _) = eagle(&m, &mut random, shape, ids);
                 assert_eq!(got, want, "{alias} prompt {pi}: random head, tree {name}, differs from AR");
             }
