@@ -12,7 +12,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 
-use crate::dense::{self, SMALL_M_MAX};
+use crate::dense;
 use crate::Invalid;
 
 /// int4 values per 32-bit word.
@@ -129,16 +129,15 @@ impl<B: Backend> Int4Weight<B> {
 }
 
 /// `x[M, K] dequant(W)[K, N]` with f32 accumulation, in x's dtype; the kernel on cubecl runtimes for
-/// M <= [`SMALL_M_MAX`], the reference otherwise.
+/// M <= [`dense::SMALL_M_MAX`], the reference otherwise.
 pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Int4Weight<B>) -> Tensor<B, 2> {
     assert_eq!(x.dims()[1], w.k, "int4 matmul: x has {} columns, weight has k = {}", x.dims()[1], w.k);
     #[cfg(feature = "cube")]
-    if x.dims()[0] <= SMALL_M_MAX {
+    if x.dims()[0] <= dense::SMALL_M_MAX {
         if let Some(y) = crate::cube::int4_matmul(&x, w) {
             return y;
         }
     }
-    let _ = SMALL_M_MAX;
     reference_matmul(x, w)
 }
 

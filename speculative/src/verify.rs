@@ -34,26 +34,18 @@ impl<'a, B: Backend> Runner<'a, B> {
 
     /// Append `ids` as a causal sequence after the cache; logits [n or 1, vocab].
     pub fn forward(&mut self, ids: &[u32], logits_for: LogitsFor) -> Tensor<B, 2> {
-        let device = self.device();
-        let start = self.cache.len();
-        let out = self.model.forward(
-            tokens_tensor(ids, &device),
-            Llama::<B>::positions(start, ids.len(), &device),
-            &mut self.cache,
-            None,
-            logits_for,
-        );
-        let [_, n, v] = out.logits.dims();
-        out.logits.reshape([n, v])
+        squeeze(self.run(ids, logits_for)).0
     }
 
     /// Append `ids` causally; logits [n, vocab] and final-norm features [n, hidden] at every row.
     pub fn forward_features(&mut self, ids: &[u32]) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        squeeze(self.run(ids, LogitsFor::All))
+    }
+
+    fn run(&mut self, ids: &[u32], logits_for: LogitsFor) -> ForwardOutput<B> {
         let device = self.device();
-        let start = self.cache.len();
-        let positions = Llama::<B>::positions(start, ids.len(), &device);
-        let out = self.model.forward(tokens_tensor(ids, &device), positions, &mut self.cache, None, LogitsFor::All);
-        squeeze(out)
+        let positions = Llama::<B>::positions(self.cache.len(), ids.len(), &device);
+        self.model.forward(tokens_tensor(ids, &device), positions, &mut self.cache, None, logits_for)
     }
 
     /// Append tree nodes at rows [L, L + n) with positions L + depth and the ancestor mask; logits
@@ -70,10 +62,11 @@ impl<'a, B: Backend> Runner<'a, B> {
     }
 }
 
+/// [1, n, _] -> [n, _] for logits and features (logits may cover only the last row).
 fn squeeze<B: Backend>(out: ForwardOutput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [_, n, v] = out.logits.dims();
-    let h = out.hidden.dims()[2];
-    (out.logits.reshape([n, v]), out.hidden.reshape([n, h]))
+    let [_, rows, h] = out.hidden.dims();
+    (out.logits.reshape([n, v]), out.hidden.reshape([rows, h]))
 }
 
 /// The verifier's verdict on a tree: the accepted path (node indices from the root down to the
