@@ -1,3 +1,4 @@
-//! Shared pieces of the hierspec binaries: backend selection.
+//! Shared pieces of the hierspec binaries: backend selection, reporting.
 
 pub mod backend;
+pub mod report;

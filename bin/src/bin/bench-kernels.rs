@@ -242,41 +242,32 @@ impl BackendJob for Args {
 fn main() {
     let args = Args::parse();
     let json = args.json.clone();
-    match dispatch(args.device, args.dtype, args) {
-        Ok(mut r) => {
-            r.date = std::process::Command::new("date")
-                .arg("+%Y-%m-%d")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
-            if !r.attention.is_empty() {
-                println!("tree attention, Llama-3-8B shape (32/8 heads, head dim 128), dtype {:?}", r.dtype);
-                println!("| cache len | N | kernel us | reference us | speedup |");
-                println!("|---|---|---|---|---|");
-                for a in &r.attention {
-                    println!("| {} | {} | {:.1} | {:.1} | {:.2}x |", a.cache_len, a.n, a.kernel_us, a.reference_us, a.reference_us / a.kernel_us);
-                }
-            }
-            println!("copy bandwidth {:.0} GB/s, int4 group {}, dtype {:?}", r.copy_gbps, r.group, r.dtype);
-            println!("| shape | M | K | N | int4 us | int4 GB/s | of copy bw | TFLOP/s | dense kernel us | dense of bw | burn matmul us |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
-            for x in &r.records {
-                println!(
-                    "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0}% | {} |",
-                    x.shape, x.m, x.k, x.n, x.us, x.gbps, 100.0 * x.bw_fraction, x.tflops, x.dense_us,
-                    100.0 * x.dense_bw_fraction, x.bf16_us.map(|u| format!("{u:.1}")).unwrap_or("-".into())
-                );
-            }
-            if let Some(p) = json {
-                if let Err(e) = std::fs::write(&p, serde_json::to_string_pretty(&r).unwrap()) {
-                    eprintln!("error: {}: {e}", p.display());
-                    std::process::exit(1);
-                }
+    let result = dispatch(args.device, args.dtype, args).map(|mut r| {
+        r.date = std::process::Command::new("date")
+            .arg("+%Y-%m-%d")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        r
+    });
+    hierspec::report::finish(result, json.as_deref(), |r: &Report| {
+        if !r.attention.is_empty() {
+            println!("tree attention, Llama-3-8B shape (32/8 heads, head dim 128), dtype {:?}", r.dtype);
+            println!("| cache len | N | kernel us | reference us | speedup |");
+            println!("|---|---|---|---|---|");
+            for a in &r.attention {
+                println!("| {} | {} | {:.1} | {:.1} | {:.2}x |", a.cache_len, a.n, a.kernel_us, a.reference_us, a.reference_us / a.kernel_us);
             }
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+        println!("copy bandwidth {:.0} GB/s, int4 group {}, dtype {:?}", r.copy_gbps, r.group, r.dtype);
+        println!("| shape | M | K | N | int4 us | int4 GB/s | of copy bw | TFLOP/s | dense kernel us | dense of bw | burn matmul us |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for x in &r.records {
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0}% | {} |",
+                x.shape, x.m, x.k, x.n, x.us, x.gbps, 100.0 * x.bw_fraction, x.tflops, x.dense_us,
+                100.0 * x.dense_bw_fraction, x.bf16_us.map(|u| format!("{u:.1}")).unwrap_or("-".into())
+            );
         }
-    }
+    });
 }

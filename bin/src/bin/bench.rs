@@ -110,25 +110,13 @@ impl BackendJob for Args {
 fn main() {
     let args = Args::parse();
     let json = args.json.clone();
-    match dispatch(args.device, args.dtype, args) {
-        Ok(r) => {
-            println!("| shape | weights | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
-            println!(
-                "| {} | {} | {:?} | {:?} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.1}% |",
-                r.shape, if r.int4 { "W4A16 g128" } else { "dense" }, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
-                r.bound_tok_s, 100.0 * r.bound_fraction
-            );
-            if let Some(p) = json {
-                if let Err(e) = std::fs::write(&p, serde_json::to_string_pretty(&r).unwrap()) {
-                    eprintln!("error: {}: {e}", p.display());
-                    std::process::exit(1);
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    }
+    hierspec::report::finish(dispatch(args.device, args.dtype, args), json.as_deref(), |r: &Report| {
+        println!("| shape | weights | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {:?} | {:?} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.1}% |",
+            r.shape, if r.int4 { "W4A16 g128" } else { "dense" }, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
+            r.bound_tok_s, 100.0 * r.bound_fraction
+        );
+    });
 }
