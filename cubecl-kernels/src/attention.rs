@@ -58,6 +58,12 @@ impl<B: Backend> AttnMask<B> {
         Self::from_new_rows(cache_len, n, &allowed, device)
     }
 
+    /// The causal mask a forward over `n > 1` new rows needs when its caller gave none (`None` for a
+    /// single row, which sees every key). Use as `mask.or(causal.as_ref())`.
+    pub fn causal_unless_given(given: Option<&AttnMask<B>>, cache_len: usize, n: usize, device: &B::Device) -> Option<Self> {
+        (given.is_none() && n > 1).then(|| Self::causal(cache_len, n, device))
+    }
+
     /// Whether new row i sees masked key row j (key `prefix + j`).
     pub fn allows(&self, i: usize, j: usize) -> bool {
         self.words[i * self.cols.div_ceil(32) + j / 32] >> (j % 32) & 1 == 1

@@ -128,14 +128,8 @@ impl<B: Backend> EagleHead<B> {
     ) -> Tensor<B, 3> {
         let n = embeds.dims()[1];
         let cache_len = cache.len();
-        let causal;
-        let mask = match mask {
-            None if n > 1 => {
-                causal = AttnMask::causal(cache_len, n, &embeds.device());
-                Some(&causal)
-            }
-            m => m,
-        };
+        let causal = AttnMask::causal_unless_given(mask, cache_len, n, &embeds.device());
+        let mask = mask.or(causal.as_ref());
         let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
         let step = Step { rope: &self.rope, positions, cache_len, mask };
         // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.

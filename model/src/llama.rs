@@ -145,14 +145,8 @@ impl<B: Backend> Llama<B> {
         let cache_len = cache.len();
         assert!(cache_len + n <= cache.capacity(), "KV cache overflow: {cache_len} + {n} > {}", cache.capacity());
         let hidden_size = self.embed_tokens.dims()[1];
-        let causal;
-        let mask = match mask {
-            None if n > 1 => {
-                causal = AttnMask::causal(cache_len, n, &tokens.device());
-                Some(&causal)
-            }
-            m => m,
-        };
+        let causal = AttnMask::causal_unless_given(mask, cache_len, n, &tokens.device());
+        let mask = mask.or(causal.as_ref());
         let mut x = self.embed(tokens);
         let step = Step { rope: &self.rope, positions, cache_len, mask };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
