@@ -1,4 +1,6 @@
 //! Shared pieces of the hierspec binaries: backend selection, reporting.
 
 pub mod backend;
+pub mod engine;
+pub mod specbench;
 pub mod report;

@@ -25,6 +25,14 @@ pub struct GenerationStats {
     /// with a read to the host).
     pub draft_ms: f64,
     pub verify_ms: f64,
+    /// Hierarchy: forwards of the intermediate model (tree verifications and catch-ups), and the
+    /// time they took.
+    pub intermediate_forwards: usize,
+    pub intermediate_ms: f64,
+    /// Hierarchy: inner rounds (a head tree verified by the intermediate) and the tokens they added
+    /// to the sequence draft, the intermediate's bonus token counted.
+    pub inner_rounds: usize,
+    pub inner_tokens: usize,
 }
 
 impl GenerationStats {
@@ -32,6 +40,11 @@ impl GenerationStats {
     /// the target's own (bonus) token.
     pub fn tau(&self) -> f64 {
         if self.target_forwards == 0 { 0.0 } else { self.new_tokens.saturating_sub(1) as f64 / self.target_forwards as f64 }
+    }
+
+    /// Mean tokens an inner round (head -> intermediate) adds, the intermediate's bonus counted.
+    pub fn inner_tau(&self) -> f64 {
+        if self.inner_rounds == 0 { 0.0 } else { self.inner_tokens as f64 / self.inner_rounds as f64 }
     }
 
     /// Decode tokens/s: tokens produced after the first one over the decode time.

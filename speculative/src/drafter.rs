@@ -73,10 +73,22 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
     }
 
     fn truncate(&mut self, len: usize) {
-        self.cache.truncate(len);
-        self.pending_features.clear();
-        self.pending_tokens.clear();
+        let run = self.cache.len();
+        if len >= run + self.pending_tokens.len() {
+            return;
+        }
         self.last = None;
+        if len <= run {
+            self.cache.truncate(len);
+            self.pending_features.clear();
+            self.pending_tokens.clear();
+            return;
+        }
+        // Observed but not yet run: keep the pairs of positions below `len`.
+        let keep = len - run;
+        let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
+        self.pending_features.push(feats.slice([0..keep]));
+        self.pending_tokens.truncate(keep);
     }
 
     fn draft(&mut self, root: u32, cfg: &TreeConfig) -> Result<DraftTree> {

@@ -1,26 +1,28 @@
-//! EAGLE-2 speculative decoding (greedy): a tree drafter proposes a dynamic tree rooted at the
-//! newest token, the target verifies it in one forward under the ancestor mask, keeps the deepest
-//! valid path plus its own next token, and compacts its cache to that path. Output equals the
-//! target's AR greedy output.
+//! EAGLE-2 speculative decoding: a tree drafter proposes a dynamic tree rooted at the newest token,
+//! the target verifies it in one forward under the ancestor mask, keeps the accepted path plus its
+//! own next token (greedy: the deepest valid path; sampled: the multi-candidate rule), and compacts
+//! its cache to that path. Greedy output equals the target's AR output; sampled output follows the
+//! target's distribution exactly.
 //!
 //! One round, as a state machine over the emitted sequence:
 //!   Draft:   the drafter catches up on the observed (feature, next token) pairs and builds a tree.
 //!   Verify:  the target runs the tree at rows [L, L + N), positions L + depth.
-//!   Accept:  on the device: the deepest valid node and the bonus token (two integers to the host).
+//!   Accept:  on the device (greedy: two integers come back; sampled: the candidates' probabilities).
 //!   Compact: the path's K/V rows move to [L, L + a); the drafter observes the path's features.
 
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 
 use hierspec_model::{Llama, LlamaConfig, Result};
 
 use crate::ar::{check_prompt, read_id, GenerationStats};
 use crate::drafter::TreeDrafter;
+use crate::sampling::Sampler;
 use crate::tree::TreeConfig;
-use crate::verify::{accept_tree_greedy, Runner};
+use crate::verify::Runner;
 
-/// Generate up to `max_new` tokens with trees from `drafter`; greedy only.
+/// Generate up to `max_new` tokens with trees from `drafter`.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_eagle<B: Backend>(
     model: &Llama<B>,
@@ -29,6 +31,7 @@ pub fn generate_eagle<B: Backend>(
     tree: &TreeConfig,
     prompt: &[u32],
     max_new: usize,
+    sampler: &mut Sampler,
     stop: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
@@ -41,12 +44,12 @@ pub fn generate_eagle<B: Backend>(
     if max_new == 0 {
         return Ok((out, stats));
     }
-    let device = tgt.device();
 
     let t0 = Instant::now();
     let (logits, features) = tgt.forward_features(prompt);
     let n = prompt.len();
-    let first = read_id(logits.slice([n - 1..n]).argmax(1).reshape([1]));
+    let vocab = config.vocab_size;
+    let first = read_id(sampler.sample(logits.slice([n - 1..n]).reshape([vocab])));
     // Pairs (f_t, token t+1) for every prompt position: the prompt shifted by one, then `first`.
     let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
     drafter.observe(features, &next)?;
@@ -66,29 +69,29 @@ pub fn generate_eagle<B: Backend>(
         stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;
 
         let tv = Instant::now();
-        let l = tgt.cache.len();
-        let (logits, features) = tgt.forward_tree(&draft);
-        let acc = accept_tree_greedy(logits, &draft);
+        let v = tgt.verify_tree(&draft, sampler)?;
         stats.target_forwards += 1;
-        let rows: Vec<usize> = acc.path.iter().map(|&i| l + i).collect();
-        tgt.cache.keep_rows(l, &rows)?;
-        let idx: Vec<i64> = acc.path.iter().map(|&i| i as i64).collect();
-        let path_features = features.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [acc.path.len()]), &device));
         stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
 
         // New tokens: the path below the root, then the bonus; each is the "next token" of a path node.
-        let new: Vec<u32> = acc.path[1..].iter().map(|&i| draft.tokens[i]).chain(std::iter::once(acc.bonus)).collect();
-        drafter.observe(path_features, &new)?;
+        let new = path_tokens(&draft, &v.path, v.next);
+        drafter.observe(v.features, &new)?;
         for &t in &new {
             if emit(t, &mut out) {
                 done = true;
                 break;
             }
         }
-        pending = acc.bonus;
+        pending = v.next;
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = out.len();
     stats.draft_forwards = drafter.forwards();
     Ok((out, stats))
+}
+
+/// The tokens a verified tree adds to the sequence: the path below the root, then the verifier's
+/// next token. Entry i is the token after path node i.
+pub fn path_tokens(tree: &crate::tree::DraftTree, path: &[usize], next: u32) -> Vec<u32> {
+    path[1..].iter().map(|&i| tree.tokens[i]).chain(std::iter::once(next)).collect()
 }

@@ -1,46 +1,64 @@
-//! Draft-model speculative decoding (greedy): a smaller model of the same tokenizer drafts K tokens
-//! autoregressively, the target verifies [pending] ++ drafts in one causal forward and keeps the
-//! longest agreeing prefix plus its own next token. Output equals the target's AR greedy output.
+//! Draft-model speculative decoding: a smaller model of the same tokenizer drafts K tokens
+//! autoregressively (argmax, or sampled from its warped distribution q), the target verifies
+//! [pending] ++ drafts in one causal forward and keeps the accepted prefix plus its own next token
+//! (greedy: the longest agreeing prefix; sampled: speculative sampling against q). Greedy output
+//! equals the target's AR output; sampled output follows the target's distribution exactly.
 //!
 //! One round, as a state machine over the shared sequence `seq` (prompt + emitted tokens):
 //!   Draft:   the drafter reads the tokens of `seq` it has not seen, then proposes K tokens.
-//!   Verify:  the target runs [pending] ++ drafts; acceptance on the device gives (j, next).
+//!   Verify:  the target runs [pending] ++ drafts; acceptance gives (j, next).
 //!   Resync:  the target cache keeps pending + j drafts; the drafter's keeps what it fed that was
 //!            accepted; both overwrite the rest next round.
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::{backend::Backend, Tensor};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
 use crate::ar::{check_prompt, read_id, GenerationStats};
-use crate::verify::{accept_sequence_greedy, Runner};
+use crate::sampling::Sampler;
+use crate::verify::Runner;
 
 pub struct Model<'a, B: Backend> {
     pub model: &'a Llama<B>,
     pub config: &'a LlamaConfig,
 }
 
-/// Generate up to `max_new` tokens with `draft_len` drafts per round; greedy only.
-pub fn generate_sd<B: Backend>(
-    target: Model<B>,
-    draft: Model<B>,
-    prompt: &[u32],
-    max_new: usize,
-    draft_len: usize,
-    stop: &[u32],
-    mut on_token: impl FnMut(u32),
-) -> Result<(Vec<u32>, GenerationStats)> {
-    if draft_len == 0 {
-        return Err(Error::Setting("--draft-len must be at least 1".into()));
+// By hand: a derive would ask `B: Copy`.
+impl<B: Backend> Clone for Model<'_, B> {
+    fn clone(&self) -> Self {
+        *self
     }
+}
+impl<B: Backend> Copy for Model<'_, B> {}
+
+/// Both models must share the vocabulary: a draft's token ids are the target's.
+pub fn check_same_vocab<B: Backend>(target: Model<B>, draft: Model<B>) -> Result<()> {
     if draft.config.vocab_size != target.config.vocab_size {
         return Err(Error::Setting(format!(
             "the draft model's vocabulary ({}) differs from the target's ({}): they must share a tokenizer",
             draft.config.vocab_size, target.config.vocab_size
         )));
     }
+    Ok(())
+}
+
+/// Generate up to `max_new` tokens with `draft_len` drafts per round.
+pub fn generate_sd<B: Backend>(
+    target: Model<B>,
+    draft: Model<B>,
+    prompt: &[u32],
+    max_new: usize,
+    draft_len: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, GenerationStats)> {
+    if draft_len == 0 {
+        return Err(Error::Setting("--draft-len must be at least 1".into()));
+    }
+    check_same_vocab(target, draft)?;
     // Verification writes up to draft_len + 1 rows past the accepted sequence.
     let capacity = prompt.len() + max_new + draft_len + 1;
     let context = target.model.max_positions().min(draft.model.max_positions());
@@ -54,7 +72,8 @@ pub fn generate_sd<B: Backend>(
     }
 
     let t0 = Instant::now();
-    let first = read_id(tgt.forward(prompt, LogitsFor::Last).argmax(1).reshape([1]));
+    let vocab = target.config.vocab_size;
+    let first = read_id(sampler.sample(tgt.forward(prompt, LogitsFor::Last).reshape([vocab])));
     drf.forward(prompt, LogitsFor::Last);
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
@@ -72,10 +91,22 @@ pub fn generate_sd<B: Backend>(
         // Draft: catch up on unseen tokens (the pending one at least), then propose.
         let k = draft_len.min(max_new - out.len());
         let unseen = seq[drf.cache.len()..].to_vec();
-        let mut drafts = vec![read_id(drf.forward(&unseen, LogitsFor::Last).argmax(1).reshape([1]))];
-        while drafts.len() < k {
-            let last = *drafts.last().unwrap();
-            drafts.push(read_id(drf.forward(&[last], LogitsFor::Last).argmax(1).reshape([1])));
+        let mut logits = drf.forward(&unseen, LogitsFor::Last);
+        let mut drafts = Vec::with_capacity(k);
+        let mut q = Vec::new();
+        loop {
+            let t = if sampler.is_greedy() {
+                read_id(logits.argmax(1).reshape([1]))
+            } else {
+                let probs = sampler.probs(logits);
+                q.push(probs.clone());
+                read_id(sampler.draw(probs.reshape([vocab])))
+            };
+            drafts.push(t);
+            if drafts.len() == k {
+                break;
+            }
+            logits = drf.forward(&[t], LogitsFor::Last);
         }
         stats.draft_forwards += k;
         stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;
@@ -83,16 +114,13 @@ pub fn generate_sd<B: Backend>(
 
         // Verify [pending] ++ drafts in one forward.
         let l = tgt.cache.len();
-        let pending = *seq.last().unwrap();
-        let mut input = Vec::with_capacity(k + 1);
-        input.push(pending);
-        input.extend_from_slice(&drafts);
-        let (j, next) = accept_sequence_greedy(tgt.forward(&input, LogitsFor::All), &drafts);
+        let q = (!q.is_empty()).then(|| Tensor::cat(q, 0));
+        let (j, next) = tgt.verify_sequence(*seq.last().unwrap(), &drafts, q, sampler)?;
         stats.target_forwards += 1;
         stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
 
-        // Resync: rows past the accepted prefix are stale in both caches.
-        tgt.cache.truncate(l + 1 + j);
+        // Resync: the target kept pending + j drafts; the drafter's rows past them are stale (it
+        // never ran its last draft).
         drf.cache.truncate(l + 1 + j.min(k - 1));
         for &t in drafts[..j].iter().chain(std::iter::once(&next)) {
             if emit(t, &mut seq, &mut out) {

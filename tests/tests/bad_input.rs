@@ -173,13 +173,13 @@ fn impossible_sd_settings() {
     let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
     let ids = m.tokenizer.encode("hello").unwrap();
     let target = || Model { model: &m.model, config: &m.config };
-    let msg = err_of(generate_sd(target(), target(), &ids, 8, 0, &[], |_| {}));
+    let msg = err_of(generate_sd(target(), target(), &ids, 8, 0, &mut greedy(), &[], |_| {}));
     assert!(msg.contains("--draft-len must be at least 1"), "{msg}");
     let other = LlamaConfig { vocab_size: 1000, num_hidden_layers: 1, ..m.config.clone() };
     let small = Llama::<B>::random(&other, 256, 0, &device).unwrap();
-    let msg = err_of(generate_sd(target(), Model { model: &small, config: &other }, &ids, 8, 3, &[], |_| {}));
+    let msg = err_of(generate_sd(target(), Model { model: &small, config: &other }, &ids, 8, 3, &mut greedy(), &[], |_| {}));
     assert!(msg.contains("must share a tokenizer"), "{msg}");
-    let msg = err_of(generate_sd(target(), target(), &ids, 250, 8, &[], |_| {}));
+    let msg = err_of(generate_sd(target(), target(), &ids, 250, 8, &mut greedy(), &[], |_| {}));
     assert!(msg.contains("exceeds the context of 256"), "{msg}");
 }
 
@@ -200,7 +200,7 @@ fn impossible_eagle_settings() {
     for (bad, what) in [((0, 6, 60), "top-k 0"), ((10, 0, 60), "depth 0"), ((10, 6, 0), "nodes 0")] {
         let tree = TreeConfig { top_k: bad.0, depth: bad.1, total_nodes: bad.2 };
         let mut d = EagleDrafter::new(&head, &cfg, &m.model, 64, &good).unwrap();
-        let msg = err_of(generate_eagle(&m.model, &m.config, &mut d, &tree, &ids, 8, &[], |_| {}));
+        let msg = err_of(generate_eagle(&m.model, &m.config, &mut d, &tree, &ids, 8, &mut greedy(), &[], |_| {}));
         assert!(msg.contains("tree settings must be positive"), "{what}: {msg}");
     }
     // A head trained for another model (hidden size), or another vocabulary.
@@ -219,4 +219,38 @@ fn impossible_eagle_settings() {
     std::fs::write(d.join("pytorch_model.bin"), b"not read").unwrap();
     let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
     assert!(msg.contains("convert it once"), "{msg}");
+}
+
+fn greedy() -> hierspec_speculative::Sampler {
+    hierspec_speculative::Sampler::new(Default::default()).unwrap()
+}
+
+#[test]
+fn impossible_hier_settings() {
+    use hierspec_model::eagle::{EagleConfig, EagleHead};
+    use hierspec_model::{Llama, LlamaConfig};
+    use hierspec_speculative::drafter::EagleDrafter;
+    use hierspec_speculative::sd::Model;
+    use hierspec_speculative::tree::TreeConfig;
+    use hierspec_speculative::{generate_hier, HierConfig};
+    let device = device();
+    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let ids = m.tokenizer.encode("hello").unwrap();
+    let cfg = EagleConfig::for_base(&m.config);
+    let head = EagleHead::<B>::random(&cfg, 256, 0, &device).unwrap();
+    let model = || Model { model: &m.model, config: &m.config };
+    let run = |hier: HierConfig, inter: Model<B>, new: usize| {
+        let mut d = EagleDrafter::new(&head, &cfg, &m.model, 64, &TreeConfig::default()).unwrap();
+        err_of(generate_hier(model(), inter, &mut d, &hier, &ids, new, &mut greedy(), &[], |_| {}))
+    };
+    let msg = run(HierConfig { min_draft_len: 0, ..Default::default() }, model(), 8);
+    assert!(msg.contains("--min-draft-len must be at least 1"), "{msg}");
+    let no_depth = HierConfig { tree: TreeConfig { depth: 0, ..HierConfig::default().tree }, ..Default::default() };
+    assert!(run(no_depth, model(), 8).contains("tree settings must be positive"));
+    let other = LlamaConfig { vocab_size: 1000, num_hidden_layers: 1, ..m.config.clone() };
+    let small = Llama::<B>::random(&other, 256, 0, &device).unwrap();
+    let msg = run(HierConfig::default(), Model { model: &small, config: &other }, 8);
+    assert!(msg.contains("must share a tokenizer"), "{msg}");
+    let msg = run(HierConfig::default(), model(), 230);
+    assert!(msg.contains("exceeds the context of 256"), "{msg}");
 }

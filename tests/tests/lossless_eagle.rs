@@ -18,7 +18,7 @@ fn ar(m: &LoadedModel<B>, ids: &[u32]) -> Vec<u32> {
 }
 
 fn eagle(m: &LoadedModel<B>, drafter: &mut dyn TreeDrafter<B>, tree: &TreeConfig, ids: &[u32]) -> (Vec<u32>, GenerationStats) {
-    generate_eagle(&m.model, &m.config, drafter, tree, ids, NEW, &[], |_| {}).unwrap()
+    generate_eagle(&m.model, &m.config, drafter, tree, ids, NEW, &mut Sampler::new(SamplingParams::default()).unwrap(), &[], |_| {}).unwrap()
 }
 
 fn tree(top_k: usize, depth: usize, total_nodes: usize) -> TreeConfig {

@@ -32,7 +32,7 @@ fn check(alias: &str, n_prompts: usize, new_tokens: usize) {
             }
             let target = Model { model: &m.model, config: &m.config };
             let draft = Model { model: dm, config: dc };
-            let (sd, st) = generate_sd(target, draft, ids, new_tokens, k, &[], |_| {}).unwrap();
+            let (sd, st) = generate_sd(target, draft, ids, new_tokens, k, &mut greedy(), &[], |_| {}).unwrap();
             assert_eq!(sd, ar, "{alias} prompt {pi}, drafter {name}: SD differs from AR");
             if name == "self k=4" {
                 accepted.0 += st.new_tokens - 1;
@@ -77,9 +77,13 @@ fn lossless_sd_qwen_15b_with_05b_draft() {
         for k in [3, 6] {
             let target = Model { model: &t.model, config: &t.config };
             let draft = Model { model: &d.model, config: &d.config };
-            let (sd, st) = generate_sd(target, draft, ids, 64, k, &[], |_| {}).unwrap();
+            let (sd, st) = generate_sd(target, draft, ids, 64, k, &mut greedy(), &[], |_| {}).unwrap();
             assert_eq!(sd, ar, "prompt {pi}, k {k}: SD (1.5B + 0.5B) differs from AR");
             eprintln!("prompt {pi} k {k}: tau {:.2}", st.tau());
         }
     }
+}
+
+fn greedy() -> Sampler {
+    Sampler::new(SamplingParams::default()).unwrap()
 }

@@ -1,22 +1,60 @@
-//! `bench`: speed measurements. Today: `--synthetic <shape>`, AR decode of a random-weight model at a
-//! published shape (weights made on the device from a seed: speed does not depend on their values),
-//! against the bandwidth bound. Prints a table and writes JSON.
+//! `bench`: speed measurements, printed as a table and written as JSON.
+//! - `--prompts <question.jsonl>`: real models on Spec-Bench style prompts, every method in
+//!   `--methods` on the same prompts (see `hierspec::specbench`).
+//! - `--synthetic <shape>`: AR decode of a random-weight model at a published shape (weights made on
+//!   the device from a seed: speed does not depend on their values), against the bandwidth bound.
 
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
+use hierspec::engine::{Engine, EngineArgs, Method};
+use hierspec::specbench::{self, Record, RunSpec, Summary};
 use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Llama, LlamaConfig, Result};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "hierspec speed benchmarks (synthetic shapes)")]
+#[command(about = "hierspec speed benchmarks: Spec-Bench prompts on real models, or synthetic shapes")]
 struct Args {
+    /// Spec-Bench question file (JSONL with question_id, category, turns).
+    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    prompts: Option<PathBuf>,
+    /// Methods to compare on --prompts (comma separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ar,sd,eagle,hier")]
+    methods: Vec<Method>,
+    /// First N questions of each category (all when absent).
+    #[arg(long)]
+    per_category: Option<usize>,
+    /// Only these categories (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+    /// Turns per question (Spec-Bench's multi-turn prompts feed turn 2 after the answer to turn 1).
+    #[arg(long, default_value_t = 2)]
+    turns: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Write Spec-Bench answer files (<dir>/<method>.jsonl).
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// Write the markdown table here too.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Git revision recorded in the JSON.
+    #[arg(long, default_value = "unknown")]
+    revision: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Shape preset: qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, llama3-8b, llama3-70b.
     #[arg(long)]
-    synthetic: String,
+    synthetic: Option<String>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
     #[arg(long, value_enum, default_value_t = Precision::Bf16)]
@@ -31,8 +69,6 @@ struct Args {
     /// Device copy bandwidth in GB/s, for the bandwidth bound (H200: ~4300 measured).
     #[arg(long, default_value_t = 4300.0)]
     copy_gbps: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     #[arg(long)]
     json: Option<PathBuf>,
     /// W4A16: random int4 weights (group 128, asymmetric) for every decoder linear layer.
@@ -41,7 +77,30 @@ struct Args {
 }
 
 #[derive(serde::Serialize)]
-struct Report {
+#[serde(untagged)]
+enum Report {
+    Synthetic(Synthetic),
+    SpecBench(SpecBenchReport),
+}
+
+#[derive(serde::Serialize)]
+struct SpecBenchReport {
+    revision: String,
+    date: String,
+    device: DeviceKind,
+    dtype: Precision,
+    model: String,
+    draft: Option<String>,
+    quant: String,
+    settings: String,
+    prompts: String,
+    methods: Vec<Method>,
+    summaries: Vec<Summary>,
+    records: Vec<Record>,
+}
+
+#[derive(serde::Serialize)]
+struct Synthetic {
     shape: String,
     int4: bool,
     device: DeviceKind,
@@ -66,13 +125,60 @@ fn median(v: &mut [f64]) -> f64 {
 impl BackendJob for Args {
     type Output = Report;
     fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+        match &self.prompts {
+            Some(p) => self.spec_bench::<B>(p.clone(), device).map(Report::SpecBench),
+            None => self.synthetic::<B>(device).map(Report::Synthetic),
+        }
+    }
+}
+
+impl Args {
+    fn spec_bench<B: Backend>(&self, path: PathBuf, device: B::Device) -> Result<SpecBenchReport> {
+        if self.methods.is_empty() || self.turns == 0 || self.max_new_tokens == 0 {
+            return Err(Error::Setting("--methods, --turns >= 1 and --max-new-tokens >= 1 are required".into()));
+        }
+        let questions = specbench::read_questions(&path, self.per_category, &self.categories)?;
+        let engine = Engine::<B>::load(self.engine.clone(), &self.methods, &device)?;
+        let params = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.engine.seed };
+        let spec = RunSpec {
+            methods: &self.methods,
+            max_new: self.max_new_tokens,
+            turns: self.turns,
+            params,
+            warmup_tokens: 32.min(self.max_new_tokens),
+            answers_dir: self.answers.as_deref(),
+            model_id: &self.engine.model,
+        };
+        let records = specbench::run(&engine, &questions, &spec)?;
+        let e = &self.engine;
+        Ok(SpecBenchReport {
+            revision: self.revision.clone(),
+            date: date_utc(),
+            device: self.device,
+            dtype: self.dtype,
+            model: e.model.clone(),
+            draft: e.draft.clone(),
+            quant: format!("target {:?}, draft {:?}, group {}, {}", e.quant, e.draft_quant, e.quant_group, if e.quant_sym { "symmetric" } else { "asymmetric" }),
+            settings: format!(
+                "max_new {}, turns {}, temperature {}, top_p {}, top_k {}; sd draft_len {}; eagle {:?}; hier {:?}; heads eagle {:?} hier {:?}",
+                self.max_new_tokens, self.turns, self.temperature, self.top_p, self.top_k, e.draft_len, e.eagle_tree(), e.hier(), e.eagle, e.hier_eagle.as_ref().or(e.eagle.as_ref())
+            ),
+            prompts: format!("{} ({} questions)", path.display(), questions.len()),
+            methods: self.methods.clone(),
+            summaries: specbench::summaries(&records, &self.methods),
+            records,
+        })
+    }
+
+    fn synthetic<B: Backend>(&self, device: B::Device) -> Result<Synthetic> {
+        let shape = self.synthetic.clone().unwrap_or_default();
         if self.repeats == 0 || self.new_tokens < 2 || self.prompt_len == 0 {
             return Err(Error::Setting("--repeats >= 1, --new-tokens >= 2 and --prompt-len >= 1 are required".into()));
         }
-        let cfg = LlamaConfig::preset(&self.synthetic)?;
+        let cfg = LlamaConfig::preset(&shape)?;
         let ctx = self.prompt_len + self.new_tokens;
         let quant = self.int4.then(QuantSpec::default);
-        let model = Llama::<B>::random_with(&cfg, ctx, self.seed, quant.as_ref(), &device)?;
+        let model = Llama::<B>::random_with(&cfg, ctx, self.engine.seed, quant.as_ref(), &device)?;
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut prefill = Vec::new();
         let mut rates = Vec::new();
@@ -88,8 +194,8 @@ impl BackendJob for Args {
         let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
         let decode = median(&mut rates.clone());
-        Ok(Report {
-            shape: self.synthetic.clone(),
+        Ok(Synthetic {
+            shape,
             int4: self.int4,
             device: self.device,
             dtype: self.dtype,
@@ -110,7 +216,19 @@ impl BackendJob for Args {
 fn main() {
     let args = Args::parse();
     let json = args.json.clone();
+    let markdown = args.markdown.clone();
     hierspec::report::finish(dispatch(args.device, args.dtype, args), json.as_deref(), |r: &Report| {
+        let r = match r {
+            Report::SpecBench(s) => {
+                let t = specbench::table(&s.summaries);
+                println!("{t}");
+                if let Some(p) = &markdown {
+                    let _ = std::fs::write(p, &t).map_err(|e| eprintln!("error: {}: {e}", p.display()));
+                }
+                return;
+            }
+            Report::Synthetic(r) => r,
+        };
         println!("| shape | weights | device | dtype | prompt | new | prefill ms | decode tok/s | ms/token | bound tok/s | of bound |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
@@ -119,4 +237,9 @@ fn main() {
             r.bound_tok_s, 100.0 * r.bound_fraction
         );
     });
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn date_utc() -> String {
+    time::OffsetDateTime::now_utc().date().to_string()
 }

@@ -1,0 +1,225 @@
+//! The models a run needs and the decoding methods over them, shared by `generate` and `bench`:
+//! load the target (and the draft / intermediate, and EAGLE heads) once, then run any method on any
+//! prompt with the same settings.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use hierspec_model::eagle::{load_head, EagleConfig, EagleHead};
+use hierspec_model::loader::{self, LoadOptions, LoadedModel};
+use hierspec_model::nn::QuantSpec;
+use hierspec_model::{Error, Result};
+use hierspec_speculative::drafter::EagleDrafter;
+use hierspec_speculative::sd::Model;
+use hierspec_speculative::tree::TreeConfig;
+use hierspec_speculative::{generate, generate_eagle, generate_hier, generate_sd, GenerationStats, HierConfig, Sampler};
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// The target alone.
+    Ar,
+    /// A smaller model of the same tokenizer (--draft) drafts --draft-len tokens, the target verifies them.
+    Sd,
+    /// An EAGLE head (--eagle) drafts a dynamic tree, the target verifies it in one forward.
+    Eagle,
+    /// The hierarchy: an EAGLE head trained on --draft drafts trees, the intermediate model --draft
+    /// verifies them into a sequence of at least --min-draft-len tokens, the target verifies that.
+    Hier,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ar => "ar",
+            Method::Sd => "sd",
+            Method::Eagle => "eagle",
+            Method::Hier => "hier",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    None,
+    Rtn,
+}
+
+/// Model and method settings (flattened into each binary's arguments).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Target: alias (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), HF model directory or .gguf file.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// Draft model for `sd`, the intermediate for `hier` (alias, HF directory or .gguf).
+    #[arg(long)]
+    pub draft: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub draft_len: usize,
+    /// EAGLE head directory (config.json + safetensors) trained on the model it drafts for: the target
+    /// for `eagle`, the intermediate (--draft) for `hier` unless --hier-eagle names another. `random`
+    /// makes an untrained head (exercises the machinery; acceptance is low).
+    #[arg(long)]
+    pub eagle: Option<String>,
+    /// The head on the intermediate for `hier`, when a run also uses --eagle for `eagle`.
+    #[arg(long)]
+    pub hier_eagle: Option<String>,
+    /// Children per tree node and frontier width.
+    #[arg(long, default_value_t = 10)]
+    pub tree_topk: usize,
+    /// Drafter forwards per tree (levels below the root) [default: 6 for eagle, 3 for hier].
+    #[arg(long)]
+    pub tree_depth: Option<usize>,
+    /// Nodes per tree, root included [default: 60 for eagle, 30 for hier].
+    #[arg(long)]
+    pub tree_nodes: Option<usize>,
+    /// `hier`: the intermediate verifies head trees until the sequence draft holds this many tokens.
+    #[arg(long, default_value_t = 6)]
+    pub min_draft_len: usize,
+    /// Cap on the context (RoPE table and KV cache sizing).
+    #[arg(long, default_value_t = loader::DEFAULT_MAX_CONTEXT)]
+    pub max_context: usize,
+    /// Quantize the target's linear layers to W4A16 at load (`rtn`: round-to-nearest per group).
+    #[arg(long, value_enum, default_value_t = Quant::None)]
+    pub quant: Quant,
+    /// Quantize the draft / intermediate (--draft) too, with the same group settings.
+    #[arg(long, value_enum, default_value_t = Quant::None)]
+    pub draft_quant: Quant,
+    /// Input rows per scale for --quant (the full row where it does not divide the layer's input).
+    #[arg(long, default_value_t = 128)]
+    pub quant_group: usize,
+    /// Symmetric int4 (zero point 8) instead of min-max per group.
+    #[arg(long)]
+    pub quant_sym: bool,
+    /// Quantize lm_head too (dense by default).
+    #[arg(long)]
+    pub quant_lm_head: bool,
+    /// Seed of random heads (and of sampling, in `generate`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl EngineArgs {
+    pub fn eagle_tree(&self) -> TreeConfig {
+        TreeConfig { top_k: self.tree_topk, depth: self.tree_depth.unwrap_or(6), total_nodes: self.tree_nodes.unwrap_or(60) }
+    }
+
+    pub fn hier(&self) -> HierConfig {
+        let tree = TreeConfig { top_k: self.tree_topk, depth: self.tree_depth.unwrap_or(3), total_nodes: self.tree_nodes.unwrap_or(30) };
+        HierConfig { min_draft_len: self.min_draft_len, tree }
+    }
+
+    fn quant(&self, q: Quant) -> Option<QuantSpec> {
+        (q == Quant::Rtn).then_some(QuantSpec { group: self.quant_group, asymmetric: !self.quant_sym, lm_head: self.quant_lm_head })
+    }
+
+    /// Check every setting the listed methods use, before loading anything.
+    pub fn validate(&self, methods: &[Method]) -> Result<()> {
+        if (self.quant != Quant::None || self.draft_quant != Quant::None) && !matches!(self.quant_group, 32 | 64 | 128 | 256) {
+            return Err(Error::Setting(format!("--quant-group {} (use 32, 64, 128 or 256)", self.quant_group)));
+        }
+        for m in methods {
+            match m {
+                Method::Ar => {}
+                Method::Sd | Method::Hier if self.draft.is_none() => {
+                    return Err(Error::Setting(format!("--method {} needs --draft <model>", m.name())));
+                }
+                Method::Sd if self.draft_len == 0 => return Err(Error::Setting("--draft-len must be at least 1".into())),
+                Method::Sd => {}
+                Method::Eagle if self.eagle.is_none() => return Err(Error::Setting("--method eagle needs --eagle <head dir | random>".into())),
+                Method::Eagle => self.eagle_tree().validate()?,
+                Method::Hier if self.hier_eagle.is_none() && self.eagle.is_none() => {
+                    return Err(Error::Setting("--method hier needs --eagle <head dir | random> (a head on --draft)".into()));
+                }
+                Method::Hier => self.hier().validate()?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loaded models and heads; `run` decodes one prompt with one method.
+pub struct Engine<B: Backend> {
+    pub args: EngineArgs,
+    pub target: LoadedModel<B>,
+    pub draft: Option<LoadedModel<B>>,
+    target_head: Option<(EagleHead<B>, EagleConfig)>,
+    draft_head: Option<(EagleHead<B>, EagleConfig)>,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Load what `methods` need.
+    pub fn load(args: EngineArgs, methods: &[Method], device: &B::Device) -> Result<Self> {
+        args.validate(methods)?;
+        let uses = |m: Method| methods.contains(&m);
+        let opts = |q: Quant| LoadOptions { max_context: args.max_context, quant: args.quant(q) };
+        let target = loader::load_with::<B>(&args.model, &opts(args.quant), device)?;
+        let draft = match &args.draft {
+            Some(spec) if uses(Method::Sd) || uses(Method::Hier) => {
+                let d = loader::load_with::<B>(spec, &opts(args.draft_quant), device)?;
+                if d.tokenizer.vocab_size() != target.tokenizer.vocab_size() || d.config.vocab_size != target.config.vocab_size {
+                    return Err(Error::Setting(format!(
+                        "--draft {spec} has a different tokenizer or vocabulary ({} vs {})",
+                        d.config.vocab_size, target.config.vocab_size
+                    )));
+                }
+                Some(d)
+            }
+            _ => None,
+        };
+        let head = |spec: &str, base: &LoadedModel<B>| -> Result<(EagleHead<B>, EagleConfig)> {
+            if spec == "random" {
+                let cfg = EagleConfig::for_base(&base.config);
+                Ok((EagleHead::random(&cfg, base.context_len(), args.seed, device)?, cfg))
+            } else {
+                load_head(Path::new(spec), &base.config, base.context_len(), device)
+            }
+        };
+        let target_head = match (&args.eagle, uses(Method::Eagle)) {
+            (Some(spec), true) => Some(head(spec, &target)?),
+            _ => None,
+        };
+        let draft_head = match (args.hier_eagle.as_ref().or(args.eagle.as_ref()), &draft, uses(Method::Hier)) {
+            (Some(spec), Some(d), true) => Some(head(spec, d)?),
+            _ => None,
+        };
+        Ok(Self { args, target, draft, target_head, draft_head })
+    }
+
+    /// Generate up to `max_new` tokens after `ids` with `method`.
+    pub fn run(
+        &self,
+        method: Method,
+        ids: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        stop: &[u32],
+        on_token: impl FnMut(u32),
+    ) -> Result<(Vec<u32>, GenerationStats)> {
+        let t = &self.target;
+        let not_loaded = || Error::Setting(format!("method {} was not loaded", method.name()));
+        let target = Model { model: &t.model, config: &t.config };
+        match method {
+            Method::Ar => generate(&t.model, &t.config, ids, max_new, sampler, stop, on_token),
+            Method::Sd => {
+                let d = self.draft.as_ref().ok_or_else(not_loaded)?;
+                generate_sd(target, Model { model: &d.model, config: &d.config }, ids, max_new, self.args.draft_len, sampler, stop, on_token)
+            }
+            Method::Eagle => {
+                let (head, cfg) = self.target_head.as_ref().ok_or_else(not_loaded)?;
+                let tree = self.args.eagle_tree();
+                let mut drafter = EagleDrafter::new(head, cfg, &t.model, ids.len() + max_new + 1, &tree)?;
+                generate_eagle(&t.model, &t.config, &mut drafter, &tree, ids, max_new, sampler, stop, on_token)
+            }
+            Method::Hier => {
+                let d = self.draft.as_ref().ok_or_else(not_loaded)?;
+                let (head, cfg) = self.draft_head.as_ref().ok_or_else(not_loaded)?;
+                let hier = self.args.hier();
+                let mut drafter = EagleDrafter::new(head, cfg, &d.model, ids.len() + max_new + hier.max_sequence(), &hier.tree)?;
+                let inter = Model { model: &d.model, config: &d.config };
+                generate_hier(target, inter, &mut drafter, &hier, ids, max_new, sampler, stop, on_token)
+            }
+        }
+    }
+}

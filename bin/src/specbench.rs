@@ -1,0 +1,308 @@
+//! Spec-Bench style measurement of real models: read the question file (JSONL: `question_id`,
+//! `category`, `turns`), run every method on the same prompts with the same settings (batch 1,
+//! greedy by default, a warm-up first; turn 2 follows the method's own answer to turn 1), and report
+//! per prompt and per category: tokens/s over the decode phase (prefill timed apart), tau (target
+//! bonus counted), inner tau (hier), forwards per token, speedup over `ar`, and any greedy mismatch
+//! with `ar`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use hierspec_model::{Error, Result};
+use hierspec_speculative::{GenerationStats, Sampler, SamplingParams};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, Method};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Question {
+    pub question_id: serde_json::Value,
+    pub category: String,
+    pub turns: Vec<String>,
+}
+
+/// Read a Spec-Bench question file, keeping the first `per_category` questions of each category
+/// (all when None) and only `categories` when given. Malformed lines are errors with their number.
+pub fn read_questions(path: &Path, per_category: Option<usize>, categories: &[String]) -> Result<Vec<Question>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let q: Question = serde_json::from_str(line)
+            .map_err(|e| Error::Setting(format!("{}:{}: not a Spec-Bench question ({e})", path.display(), i + 1)))?;
+        if q.turns.is_empty() {
+            return Err(Error::Setting(format!("{}:{}: question without turns", path.display(), i + 1)));
+        }
+        if !categories.is_empty() && !categories.contains(&q.category) {
+            continue;
+        }
+        let n = seen.entry(q.category.clone()).or_default();
+        if per_category.is_none_or(|k| *n < k) {
+            *n += 1;
+            out.push(q);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Setting(format!("{}: no questions selected", path.display())));
+    }
+    Ok(out)
+}
+
+/// One method on one turn of one question.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub question_id: serde_json::Value,
+    pub category: String,
+    pub method: Method,
+    pub turn: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub tok_s: f64,
+    /// Tokens per target forward, the target's bonus token counted.
+    pub tau: f64,
+    /// hier: tokens per inner round (head -> intermediate), the intermediate's bonus counted.
+    pub inner_tau: f64,
+    pub inner_rounds: usize,
+    pub inner_tokens: usize,
+    pub target_forwards: usize,
+    pub intermediate_forwards: usize,
+    pub head_forwards: usize,
+    pub draft_ms: f64,
+    pub intermediate_ms: f64,
+    pub verify_ms: f64,
+    /// Greedy runs: whether the tokens equal `ar`'s on this turn (None without an `ar` run).
+    pub matches_ar: Option<bool>,
+    #[serde(skip)]
+    pub tokens: Vec<u32>,
+    #[serde(skip)]
+    pub text: String,
+}
+
+impl Record {
+    fn new(q: &Question, method: Method, turn: usize, tokens: Vec<u32>, text: String, s: &GenerationStats) -> Self {
+        Record {
+            question_id: q.question_id.clone(),
+            category: q.category.clone(),
+            method,
+            turn,
+            prompt_tokens: s.prompt_tokens,
+            new_tokens: s.new_tokens,
+            prefill_ms: s.prefill_ms,
+            decode_ms: s.decode_ms,
+            tok_s: s.decode_tok_s(),
+            tau: s.tau(),
+            inner_tau: s.inner_tau(),
+            inner_rounds: s.inner_rounds,
+            inner_tokens: s.inner_tokens,
+            target_forwards: s.target_forwards,
+            intermediate_forwards: s.intermediate_forwards,
+            head_forwards: s.draft_forwards,
+            draft_ms: s.draft_ms,
+            intermediate_ms: s.intermediate_ms,
+            verify_ms: s.verify_ms,
+            matches_ar: None,
+            tokens,
+            text,
+        }
+    }
+}
+
+/// Mean figures of one method over a set of records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub category: String,
+    pub method: Method,
+    pub turns: usize,
+    pub new_tokens: usize,
+    /// Mean of the per-turn decode tokens/s.
+    pub tok_s: f64,
+    /// Emitted tokens per target forward over all turns (bonus counted).
+    pub tau: f64,
+    pub inner_tau: f64,
+    /// Per emitted token.
+    pub target_forwards_per_token: f64,
+    pub intermediate_forwards_per_token: f64,
+    /// Drafter forwards: the head for eagle and hier, the draft model for sd.
+    pub head_forwards_per_token: f64,
+    /// Mean tokens/s over `ar`'s mean tokens/s on the same turns.
+    pub speedup: Option<f64>,
+    pub mismatches: usize,
+}
+
+pub fn summarize(category: &str, method: Method, recs: &[&Record], ar_tok_s: Option<f64>) -> Summary {
+    let n = recs.len().max(1) as f64;
+    let sum = |f: &dyn Fn(&Record) -> f64| recs.iter().map(|r| f(r)).sum::<f64>();
+    let decoded = sum(&|r| r.new_tokens.saturating_sub(1) as f64);
+    let emitted = sum(&|r| r.new_tokens as f64).max(1.0);
+    let tok_s = sum(&|r| r.tok_s) / n;
+    let inner_rounds = sum(&|r| r.inner_rounds as f64);
+    Summary {
+        category: category.to_string(),
+        method,
+        turns: recs.len(),
+        new_tokens: emitted as usize,
+        tok_s,
+        tau: decoded / sum(&|r| r.target_forwards as f64).max(1.0),
+        inner_tau: if inner_rounds > 0.0 { sum(&|r| r.inner_tokens as f64) / inner_rounds } else { 0.0 },
+        target_forwards_per_token: sum(&|r| r.target_forwards as f64) / emitted,
+        intermediate_forwards_per_token: sum(&|r| r.intermediate_forwards as f64) / emitted,
+        head_forwards_per_token: sum(&|r| r.head_forwards as f64) / emitted,
+        speedup: ar_tok_s.map(|a| tok_s / a),
+        mismatches: recs.iter().filter(|r| r.matches_ar == Some(false)).count(),
+    }
+}
+
+/// Settings of a Spec-Bench run besides the engine's.
+pub struct RunSpec<'a> {
+    pub methods: &'a [Method],
+    pub max_new: usize,
+    pub turns: usize,
+    pub params: SamplingParams,
+    pub warmup_tokens: usize,
+    pub answers_dir: Option<&'a Path>,
+    pub model_id: &'a str,
+}
+
+/// Run every method on every question; progress on stderr.
+pub fn run<B: Backend>(engine: &Engine<B>, questions: &[Question], spec: &RunSpec) -> Result<Vec<Record>> {
+    let tok = &engine.target.tokenizer;
+    let template = tok.chat_template.as_ref().ok_or_else(|| Error::Setting("the target has no chat template".into()))?;
+    let stop = tok.eos_ids.clone();
+    let bar = indicatif::ProgressBar::new((questions.len() * spec.methods.len()) as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("template"));
+    // Warm-up: every method once on the first prompt (kernels compiled, autotune, allocations).
+    let first = tok.encode(&template.render(None, &[("user", &questions[0].turns[0])]))?;
+    for &m in spec.methods {
+        bar.set_message(format!("warm-up {}", m.name()));
+        engine.run(m, &first, spec.warmup_tokens, &mut Sampler::new(spec.params)?, &stop, |_| {})?;
+    }
+    let mut records = Vec::new();
+    for (qi, q) in questions.iter().enumerate() {
+        for &m in spec.methods {
+            bar.set_message(format!("{} {}", q.category, m.name()));
+            let mut sampler = Sampler::new(SamplingParams { seed: spec.params.seed + qi as u64, ..spec.params })?;
+            let mut messages: Vec<(&str, String)> = Vec::new();
+            for (turn, user) in q.turns.iter().take(spec.turns).enumerate() {
+                messages.push(("user", user.clone()));
+                let view: Vec<(&str, &str)> = messages.iter().map(|(r, t)| (*r, t.as_str())).collect();
+                let ids = tok.encode(&template.render(None, &view))?;
+                let (tokens, stats) = engine.run(m, &ids, spec.max_new, &mut sampler, &stop, |_| {})?;
+                let answer: Vec<u32> = tokens.iter().copied().filter(|t| !stop.contains(t)).collect();
+                let text = tok.decode(&answer)?;
+                messages.push(("assistant", text.clone()));
+                records.push(Record::new(q, m, turn + 1, tokens, text, &stats));
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    if spec.params.is_greedy() {
+        mark_mismatches(&mut records);
+    }
+    if let Some(dir) = spec.answers_dir {
+        write_answers(dir, spec.model_id, &records)?;
+    }
+    Ok(records)
+}
+
+/// Greedy: every method must emit `ar`'s tokens on every turn.
+fn mark_mismatches(records: &mut [Record]) {
+    let ar: BTreeMap<(String, usize), Vec<u32>> = records
+        .iter()
+        .filter(|r| r.method == Method::Ar)
+        .map(|r| ((r.question_id.to_string(), r.turn), r.tokens.clone()))
+        .collect();
+    for r in records.iter_mut() {
+        r.matches_ar = ar.get(&(r.question_id.to_string(), r.turn)).map(|t| *t == r.tokens);
+    }
+}
+
+/// Spec-Bench answer files, one JSONL per method: `{question_id, answer_id, model_id, choices:
+/// [{index, turns, new_tokens, wall_time}], tstamp}`.
+fn write_answers(dir: &Path, model_id: &str, records: &[Record]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let methods: Vec<Method> = records.iter().fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r.method) {
+            v.push(r.method);
+        }
+        v
+    });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    for m in methods {
+        let path = dir.join(format!("{}.jsonl", m.name()));
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut by_q: Vec<(serde_json::Value, Vec<&Record>)> = Vec::new();
+        for r in records.iter().filter(|r| r.method == m) {
+            match by_q.iter_mut().find(|(q, _)| *q == r.question_id) {
+                Some((_, v)) => v.push(r),
+                None => by_q.push((r.question_id.clone(), vec![r])),
+            }
+        }
+        for (qid, recs) in by_q {
+            let line = serde_json::json!({
+                "question_id": qid,
+                "answer_id": format!("{}-{}", m.name(), qid),
+                "model_id": format!("{model_id}-{}", m.name()),
+                "choices": [{
+                    "index": 0,
+                    "turns": recs.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
+                    "new_tokens": recs.iter().map(|r| r.new_tokens).collect::<Vec<_>>(),
+                    "wall_time": recs.iter().map(|r| (r.prefill_ms + r.decode_ms) / 1e3).collect::<Vec<_>>(),
+                    "tau": recs.iter().map(|r| r.tau).collect::<Vec<_>>(),
+                }],
+                "tstamp": now,
+            });
+            writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Per category and overall, for every method: the summaries, `ar` first when present.
+pub fn summaries(records: &[Record], methods: &[Method]) -> Vec<Summary> {
+    let mut cats: Vec<String> = Vec::new();
+    for r in records {
+        if !cats.contains(&r.category) {
+            cats.push(r.category.clone());
+        }
+    }
+    cats.push("overall".into());
+    let mut out = Vec::new();
+    for c in &cats {
+        let of = |m: Method| records.iter().filter(|r| r.method == m && (c == "overall" || &r.category == c)).collect::<Vec<_>>();
+        let ar = methods.contains(&Method::Ar).then(|| summarize(c, Method::Ar, &of(Method::Ar), None).tok_s);
+        for &m in methods {
+            out.push(summarize(c, m, &of(m), ar));
+        }
+    }
+    out
+}
+
+/// The markdown table of `summaries`.
+pub fn table(summaries: &[Summary]) -> String {
+    let mut s = String::from(
+        "| category | method | turns | tokens | tok/s | speedup vs ar | tau (bonus counted) | inner tau | target fwd/token | intermediate fwd/token | drafter fwd/token | mismatches vs ar |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for x in summaries {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.3} | {:.3} | {:.3} | {} |\n",
+            x.category,
+            x.method.name(),
+            x.turns,
+            x.new_tokens,
+            x.tok_s,
+            x.speedup.map_or("-".into(), |v| format!("{v:.2}x")),
+            x.tau,
+            if x.inner_tau > 0.0 { format!("{:.2}", x.inner_tau) } else { "-".into() },
+            x.target_forwards_per_token,
+            x.intermediate_forwards_per_token,
+            x.head_forwards_per_token,
+            x.mismatches
+        );
+    }
+    s
+}
