@@ -178,7 +178,9 @@ pub fn run<B: Backend>(engine: &Engine<B>, questions: &[Question], spec: &RunSpe
     let first = tok.encode(&template.render(None, &[("user", &questions[0].turns[0])]))?;
     for &m in spec.methods {
         bar.set_message(format!("warm-up {}", m.name()));
+        let t = std::time::Instant::now();
         engine.run(m, &first, spec.warmup_tokens, &mut Sampler::new(spec.params)?, &stop, |_| {})?;
+        bar.suspend(|| eprintln!("warm-up {}: {:.1} s", m.name(), t.elapsed().as_secs_f64()));
     }
     let mut records = Vec::new();
     for (qi, q) in questions.iter().enumerate() {
@@ -194,7 +196,15 @@ pub fn run<B: Backend>(engine: &Engine<B>, questions: &[Question], spec: &RunSpe
                 let answer: Vec<u32> = tokens.iter().copied().filter(|t| !stop.contains(t)).collect();
                 let text = tok.decode(&answer)?;
                 messages.push(("assistant", text.clone()));
-                records.push(Record::new(q, m, turn + 1, tokens, text, &stats));
+                let r = Record::new(q, m, turn + 1, tokens, text, &stats);
+                // One line per turn as it finishes, so a run cut short still reports what it did.
+                bar.suspend(|| {
+                    eprintln!(
+                        "[{} q{} t{} {}] {} tokens, prefill {:.0} ms, {:.2} tok/s, tau {:.2}, inner tau {:.2}",
+                        r.category, r.question_id, r.turn, m.name(), r.new_tokens, r.prefill_ms, r.tok_s, r.tau, r.inner_tau
+                    )
+                });
+                records.push(r);
             }
             bar.inc(1);
         }

@@ -203,7 +203,8 @@ impl HostInt4 {
 }
 
 /// Round-to-nearest quantization of a row-major [k, n] weight ([in, out]) per group of `group` input
-/// rows: asymmetric uses the group's min..max range (offset = min), symmetric +-max|w| around zero
+/// rows: asymmetric uses the group's min..max range widened to include 0, with an integer zero point
+/// (offset = -zero * scale, as GPTQ), symmetric +-max|w| around zero
 /// point 8 (GPTQ's symmetric convention, scale = 2 max|w| / 15).
 pub fn quantize_rtn(w: &[f32], k: usize, n: usize, group: usize, asymmetric: bool) -> Result<HostInt4, Invalid> {
     check_dims(k, n, group)?;
@@ -219,8 +220,12 @@ pub fn quantize_rtn(w: &[f32], k: usize, n: usize, group: usize, asymmetric: boo
             let rows = gi * group..(gi + 1) * group;
             let (lo, hi) = rows.clone().fold((f32::MAX, f32::MIN), |(lo, hi), r| (lo.min(w[r * n + c]), hi.max(w[r * n + c])));
             let (scale, offset) = if asymmetric {
+                // GPTQ's grid: the range includes 0 and the zero point is an integer, so the
+                // weight can be written as a GPTQ checkpoint exactly.
+                let (lo, hi) = (lo.min(0.0), hi.max(0.0));
                 let s = (hi - lo) / 15.0;
-                (if s > 0.0 { s } else { 1.0 }, lo)
+                let s = if s > 0.0 { s } else { 1.0 };
+                (s, -(-lo / s).round() * s)
             } else {
                 let s = 2.0 * lo.abs().max(hi.abs()) / 15.0;
                 let s = if s > 0.0 { s } else { 1.0 };

@@ -14,6 +14,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::llama::{Attention, AttnMask, Mlp, Step};
 use crate::nn::{Linear, RmsNorm, Rope};
+use crate::pytorch::PytorchSource;
 use crate::weights::{SafetensorsSource, WeightSource};
 
 /// A head's configuration: the decoder-layer shapes (a Llama config with one layer) and whether
@@ -145,10 +146,10 @@ impl<B: Backend> EagleHead<B> {
 }
 
 /// The weight files of a head directory: safetensors (single, sharded with an index, or any
-/// `*.safetensors`); `pytorch_model.bin` is named in the error with the conversion to run.
-pub fn head_source(dir: &Path) -> Result<SafetensorsSource> {
+/// `*.safetensors`), else the official EAGLE heads' `pytorch_model.bin`.
+pub fn head_source(dir: &Path) -> Result<Box<dyn WeightSource>> {
     if dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists() {
-        return SafetensorsSource::open_dir(dir);
+        return Ok(Box::new(SafetensorsSource::open_dir(dir)?));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -157,15 +158,13 @@ pub fn head_source(dir: &Path) -> Result<SafetensorsSource> {
         .collect();
     files.sort();
     if !files.is_empty() {
-        return SafetensorsSource::open_files(&files);
+        return Ok(Box::new(SafetensorsSource::open_files(&files)?));
     }
-    if dir.join("pytorch_model.bin").exists() {
-        return Err(Error::Unsupported(format!(
-            "{}: pytorch_model.bin (a pickle) is not read; convert it once with: python3 -c \"import torch, safetensors.torch as st; st.save_file(torch.load('{0}/pytorch_model.bin', map_location='cpu'), '{0}/model.safetensors')\"",
-            dir.display()
-        )));
+    let bin = dir.join("pytorch_model.bin");
+    if bin.exists() {
+        return Ok(Box::new(PytorchSource::open(&bin)?));
     }
-    Err(Error::Safetensors(format!("{}: no safetensors weights for the EAGLE head", dir.display())))
+    Err(Error::Safetensors(format!("{}: no weights for the EAGLE head (model.safetensors, *.safetensors or pytorch_model.bin)", dir.display())))
 }
 
 /// Load a head directory (config.json + weights) for the base model `base`.
@@ -175,6 +174,6 @@ pub fn load_head<B: Backend>(dir: &Path, base: &LlamaConfig, max_positions: usiz
     let cfg = EagleConfig::from_json(&text)?;
     cfg.check_base(base)?;
     let src = head_source(dir)?;
-    let head = EagleHead::load(&cfg, &src, max_positions, device)?;
+    let head = EagleHead::load(&cfg, src.as_ref(), max_positions, device)?;
     Ok((head, cfg))
 }

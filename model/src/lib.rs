@@ -2,6 +2,7 @@
 //! turn Hugging Face directories and GGUF files into them.
 
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod eagle;
 pub mod error;
@@ -10,6 +11,8 @@ pub mod gguf;
 pub mod llama;
 pub mod loader;
 pub mod nn;
+pub mod pytorch;
+pub mod quantized;
 pub mod quants;
 pub mod tokenizer;
 pub mod weights;

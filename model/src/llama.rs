@@ -255,6 +255,11 @@ impl<B: Backend> Llama<B> {
         let h = cfg.hidden_size;
         let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear<B>> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
+            // A dense lm_head stays dense unless asked (or stored int4 by the checkpoint).
+            let int4_ok = quant.is_some() || name != "lm_head" || src.contains("lm_head.qweight");
+            if let Some(t) = if int4_ok { src.int4(name)? } else { None } {
+                return Linear::from_quant_tensor(name, t, b, (d_in, d_out), device);
+            }
             let w = src.tensor(&format!("{name}.weight"))?;
             match quant {
                 Some(q) => Linear::from_torch_rtn(name, w, b, (d_in, d_out), q, device),

@@ -11,8 +11,9 @@ use crate::fetch;
 use crate::gguf::{GgufFile, MetaValue};
 use crate::llama::Llama;
 use crate::nn::QuantSpec;
+use crate::quantized::CheckpointQuant;
 use crate::tokenizer::TextTokenizer;
-use crate::weights::{GgufSource, SafetensorsSource};
+use crate::weights::{GgufSource, SafetensorsSource, WeightSource};
 
 /// RoPE tables beyond this many positions cost memory for contexts nobody runs at batch 1 here.
 pub const DEFAULT_MAX_CONTEXT: usize = 32_768;
@@ -62,32 +63,82 @@ pub fn load<B: Backend>(spec: &str, max_context: usize, device: &B::Device) -> R
 }
 
 pub fn load_with<B: Backend>(spec: &str, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
-    let path = resolve(spec)?;
-    if path.is_dir() {
-        load_hf_dir(&path, opts, device)
-    } else {
-        load_gguf(&path, opts, device)
-    }
+    let ckpt = Checkpoint::open(spec)?;
+    let config = ckpt.config.clone();
+    // W4A16 loads take GGUF Q4_0 / Q4_1 / Q4_K weights as they are; other types requantize.
+    let src = ckpt.source(opts.quant.is_some());
+    let model = Llama::load_with(&config, src.as_ref(), config.max_position_embeddings.min(opts.max_context), opts.quant.as_ref(), device)?;
+    drop(src);
+    Ok(LoadedModel { model, config, tokenizer: ckpt.tokenizer, source: ckpt.path })
 }
 
 pub fn load_hf_dir<B: Backend>(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let config = LlamaConfig::from_hf_json(&text)?;
-    let src = SafetensorsSource::open_dir(dir)?;
-    let model = Llama::load_with(&config, &src, config.max_position_embeddings.min(opts.max_context), opts.quant.as_ref(), device)?;
-    let tokenizer = TextTokenizer::from_hf_dir(dir, &config.eos_token_ids)?;
-    Ok(LoadedModel { model, config, tokenizer, source: dir.to_path_buf() })
+    load_with(&dir.display().to_string(), opts, device)
 }
 
 pub fn load_gguf<B: Backend>(path: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
-    let file = GgufFile::open(path)?;
-    let config = config_from_gguf(&file)?;
-    let tokenizer = TextTokenizer::from_gguf(&file)?;
-    let unpermute = (config.arch == "llama").then_some((config.num_attention_heads, config.num_key_value_heads));
-    let src = GgufSource { file: &file, unpermute };
-    let model = Llama::load_with(&config, &src, config.max_position_embeddings.min(opts.max_context), opts.quant.as_ref(), device)?;
-    Ok(LoadedModel { model, config, tokenizer, source: path.to_path_buf() })
+    load_with(&path.display().to_string(), opts, device)
+}
+
+/// A model file or directory opened for reading: its config, tokenizer and weights (not on any device).
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub config: LlamaConfig,
+    pub tokenizer: TextTokenizer,
+    weights: Weights,
+}
+
+enum Weights {
+    Gguf(GgufFile),
+    Hf(SafetensorsSource),
+}
+
+impl Checkpoint {
+    /// An alias, HF model directory (safetensors, plain or GPTQ/AWQ int4) or GGUF file.
+    pub fn open(spec: &str) -> Result<Self> {
+        let path = resolve(spec)?;
+        if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let config = LlamaConfig::from_hf_json(&text)?;
+            let mut src = SafetensorsSource::open_dir(&path)?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
+            src.quant = CheckpointQuant::from_config(&v)?;
+            let tokenizer = TextTokenizer::from_hf_dir(&path, &config.eos_token_ids)?;
+            Ok(Self { path, config, tokenizer, weights: Weights::Hf(src) })
+        } else {
+            let file = GgufFile::open(&path)?;
+            let config = config_from_gguf(&file)?;
+            let tokenizer = TextTokenizer::from_gguf(&file)?;
+            Ok(Self { path, config, tokenizer, weights: Weights::Gguf(file) })
+        }
+    }
+
+    /// The weights by Hugging Face name. `native_int4`: GGUF Q4 blocks come back as int4 layers.
+    pub fn source(&self, native_int4: bool) -> Box<dyn WeightSource + '_> {
+        match &self.weights {
+            Weights::Hf(src) => Box::new(HfRef(src)),
+            Weights::Gguf(file) => {
+                let unpermute = (self.config.arch == "llama").then_some((self.config.num_attention_heads, self.config.num_key_value_heads));
+                Box::new(GgufSource { file, unpermute, native_int4 })
+            }
+        }
+    }
+}
+
+/// A borrowed safetensors source (the checkpoint keeps the mappings).
+struct HfRef<'a>(&'a SafetensorsSource);
+
+impl WeightSource for HfRef<'_> {
+    fn tensor(&self, name: &str) -> Result<crate::weights::HostTensor> {
+        self.0.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    fn int4(&self, name: &str) -> Result<Option<crate::quantized::QuantTensor>> {
+        self.0.int4(name)
+    }
 }
 
 /// The model config from GGUF metadata (`{arch}.*` keys); tensor presence decides biases and tying.

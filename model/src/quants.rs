@@ -109,7 +109,7 @@ impl GgmlType {
 }
 
 /// The 6-bit scale and min of sub-block `j` (of 8) packed in Q4_K's 12 scale bytes.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {

@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::quantized::{self, CheckpointQuant, QuantMethod, QuantTensor};
 
 pub type HostTensor = (Vec<f32>, Vec<usize>);
 
@@ -18,6 +19,11 @@ pub trait WeightSource {
     /// The tensor under its Hugging Face name, as f32 in PyTorch (outermost-first) layout.
     fn tensor(&self, name: &str) -> Result<HostTensor>;
     fn contains(&self, name: &str) -> bool;
+    /// The linear layer `name` (e.g. `model.layers.0.mlp.up_proj`) as int4, when the source stores
+    /// it so (GPTQ / AWQ checkpoints; GGUF Q4 blocks when asked for W4A16). None: read `tensor`.
+    fn int4(&self, _name: &str) -> Result<Option<QuantTensor>> {
+        Ok(None)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -29,6 +35,8 @@ pub struct GgufSource<'a> {
     pub file: &'a GgufFile,
     /// (n_heads, n_kv_heads) when the llama permutation must be undone.
     pub unpermute: Option<(usize, usize)>,
+    /// Map Q4_0 / Q4_1 / Q4_K weights onto int4 as they are (W4A16 loads) instead of dequantizing.
+    pub native_int4: bool,
 }
 
 fn gguf_name(hf: &str) -> Option<String> {
@@ -99,6 +107,35 @@ impl WeightSource for GgufSource<'_> {
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.file.tensors.contains_key(&g))
     }
+    fn int4(&self, name: &str) -> Result<Option<QuantTensor>> {
+        if !self.native_int4 {
+            return Ok(None);
+        }
+        let Some(info) = gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g)) else {
+            return Ok(None);
+        };
+        let [n, k] = info.shape[..] else { return Ok(None) };
+        let Some(mut host) = quantized::from_gguf(name, info.dtype, self.file.raw(info), k, n)? else {
+            return Ok(None);
+        };
+        let heads = match (self.unpermute, name.rsplit('.').next()) {
+            (Some((nh, _)), Some("q_proj")) => Some(nh),
+            (Some((_, nkv)), Some("k_proj")) => Some(nkv),
+            _ => None,
+        };
+        if let Some(h) = heads {
+            // Output rows are int4 columns: move columns (and their scales) as unpermute_rows moves rows.
+            let order = unpermute_order(h, n)?;
+            host = quantized::permute_columns(&host, &order);
+        }
+        Ok(Some(QuantTensor { host, perm: None }))
+    }
+}
+
+/// Where unpermute_rows takes each output row from: out[dst] = stored[order[dst]].
+fn unpermute_order(n_head: usize, rows: usize) -> Result<Vec<usize>> {
+    let idx: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+    Ok(unpermute_rows(&idx, n_head, rows, 1)?.into_iter().map(|v| v as usize).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -108,6 +145,8 @@ pub struct SafetensorsSource {
     shards: Vec<(PathBuf, Mmap, usize)>,
     /// name -> (shard index, info)
     index: HashMap<String, (usize, TensorInfo)>,
+    /// How int4 layers are stored, for quantized checkpoints.
+    pub quant: Option<CheckpointQuant>,
 }
 
 impl SafetensorsSource {
@@ -150,7 +189,23 @@ impl SafetensorsSource {
             }
             shards.push((path.clone(), mmap, 8 + n));
         }
-        Ok(Self { shards, index })
+        Ok(Self { shards, index, quant: None })
+    }
+
+    fn bytes(&self, name: &str) -> Result<(&Path, &[u8], &TensorInfo)> {
+        let (shard, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+        let (path, mmap, data_start) = &self.shards[*shard];
+        let (s, e) = info.data_offsets;
+        Ok((path, &mmap[data_start + s..data_start + e], info))
+    }
+
+    /// An int32 tensor (packed int4 words, g_idx).
+    pub fn tensor_i32(&self, name: &str) -> Result<(Vec<i32>, Vec<usize>)> {
+        let (path, bytes, info) = self.bytes(name)?;
+        if info.dtype != Dtype::I32 {
+            return Err(Error::Safetensors(format!("{}: {name} is {:?}, expected I32 (packed int4)", path.display(), info.dtype)));
+        }
+        Ok((bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect(), info.shape.clone()))
     }
 }
 
@@ -172,6 +227,39 @@ impl WeightSource for SafetensorsSource {
     }
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
+    }
+    fn int4(&self, name: &str) -> Result<Option<QuantTensor>> {
+        let qweight = format!("{name}.qweight");
+        if !self.index.contains_key(&qweight) {
+            return Ok(None);
+        }
+        let q = self.quant.as_ref().ok_or_else(|| Error::Config(format!("{qweight} found but config.json has no quantization_config")))?;
+        let (words, wshape) = self.tensor_i32(&qweight)?;
+        let (zeros, _) = self.tensor_i32(&format!("{name}.qzeros"))?;
+        let (scales, sshape) = self.tensor(&format!("{name}.scales"))?;
+        let [rows, cols] = wshape[..] else { return Err(Error::Safetensors(format!("{qweight}: shape {wshape:?} is not 2-D"))) };
+        let (k, n) = match q.method {
+            QuantMethod::Gptq { .. } => (rows * 8, cols),
+            QuantMethod::Awq => (rows, cols * 8),
+        };
+        // The scales say the output width and the number of groups.
+        if sshape.len() != 2 || sshape[1] != n || sshape[0] == 0 || k % sshape[0] != 0 {
+            return Err(Error::Safetensors(format!("{name}.scales: shape {sshape:?} does not fit a [{k}, {n}] int4 weight")));
+        }
+        let group = q.group.unwrap_or(k);
+        if sshape[0] != k / group {
+            return Err(Error::Safetensors(format!("{name}.scales: {} groups, but group size {group} over {k} inputs gives {}", sshape[0], k / group)));
+        }
+        match q.method {
+            QuantMethod::Gptq { v1 } => {
+                let g_idx = match self.index.contains_key(&format!("{name}.g_idx")) {
+                    true => Some(self.tensor_i32(&format!("{name}.g_idx"))?.0),
+                    false => None,
+                };
+                quantized::from_gptq(name, &words, &zeros, &scales, g_idx.as_deref(), (k, n, group), v1, q.sym).map(Some)
+            }
+            QuantMethod::Awq => quantized::from_awq(name, &words, &zeros, &scales, (k, n, group)).map(Some),
+        }
     }
 }
 

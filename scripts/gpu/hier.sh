@@ -15,7 +15,7 @@ exec > >(tee -a "$OUT/log-$PART.txt") 2>&1
 echo "revision $REV, date $(date -u +%F), part $PART"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 bench() { # dtype, max new tokens, per category, methods
-  timeout 560 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $3 --turns 1 --max-new-tokens $2 \
+  timeout 560 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $3 --categories writing,translation,summarization,qa,math_reasoning,rag --turns 1 --max-new-tokens $2 \
     --device cuda --dtype $1 --model $M/qwen2.5-coder-1.5b.gguf --quant rtn --draft $M/qwen2.5-coder-0.5b.gguf \
     --eagle random --methods $4 --revision $REV --json $OUT/hier-$1.json --markdown $OUT/hier-$1.md --answers $OUT/answers-$1
 }

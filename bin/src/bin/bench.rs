@@ -138,7 +138,9 @@ impl Args {
             return Err(Error::Setting("--methods, --turns >= 1 and --max-new-tokens >= 1 are required".into()));
         }
         let questions = specbench::read_questions(&path, self.per_category, &self.categories)?;
+        let t0 = std::time::Instant::now();
         let engine = Engine::<B>::load(self.engine.clone(), &self.methods, &device)?;
+        eprintln!("loaded {} (and what {:?} need) in {:.1} s", self.engine.model, self.methods, t0.elapsed().as_secs_f64());
         let params = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.engine.seed };
         let spec = RunSpec {
             methods: &self.methods,

@@ -2,11 +2,12 @@
 //! layer with an int4 weight: callers only see `forward`). Both weight kinds go through the small-M
 //! kernels of `hierspec-kernels` on cubecl runtimes.
 
-use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
 
 use crate::error::{Error, Result};
+use crate::quantized::QuantTensor;
 
 #[derive(Module, Debug)]
 pub enum LinearWeight<B: Backend> {
@@ -21,6 +22,8 @@ pub enum LinearWeight<B: Backend> {
 pub struct QuantWeight<B: Backend> {
     pub q: Int4Weight<B>,
     pub dequantized: Option<Param<Tensor<B, 2>>>,
+    /// Act-order GPTQ: the input columns in the order of `q`'s rows (x[:, perm] @ W).
+    pub perm: Option<Param<Tensor<B, 1, Int>>>,
 }
 
 #[derive(Module, Debug)]
@@ -74,7 +77,27 @@ impl<B: Backend> Linear<B> {
             let dtype = q.scales.val().dtype();
             Param::from_tensor(q.dequantize().cast(dtype))
         });
-        Self { weight: LinearWeight::Int4(QuantWeight { q, dequantized }), bias }
+        Self { weight: LinearWeight::Int4(QuantWeight { q, dequantized, perm: None }), bias }
+    }
+
+    /// An int4 weight read from a checkpoint (GPTQ, AWQ, GGUF Q4 blocks), checked against the
+    /// layer's shape; `bias` in PyTorch layout.
+    pub fn from_quant_tensor(name: &str, t: QuantTensor, bias: Option<(Vec<f32>, Vec<usize>)>, (d_in, d_out): (usize, usize), device: &B::Device) -> Result<Self> {
+        check_shape(&format!("{name} (int4 [in, out])"), &[t.host.k, t.host.n], &[d_in, d_out])?;
+        let weight = t.host.upload(device).map_err(|e| Error::Safetensors(format!("{name}: {e}")))?;
+        let bias = match bias {
+            Some((b, shape)) => {
+                check_shape(&format!("{name}.bias"), &shape, &[d_out])?;
+                Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device)))
+            }
+            None => None,
+        };
+        let mut layer = Self::quantized(weight, bias);
+        if let (Some(perm), LinearWeight::Int4(w)) = (t.perm, &mut layer.weight) {
+            let perm: Vec<i64> = perm.into_iter().map(i64::from).collect();
+            w.perm = Some(Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(perm, [d_in]), device)));
+        }
+        Ok(layer)
     }
 
     /// Round-to-nearest W4A16 from a PyTorch-layout weight `[out, in]`.
@@ -145,8 +168,16 @@ impl<B: Backend> Linear<B> {
     pub fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.weight {
             LinearWeight::Dense(w) => dense::linear(x, w.val()),
-            LinearWeight::Int4(QuantWeight { dequantized: Some(w), .. }) => dense::linear(x, w.val()),
-            LinearWeight::Int4(QuantWeight { q, .. }) => int4::matmul(x, q),
+            LinearWeight::Int4(w) => {
+                let x = match &w.perm {
+                    Some(p) => x.select(1, p.val()),
+                    None => x,
+                };
+                match &w.dequantized {
+                    Some(d) => dense::linear(x, d.val()),
+                    None => int4::matmul(x, &w.q),
+                }
+            }
         }
     }
 
