@@ -246,9 +246,19 @@ impl WeightSource for SafetensorsSource {
         if sshape.len() != 2 || sshape[1] != n || sshape[0] == 0 || k % sshape[0] != 0 {
             return Err(Error::Safetensors(format!("{name}.scales: shape {sshape:?} does not fit a [{k}, {n}] int4 weight")));
         }
-        let group = q.group.unwrap_or(k);
+        // The config's group size, or one group over the whole row where it does not divide the
+        // layer's input (as our writer does); the scales must agree.
+        let group = match q.group {
+            Some(g) if k % g == 0 => g,
+            _ => k,
+        };
         if sshape[0] != k / group {
-            return Err(Error::Safetensors(format!("{name}.scales: {} groups, but group size {group} over {k} inputs gives {}", sshape[0], k / group)));
+            let said = q.group.map_or("-1 (whole row)".to_string(), |g| g.to_string());
+            return Err(Error::Safetensors(format!(
+                "{name}.scales: {} groups, but group size {said} over {k} inputs gives {}",
+                sshape[0],
+                k / group
+            )));
         }
         match q.method {
             QuantMethod::Gptq { v1 } => {

@@ -123,6 +123,8 @@ fn safetensors_bytes(tensors: &[(&str, Vec<usize>)]) -> Vec<u8> {
 #[test]
 fn inconsistent_config_and_truncated_safetensors() {
     let d = tmp_dir("hf");
+    // A valid tokenizer, so that the errors below come from the config and the weights.
+    std::fs::copy(fixture_dir().join("hf-llama-tiny/tokenizer.json"), d.join("tokenizer.json")).unwrap();
     std::fs::write(d.join("config.json"), tiny_config(3)).unwrap();
     std::fs::write(d.join("model.safetensors"), safetensors_bytes(&[("x", vec![2])])).unwrap();
     let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
@@ -211,14 +213,15 @@ fn impossible_eagle_settings() {
     let other_vocab = EagleConfig::for_base(&LlamaConfig { vocab_size: 1000, ..m.config.clone() });
     let msg = err_of(other_vocab.check_base(&m.config));
     assert!(msg.contains("vocabulary (1000)"), "{msg}");
-    // A head directory without weights, and one with only a pickle.
+    // A head directory without weights, and one with a broken pickle.
     let d = tmp_dir("eagle-head");
     std::fs::write(d.join("config.json"), r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 1, "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048}"#).unwrap();
     let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
-    assert!(msg.contains("no safetensors weights"), "{msg}");
-    std::fs::write(d.join("pytorch_model.bin"), b"not read").unwrap();
+    assert!(msg.contains("no weights for the EAGLE head"), "{msg}");
+    // A pickle that is not one.
+    std::fs::write(d.join("pytorch_model.bin"), b"not a zip, not a pickle").unwrap();
     let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
-    assert!(msg.contains("convert it once"), "{msg}");
+    assert!(msg.contains("not a readable PyTorch checkpoint"), "{msg}");
 }
 
 fn greedy() -> hierspec_speculative::Sampler {
