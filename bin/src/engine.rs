@@ -12,7 +12,7 @@ use hierspec_model::{Error, Result};
 use hierspec_speculative::drafter::EagleDrafter;
 use hierspec_speculative::sd::Model;
 use hierspec_speculative::tree::TreeConfig;
-use hierspec_speculative::{generate, generate_eagle, generate_hier, generate_sd, GenerationStats, HierConfig, Sampler};
+use hierspec_speculative::{generate, generate_eagle, generate_hier, generate_sd, GenerationStats, HierConfig, Sampler, SamplingParams};
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,6 +136,23 @@ impl EngineArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// Token selection, applied identically to every model of a method (0 = greedy).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, seed: u64) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed }
     }
 }
 

@@ -69,6 +69,37 @@ pub fn check_prompt(prompt: &[u32], new: usize, context: usize, vocab: usize) ->
     Ok(())
 }
 
+/// The tokens a method has emitted, and the stop rule every method shares: stop after `max_new`
+/// tokens or after any stop token (which is emitted).
+pub struct Emitter<'a, F: FnMut(u32)> {
+    pub out: Vec<u32>,
+    max_new: usize,
+    stop: &'a [u32],
+    on_token: F,
+}
+
+impl<'a, F: FnMut(u32)> Emitter<'a, F> {
+    pub fn new(max_new: usize, stop: &'a [u32], on_token: F) -> Self {
+        Self { out: Vec::with_capacity(max_new), max_new, stop, on_token }
+    }
+
+    /// Emit `t`; true when generation is over.
+    pub fn emit(&mut self, t: u32) -> bool {
+        self.out.push(t);
+        (self.on_token)(t);
+        self.out.len() >= self.max_new || self.stop.contains(&t)
+    }
+
+    /// Emit tokens in order until generation is over; true when it is.
+    pub fn emit_all(&mut self, tokens: impl IntoIterator<Item = u32>) -> bool {
+        tokens.into_iter().any(|t| self.emit(t))
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.max_new - self.out.len()
+    }
+}
+
 pub fn tokens_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
     let v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     Tensor::from_data(TensorData::new(v, [1, ids.len()]), device)
@@ -87,14 +118,14 @@ pub fn generate<B: Backend>(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
     check_prompt(prompt, max_new, model.max_positions(), config.vocab_size)?;
     let mut target = Runner::new(model, config, prompt.len() + max_new)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut out = Vec::with_capacity(max_new);
+    let mut em = Emitter::new(max_new, stop, on_token);
     if max_new == 0 {
-        return Ok((out, stats));
+        return Ok((em.out, stats));
     }
 
     let t0 = Instant::now();
@@ -103,17 +134,12 @@ pub fn generate<B: Backend>(
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
-    loop {
-        out.push(id);
-        on_token(id);
-        if out.len() >= max_new || stop.contains(&id) {
-            break;
-        }
+    while !em.emit(id) {
         let logits = target.forward(&[id], LogitsFor::Last);
         stats.target_forwards += 1;
         id = read_id(sampler.sample(logits.reshape([config.vocab_size])));
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    stats.new_tokens = out.len();
-    Ok((out, stats))
+    stats.new_tokens = em.out.len();
+    Ok((em.out, stats))
 }

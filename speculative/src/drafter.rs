@@ -27,6 +27,13 @@ pub trait TreeDrafter<B: Backend> {
     fn forwards(&self) -> usize;
 }
 
+/// After the prefill: the pairs (f_t, token t+1) of every prompt position (the prompt shifted by
+/// one, then the first generated token).
+pub fn observe_prompt<B: Backend>(drafter: &mut dyn TreeDrafter<B>, features: Tensor<B, 2>, prompt: &[u32], first: u32) -> Result<()> {
+    let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
+    drafter.observe(features, &next)
+}
+
 /// An EAGLE head drafting for `base` (whose embedding and lm_head it uses).
 pub struct EagleDrafter<'a, B: Backend> {
     head: &'a EagleHead<B>,

@@ -16,8 +16,8 @@ use burn::tensor::backend::Backend;
 
 use hierspec_model::{Llama, LlamaConfig, Result};
 
-use crate::ar::{check_prompt, read_id, GenerationStats};
-use crate::drafter::TreeDrafter;
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::drafter::{observe_prompt, TreeDrafter};
 use crate::sampling::Sampler;
 use crate::tree::TreeConfig;
 use crate::verify::Runner;
@@ -33,16 +33,16 @@ pub fn generate_eagle<B: Backend>(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
     tree.validate()?;
     // Verification writes up to total_nodes rows past the accepted sequence.
     check_prompt(prompt, max_new + tree.total_nodes, model.max_positions(), config.vocab_size)?;
     let mut tgt = Runner::new(model, config, prompt.len() + max_new + tree.total_nodes)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut out = Vec::with_capacity(max_new + tree.depth + 1);
+    let mut em = Emitter::new(max_new, stop, on_token);
     if max_new == 0 {
-        return Ok((out, stats));
+        return Ok((em.out, stats));
     }
 
     let t0 = Instant::now();
@@ -50,18 +50,11 @@ pub fn generate_eagle<B: Backend>(
     let n = prompt.len();
     let vocab = config.vocab_size;
     let first = read_id(sampler.sample(logits.slice([n - 1..n]).reshape([vocab])));
-    // Pairs (f_t, token t+1) for every prompt position: the prompt shifted by one, then `first`.
-    let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
-    drafter.observe(features, &next)?;
+    observe_prompt(drafter, features, prompt, first)?;
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
-    let mut emit = |t: u32, out: &mut Vec<u32>| -> bool {
-        out.push(t);
-        on_token(t);
-        out.len() >= max_new || stop.contains(&t)
-    };
-    let mut done = emit(first, &mut out);
+    let mut done = em.emit(first);
     let mut pending = first;
     while !done {
         let td = Instant::now();
@@ -76,18 +69,13 @@ pub fn generate_eagle<B: Backend>(
         // New tokens: the path below the root, then the bonus; each is the "next token" of a path node.
         let new = path_tokens(&draft, &v.path, v.next);
         drafter.observe(v.features, &new)?;
-        for &t in &new {
-            if emit(t, &mut out) {
-                done = true;
-                break;
-            }
-        }
+        done = em.emit_all(new);
         pending = v.next;
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    stats.new_tokens = out.len();
+    stats.new_tokens = em.out.len();
     stats.draft_forwards = drafter.forwards();
-    Ok((out, stats))
+    Ok((em.out, stats))
 }
 
 /// The tokens a verified tree adds to the sequence: the path below the root, then the verifier's

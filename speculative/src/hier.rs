@@ -21,8 +21,8 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use hierspec_model::{Error, LogitsFor, Result};
 
-use crate::ar::{check_prompt, read_id, GenerationStats};
-use crate::drafter::TreeDrafter;
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::drafter::{observe_prompt, TreeDrafter};
 use crate::eagle::path_tokens;
 use crate::sampling::Sampler;
 use crate::sd::{check_same_vocab, Model};
@@ -69,7 +69,7 @@ pub fn generate_hier<B: Backend>(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
     cfg.validate()?;
     check_same_vocab(target, inter)?;
@@ -81,30 +81,24 @@ pub fn generate_hier<B: Backend>(
     let mut tgt = Runner::new(target.model, target.config, prompt.len() + max_new + max_seq + 1)?;
     let mut mid = Runner::new(inter.model, inter.config, prompt.len() + max_new + max_seq + cfg.tree.total_nodes)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut out = Vec::with_capacity(max_new + max_seq + 1);
+    let mut em = Emitter::new(max_new, stop, on_token);
     if max_new == 0 {
-        return Ok((out, stats));
+        return Ok((em.out, stats));
     }
 
     let t0 = Instant::now();
     let pending_first = read_id(sampler.sample(tgt.forward(prompt, LogitsFor::Last).reshape([vocab])));
     let (_, features) = mid.forward_features(prompt);
-    let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(pending_first)).collect();
-    drafter.observe(features, &next)?;
+    observe_prompt(drafter, features, prompt, pending_first)?;
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
-    let mut emit = |t: u32, out: &mut Vec<u32>| -> bool {
-        out.push(t);
-        on_token(t);
-        out.len() >= max_new || stop.contains(&t)
-    };
-    let mut done = emit(pending_first, &mut out);
+    let mut done = em.emit(pending_first);
     let mut pending = pending_first;
     while !done {
         // Inner: grow the sequence draft from trees verified by D.
         let l = tgt.cache.len();
-        let want = cfg.min_draft_len.min(max_new - out.len()).max(1);
+        let want = cfg.min_draft_len.min(em.remaining()).max(1);
         let (mut s, mut features, mut q) = (Vec::with_capacity(max_seq), Vec::new(), Vec::new());
         while s.len() < want {
             let td = Instant::now();
@@ -144,16 +138,11 @@ pub fn generate_hier<B: Backend>(
         }
         stats.intermediate_ms += tm.elapsed().as_secs_f64() * 1e3;
 
-        for &t in s[..j].iter().chain(std::iter::once(&next)) {
-            if emit(t, &mut out) {
-                done = true;
-                break;
-            }
-        }
+        done = em.emit_all(s[..j].iter().copied().chain(std::iter::once(next)));
         pending = next;
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    stats.new_tokens = out.len();
+    stats.new_tokens = em.out.len();
     stats.draft_forwards = drafter.forwards();
-    Ok((out, stats))
+    Ok((em.out, stats))
 }

@@ -16,7 +16,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
-use crate::ar::{check_prompt, read_id, GenerationStats};
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
 use crate::sampling::Sampler;
 use crate::verify::Runner;
 
@@ -53,7 +53,7 @@ pub fn generate_sd<B: Backend>(
     draft_len: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, GenerationStats)> {
     if draft_len == 0 {
         return Err(Error::Setting("--draft-len must be at least 1".into()));
@@ -66,9 +66,9 @@ pub fn generate_sd<B: Backend>(
     let mut tgt = Runner::new(target.model, target.config, capacity)?;
     let mut drf = Runner::new(draft.model, draft.config, capacity)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut out = Vec::with_capacity(max_new + draft_len + 1);
+    let mut em = Emitter::new(max_new, stop, on_token);
     if max_new == 0 {
-        return Ok((out, stats));
+        return Ok((em.out, stats));
     }
 
     let t0 = Instant::now();
@@ -79,17 +79,12 @@ pub fn generate_sd<B: Backend>(
 
     let t1 = Instant::now();
     let mut seq: Vec<u32> = prompt.to_vec();
-    let mut emit = |t: u32, seq: &mut Vec<u32>, out: &mut Vec<u32>| -> bool {
-        seq.push(t);
-        out.push(t);
-        on_token(t);
-        out.len() >= max_new || stop.contains(&t)
-    };
-    let mut done = emit(first, &mut seq, &mut out);
+    seq.push(first);
+    let mut done = em.emit(first);
     while !done {
         let td = Instant::now();
         // Draft: catch up on unseen tokens (the pending one at least), then propose.
-        let k = draft_len.min(max_new - out.len());
+        let k = draft_len.min(em.remaining());
         let unseen = seq[drf.cache.len()..].to_vec();
         let mut logits = drf.forward(&unseen, LogitsFor::Last);
         let mut drafts = Vec::with_capacity(k);
@@ -122,14 +117,11 @@ pub fn generate_sd<B: Backend>(
         // Resync: the target kept pending + j drafts; the drafter's rows past them are stale (it
         // never ran its last draft).
         drf.cache.truncate(l + 1 + j.min(k - 1));
-        for &t in drafts[..j].iter().chain(std::iter::once(&next)) {
-            if emit(t, &mut seq, &mut out) {
-                done = true;
-                break;
-            }
-        }
+        let new: Vec<u32> = drafts[..j].iter().copied().chain(std::iter::once(next)).collect();
+        seq.extend_from_slice(&new);
+        done = em.emit_all(new);
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    stats.new_tokens = out.len();
-    Ok((out, stats))
+    stats.new_tokens = em.out.len();
+    Ok((em.out, stats))
 }

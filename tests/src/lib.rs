@@ -129,3 +129,26 @@ pub fn chat_prompts(m: &hierspec_model::LoadedModel<B>) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// A tiny Llama config (vocabulary `vocab`, hidden 32, 4 heads / 2 KV heads of 8, FFN 64) for tests
+/// on random weights.
+pub fn tiny_llama(vocab: usize, layers: usize) -> hierspec_model::LlamaConfig {
+    hierspec_model::LlamaConfig {
+        arch: "llama".into(),
+        vocab_size: vocab,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: layers,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        attention_bias: false,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}

@@ -13,7 +13,7 @@ use hierspec_model::checkpoint::{linear_names, write_quantized, WriteSpec};
 use hierspec_model::eagle::load_head;
 use hierspec_model::loader::{self, Checkpoint, LoadOptions};
 use hierspec_model::nn::QuantSpec;
-use hierspec_model::{Llama, LlamaConfig, LogitsFor};
+use hierspec_model::{Llama, LogitsFor};
 use hierspec_speculative::verify::Runner;
 use hierspec_tests::*;
 use safetensors::tensor::TensorView;
@@ -149,24 +149,8 @@ fn gguf_q4_blocks_load_as_int4_and_generate_like_the_dequantized_model() {
 #[test]
 fn eagle_head_from_pytorch_bin_equals_safetensors() {
     let device = device();
-    let base = LlamaConfig {
-        arch: "llama".into(),
-        vocab_size: 16,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        attention_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    // The base the fixture head was written for (scripts/make_eagle_bin_fixture.py).
+    let base = tiny_llama(16, 2);
     let (bin, cfg) = load_head::<B>(&fixture_dir().join("eagle-head-bin"), &base, 64, &device).expect("pytorch_model.bin head");
     let (st, _) = load_head::<B>(&fixture_dir().join("eagle-head-st"), &base, 64, &device).expect("safetensors head");
     assert!(!cfg.fc_bias, "the fixture's config says bias: false");

@@ -26,24 +26,7 @@ const PROMPT: [u32; 3] = [1, 5, 9];
 const PARAMS: SamplingParams = SamplingParams { temperature: 0.04, top_p: 0.95, top_k: 8, seed: 0 };
 
 fn tiny(layers: usize) -> LlamaConfig {
-    LlamaConfig {
-        arch: "llama".into(),
-        vocab_size: VOCAB,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: layers,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 64,
-        attention_bias: false,
-        tie_word_embeddings: false,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    }
+    tiny_llama(VOCAB, layers)
 }
 
 struct Models {

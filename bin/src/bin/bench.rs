@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
-use hierspec::engine::{Engine, EngineArgs, Method};
+use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
 use hierspec::specbench::{self, Record, RunSpec, Summary};
 use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Llama, LlamaConfig, Result};
@@ -35,12 +35,8 @@ struct Args {
     turns: usize,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Write Spec-Bench answer files (<dir>/<method>.jsonl).
     #[arg(long)]
     answers: Option<PathBuf>,
@@ -141,7 +137,7 @@ impl Args {
         let t0 = std::time::Instant::now();
         let engine = Engine::<B>::load(self.engine.clone(), &self.methods, &device)?;
         eprintln!("loaded {} (and what {:?} need) in {:.1} s", self.engine.model, self.methods, t0.elapsed().as_secs_f64());
-        let params = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.engine.seed };
+        let params = self.sampling.params(self.engine.seed);
         let spec = RunSpec {
             methods: &self.methods,
             max_new: self.max_new_tokens,
@@ -163,7 +159,7 @@ impl Args {
             quant: format!("target {:?}, draft {:?}, group {}, {}", e.quant, e.draft_quant, e.quant_group, if e.quant_sym { "symmetric" } else { "asymmetric" }),
             settings: format!(
                 "max_new {}, turns {}, temperature {}, top_p {}, top_k {}; sd draft_len {}; eagle {:?}; hier {:?}; heads eagle {:?} hier {:?}",
-                self.max_new_tokens, self.turns, self.temperature, self.top_p, self.top_k, e.draft_len, e.eagle_tree(), e.hier(), e.eagle, e.hier_eagle.as_ref().or(e.eagle.as_ref())
+                self.max_new_tokens, self.turns, self.sampling.temperature, self.sampling.top_p, self.sampling.top_k, e.draft_len, e.eagle_tree(), e.hier(), e.eagle, e.hier_eagle.as_ref().or(e.eagle.as_ref())
             ),
             prompts: format!("{} ({} questions)", path.display(), questions.len()),
             methods: self.methods.clone(),

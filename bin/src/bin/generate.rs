@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
-use hierspec::engine::{Engine, EngineArgs, Method};
+use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
 use hierspec_model::{Error, Result};
-use hierspec_speculative::{Sampler, SamplingParams};
+use hierspec_speculative::Sampler;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Generate text with a Llama-family model (greedy at temperature 0)")]
@@ -25,12 +25,8 @@ struct Args {
     max_new_tokens: usize,
     #[arg(long, value_enum, default_value_t = Method::Ar)]
     method: Method,
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -70,7 +66,7 @@ struct Stats {
 impl BackendJob for Args {
     type Output = ();
     fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<()> {
-        let params = SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.engine.seed };
+        let params = self.sampling.params(self.engine.seed);
         let mut sampler = Sampler::new(params)?;
         let prompt = self.prompt.clone().or(self.prompt_flag.clone()).unwrap_or_else(|| "Write a haiku about the sea.".into());
         let engine = Engine::<B>::load(self.engine.clone(), &[self.method], &device)?;
