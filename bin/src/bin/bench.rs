@@ -12,7 +12,8 @@ use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
 use hierspec::specbench::{self, Record, RunSpec, Summary};
 use hierspec_model::nn::QuantSpec;
-use hierspec_model::{Error, Llama, LlamaConfig, Result};
+use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
+use hierspec_speculative::verify::Runner;
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 
 #[derive(Parser, Debug, Clone)]
@@ -70,6 +71,12 @@ struct Args {
     /// W4A16: random int4 weights (group 128, asymmetric) for every decoder linear layer.
     #[arg(long)]
     int4: bool,
+    /// Also time one verification forward of N new tokens after a cache of each of these lengths
+    /// (the verification-cost curve; N from --curve-n). Empty: skip.
+    #[arg(long, value_delimiter = ',')]
+    curve_cache: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,24,32,48,64")]
+    curve_n: Vec<usize>,
 }
 
 #[derive(serde::Serialize)]
@@ -111,6 +118,17 @@ struct Synthetic {
     weight_bytes_per_token: u64,
     bound_tok_s: f64,
     bound_fraction: f64,
+    /// One forward of N new tokens (causal) after `cache_len` cached rows: median ms, and its ratio
+    /// to N = 1 at the same cache length.
+    verify_curve: Vec<CurvePoint>,
+}
+
+#[derive(serde::Serialize)]
+struct CurvePoint {
+    cache_len: usize,
+    n: usize,
+    ms: f64,
+    vs_n1: f64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -174,7 +192,8 @@ impl Args {
             return Err(Error::Setting("--repeats >= 1, --new-tokens >= 2 and --prompt-len >= 1 are required".into()));
         }
         let cfg = LlamaConfig::preset(&shape)?;
-        let ctx = self.prompt_len + self.new_tokens;
+        let curve_max = self.curve_cache.iter().max().copied().unwrap_or(0) + self.curve_n.iter().max().copied().unwrap_or(0);
+        let ctx = (self.prompt_len + self.new_tokens).max(curve_max);
         let quant = self.int4.then(QuantSpec::default);
         let model = Llama::<B>::random_with(&cfg, ctx, self.engine.seed, quant.as_ref(), &device)?;
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
@@ -189,6 +208,7 @@ impl Args {
                 rates.push(stats.decode_tok_s());
             }
         }
+        let verify_curve = self.verify_curve(&model, &cfg, &device)?;
         let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
         let decode = median(&mut rates.clone());
@@ -207,7 +227,41 @@ impl Args {
             weight_bytes_per_token: bytes,
             bound_tok_s: bound,
             bound_fraction: decode / bound,
+            verify_curve,
         })
+    }
+
+    /// The verification-cost curve: after a cache of each length, one forward of N tokens (the
+    /// logits read back), median of --repeats after a warm-up; the cache is cut back after each.
+    fn verify_curve<B: Backend>(&self, model: &Llama<B>, cfg: &LlamaConfig, device: &B::Device) -> Result<Vec<CurvePoint>> {
+        let mut out = Vec::new();
+        let max_n = self.curve_n.iter().max().copied().unwrap_or(0);
+        for &cache_len in &self.curve_cache {
+            let ids: Vec<u32> = (0..(cache_len + max_n) as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
+            let mut r = Runner::new(model, cfg, cache_len + max_n)?;
+            if cache_len > 0 {
+                r.forward(&ids[..cache_len], LogitsFor::Last);
+            }
+            let mut n1 = None;
+            for &n in &self.curve_n {
+                let mut times = Vec::new();
+                for run in 0..=self.repeats {
+                    B::sync(device).map_err(|e| Error::Setting(format!("device sync: {e:?}")))?;
+                    let t = std::time::Instant::now();
+                    let logits = r.forward(&ids[cache_len..cache_len + n], LogitsFor::All);
+                    let _ = logits.argmax(1).into_data();
+                    if run > 0 {
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    r.cache.truncate(cache_len);
+                }
+                let ms = median(&mut times);
+                let base = *n1.get_or_insert(ms);
+                eprintln!("verify curve: cache {cache_len}, n {n}: {ms:.3} ms ({:.2}x n = 1)", ms / base);
+                out.push(CurvePoint { cache_len, n, ms, vs_n1: ms / base });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -234,6 +288,14 @@ fn main() {
             r.shape, if r.int4 { "W4A16 g128" } else { "dense" }, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
             r.bound_tok_s, 100.0 * r.bound_fraction
         );
+        if !r.verify_curve.is_empty() {
+            println!();
+            println!("| cache len | N new tokens | forward ms | x N = 1 |");
+            println!("|---|---|---|---|");
+            for c in &r.verify_curve {
+                println!("| {} | {} | {:.3} | {:.2} |", c.cache_len, c.n, c.ms, c.vs_n1);
+            }
+        }
     });
 }
 
