@@ -316,3 +316,103 @@ pub fn table(summaries: &[Summary]) -> String {
     }
     s
 }
+
+/// An SVG bar chart of the speedup over `ar` per category (groups) and method (bars), with a
+/// dashed line at 1x. Written by hand: a few rectangles and labels do not need a plotting crate.
+pub fn svg(summaries: &[Summary]) -> String {
+    let methods: Vec<Method> = summaries.iter().map(|s| s.method).fold(Vec::new(), |mut v, m| {
+        if m != Method::Ar && !v.contains(&m) {
+            v.push(m);
+        }
+        v
+    });
+    let cats: Vec<&str> = summaries.iter().map(|s| s.category.as_str()).fold(Vec::new(), |mut v, c| {
+        if !v.contains(&c) {
+            v.push(c);
+        }
+        v
+    });
+    let value = |c: &str, m: Method| summaries.iter().find(|s| s.category == c && s.method == m).and_then(|s| s.speedup).unwrap_or(0.0);
+    let top = cats.iter().flat_map(|c| methods.iter().map(move |m| value(c, *m))).fold(1.0f64, f64::max) * 1.15;
+    let (bar, gap, h, left, bottom) = (18.0, 24.0, 260.0, 50.0, 60.0);
+    let group = bar * methods.len() as f64 + gap;
+    let width = left + group * cats.len() as f64 + 160.0;
+    let y = |v: f64| 20.0 + h * (1.0 - v / top);
+    let colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n",
+        20.0 + h + bottom
+    );
+    s += &format!("<text x=\"4\" y=\"14\">speedup over ar (mean tok/s ratio)</text>\n");
+    for t in 0..=4 {
+        let v = top * t as f64 / 4.0;
+        s += &format!("<text x=\"4\" y=\"{:.1}\">{v:.2}x</text>\n", y(v) + 4.0);
+    }
+    s += &format!("<line x1=\"{left}\" x2=\"{:.0}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n", width - 160.0, y(1.0), y(1.0));
+    for (ci, c) in cats.iter().enumerate() {
+        let x0 = left + ci as f64 * group;
+        for (mi, m) in methods.iter().enumerate() {
+            let v = value(c, *m);
+            let x = x0 + mi as f64 * bar;
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{c} {}: {v:.2}x</title></rect>\n",
+                y(v),
+                bar - 2.0,
+                h + 20.0 - y(v),
+                colors[mi % colors.len()],
+                m.name()
+            );
+        }
+        s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" transform=\"rotate(30 {:.1} {:.1})\">{c}</text>\n", x0, h + 34.0, x0, h + 34.0);
+    }
+    for (mi, m) in methods.iter().enumerate() {
+        let ly = 30.0 + 16.0 * mi as f64;
+        s += &format!("<rect x=\"{:.0}\" y=\"{ly:.0}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.0}\" y=\"{:.0}\">{}</text>\n", width - 140.0, colors[mi % colors.len()], width - 125.0, ly + 9.0, m.name());
+    }
+    s + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(category: &str, method: Method, speedup: f64) -> Summary {
+        Summary {
+            category: category.into(),
+            method,
+            turns: 1,
+            new_tokens: 10,
+            tok_s: speedup,
+            tau: 1.0,
+            inner_tau: 0.0,
+            target_forwards_per_token: 1.0,
+            intermediate_forwards_per_token: 0.0,
+            head_forwards_per_token: 0.0,
+            speedup: Some(speedup),
+            mismatches: 0,
+        }
+    }
+
+    #[test]
+    fn svg_has_one_bar_per_category_and_speculative_method() {
+        let s = vec![summary("qa", Method::Ar, 1.0), summary("qa", Method::Hier, 2.5), summary("rag", Method::Ar, 1.0), summary("rag", Method::Hier, 0.5)];
+        let svg = svg(&s);
+        assert_eq!(svg.matches("<rect x=").count(), 2 + 1, "two bars and one legend swatch");
+        assert!(svg.contains("qa hier: 2.50x") && svg.contains("rag hier: 0.50x"));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn malformed_question_lines_are_errors_with_their_number() {
+        let dir = std::env::temp_dir().join(format!("hierspec-sb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("q.jsonl");
+        std::fs::write(&p, "{\"question_id\": 1, \"category\": \"qa\", \"turns\": [\"hi\"]}\n{not json}\n").unwrap();
+        let e = read_questions(&p, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("q.jsonl:2"), "{e}");
+        std::fs::write(&p, "{\"question_id\": 1, \"category\": \"qa\", \"turns\": [\"a\"]}\n{\"question_id\": 2, \"category\": \"qa\", \"turns\": [\"b\"]}\n{\"question_id\": 3, \"category\": \"rag\", \"turns\": [\"c\"]}\n").unwrap();
+        assert_eq!(read_questions(&p, Some(1), &[]).unwrap().len(), 2);
+        assert_eq!(read_questions(&p, None, &["rag".to_string()]).unwrap().len(), 1);
+        assert!(read_questions(&p, None, &["math".to_string()]).is_err());
+    }
+}

@@ -195,12 +195,12 @@ fn top_k_rows<B: Backend>(base: &Llama<B>, features: Tensor<B, 2>, k: usize) -> 
 /// decreasing order: a full sort of every row (burn's `topk`) costs far more for k << vocab.
 fn top_k_by_argmax<B: Backend>(mut x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let n = x.dims()[0];
-    let device = x.device();
+    let (device, dtype) = (x.device(), x.dtype());
     let (mut vals, mut idx) = (Vec::with_capacity(k), Vec::with_capacity(k));
     for _ in 0..k {
         let i = x.clone().argmax(1); // [n, 1]
         vals.push(x.clone().gather(1, i.clone()));
-        x = x.scatter(1, i.clone(), Tensor::full([n, 1], -1e30f32, &device), IndexingUpdateOp::Add);
+        x = x.scatter(1, i.clone(), Tensor::full([n, 1], -1e30f32, (&device, dtype)), IndexingUpdateOp::Add);
         idx.push(i);
     }
     (Tensor::cat(vals, 1), Tensor::cat(idx, 1))
@@ -285,5 +285,8 @@ mod tests {
         let (sv, si) = x.topk_with_indices(7, 1);
         assert_eq!(i.into_data().iter::<i64>().collect::<Vec<_>>(), si.into_data().iter::<i64>().collect::<Vec<_>>());
         assert_eq!(v.into_data().iter::<f32>().collect::<Vec<_>>(), sv.into_data().iter::<f32>().collect::<Vec<_>>());
+        // A dtype other than the default (bf16 runs cast log-probabilities to f32): no mismatch.
+        let (_, i16) = top_k_by_argmax(x.clone().cast(burn::tensor::DType::F16), 7);
+        assert_eq!(i16.dims(), [3, 7]);
     }
 }

@@ -44,6 +44,9 @@ struct Args {
     /// Write the markdown table here too.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write an SVG bar chart of the speedup over ar per category and method.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Git revision recorded in the JSON.
     #[arg(long, default_value = "unknown")]
     revision: String,
@@ -268,7 +271,7 @@ impl Args {
 fn main() {
     let args = Args::parse();
     let json = args.json.clone();
-    let markdown = args.markdown.clone();
+    let (markdown, svg) = (args.markdown.clone(), args.svg.clone());
     hierspec::report::finish(dispatch(args.device, args.dtype, args), json.as_deref(), |r: &Report| {
         let r = match r {
             Report::SpecBench(s) => {
@@ -276,6 +279,9 @@ fn main() {
                 println!("{t}");
                 if let Some(p) = &markdown {
                     let _ = std::fs::write(p, &t).map_err(|e| eprintln!("error: {}: {e}", p.display()));
+                }
+                if let Some(p) = &svg {
+                    let _ = std::fs::write(p, specbench::svg(&s.summaries)).map_err(|e| eprintln!("error: {}: {e}", p.display()));
                 }
                 return;
             }
