@@ -282,7 +282,7 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<Flex, 2>::random([3, 1000], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let (v, i) = top_k_by_argmax(x.clone(), 7);
-        let (sv, si) = x.topk_with_indices(7, 1);
+        let (sv, si) = x.clone().topk_with_indices(7, 1);
         assert_eq!(i.into_data().iter::<i64>().collect::<Vec<_>>(), si.into_data().iter::<i64>().collect::<Vec<_>>());
         assert_eq!(v.into_data().iter::<f32>().collect::<Vec<_>>(), sv.into_data().iter::<f32>().collect::<Vec<_>>());
         // A dtype other than the default (bf16 runs cast log-probabilities to f32): no mismatch.
