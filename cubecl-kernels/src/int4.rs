@@ -202,6 +202,28 @@ impl HostInt4 {
     }
 }
 
+/// The (scale, offset) of one group of values: asymmetric is GPTQ's grid (the min..max range widened
+/// to include 0, an integer zero point, so the weight can be written as a GPTQ checkpoint exactly);
+/// symmetric is +-max|w| around zero point 8 (scale = 2 max|w| / 15).
+pub fn group_params(values: impl Iterator<Item = f32>, asymmetric: bool) -> (f32, f32) {
+    let (lo, hi) = values.fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if asymmetric {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let s = (hi - lo) / 15.0;
+        let s = if s > 0.0 { s } else { 1.0 };
+        (s, -(-lo / s).round() * s)
+    } else {
+        let s = 2.0 * lo.abs().max(hi.abs()) / 15.0;
+        let s = if s > 0.0 { s } else { 1.0 };
+        (s, -SYM_ZERO * s)
+    }
+}
+
+/// The 4-bit value of `w` on the grid (scale, offset).
+pub fn quantize_value(w: f32, scale: f32, offset: f32) -> u8 {
+    ((w - offset) / scale).round().clamp(0.0, 15.0) as u8
+}
+
 /// Round-to-nearest quantization of a row-major [k, n] weight ([in, out]) per group of `group` input
 /// rows: asymmetric uses the group's min..max range widened to include 0, with an integer zero point
 /// (offset = -zero * scale, as GPTQ), symmetric +-max|w| around zero
@@ -218,21 +240,9 @@ pub fn quantize_rtn(w: &[f32], k: usize, n: usize, group: usize, asymmetric: boo
     for gi in 0..groups {
         for c in 0..n {
             let rows = gi * group..(gi + 1) * group;
-            let (lo, hi) = rows.clone().fold((f32::MAX, f32::MIN), |(lo, hi), r| (lo.min(w[r * n + c]), hi.max(w[r * n + c])));
-            let (scale, offset) = if asymmetric {
-                // GPTQ's grid: the range includes 0 and the zero point is an integer, so the
-                // weight can be written as a GPTQ checkpoint exactly.
-                let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-                let s = (hi - lo) / 15.0;
-                let s = if s > 0.0 { s } else { 1.0 };
-                (s, -(-lo / s).round() * s)
-            } else {
-                let s = 2.0 * lo.abs().max(hi.abs()) / 15.0;
-                let s = if s > 0.0 { s } else { 1.0 };
-                (s, -SYM_ZERO * s)
-            };
+            let (scale, offset) = group_params(rows.clone().map(|r| w[r * n + c]), asymmetric);
             for r in rows {
-                q[r * n + c] = ((w[r * n + c] - offset) / scale).round().clamp(0.0, 15.0) as u8;
+                q[r * n + c] = quantize_value(w[r * n + c], scale, offset);
             }
             scales[gi * n + c] = scale;
             offsets[gi * n + c] = offset;

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod eagle;
 pub mod error;
+pub mod gptq;
 pub mod fetch;
 pub mod gguf;
 pub mod llama;
