@@ -66,20 +66,13 @@ pub fn generate_eagle<B: Backend>(
         stats.target_forwards += 1;
         stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
 
-        // New tokens: the path below the root, then the bonus; each is the "next token" of a path node.
-        let new = path_tokens(&draft, &v.path, v.next);
-        drafter.observe(v.features, &new)?;
-        done = em.emit_all(new);
+        // Each new token is the "next token" of a path node.
+        drafter.observe(v.features, &v.tokens)?;
+        done = em.emit_all(v.tokens);
         pending = v.next;
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = em.out.len();
     stats.draft_forwards = drafter.forwards();
     Ok((em.out, stats))
-}
-
-/// The tokens a verified tree adds to the sequence: the path below the root, then the verifier's
-/// next token. Entry i is the token after path node i.
-pub fn path_tokens(tree: &crate::tree::DraftTree, path: &[usize], next: u32) -> Vec<u32> {
-    path[1..].iter().map(|&i| tree.tokens[i]).chain(std::iter::once(next)).collect()
 }

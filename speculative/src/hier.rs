@@ -23,7 +23,6 @@ use hierspec_model::{Error, LogitsFor, Result};
 
 use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
 use crate::drafter::{observe_prompt, TreeDrafter};
-use crate::eagle::path_tokens;
 use crate::sampling::Sampler;
 use crate::sd::{check_same_vocab, Model};
 use crate::tree::TreeConfig;
@@ -107,15 +106,14 @@ pub fn generate_hier<B: Backend>(
 
             let tm = Instant::now();
             let v = mid.verify_tree(&tree, sampler)?;
-            let new = path_tokens(&tree, &v.path, v.next);
-            drafter.observe(v.features.clone(), &new)?;
+            drafter.observe(v.features.clone(), &v.tokens)?;
             stats.intermediate_forwards += 1;
             stats.intermediate_ms += tm.elapsed().as_secs_f64() * 1e3;
             stats.inner_rounds += 1;
-            stats.inner_tokens += new.len();
+            stats.inner_tokens += v.tokens.len();
             features.push(v.features);
             q.extend(v.probs);
-            s.extend(new);
+            s.extend(v.tokens);
         }
 
         // Verify: T runs [b] ++ s.

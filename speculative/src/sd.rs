@@ -4,8 +4,8 @@
 //! (greedy: the longest agreeing prefix; sampled: speculative sampling against q). Greedy output
 //! equals the target's AR output; sampled output follows the target's distribution exactly.
 //!
-//! One round, as a state machine over the shared sequence `seq` (prompt + emitted tokens):
-//!   Draft:   the drafter reads the tokens of `seq` it has not seen, then proposes K tokens.
+//! One round, as a state machine over the sequence (prompt + emitted tokens):
+//!   Draft:   the drafter reads the tokens of the sequence it has not seen, then proposes K tokens.
 //!   Verify:  the target runs [pending] ++ drafts; acceptance gives (j, next).
 //!   Resync:  the target cache keeps pending + j drafts; the drafter's keeps what it fed that was
 //!            accepted; both overwrite the rest next round.
@@ -78,14 +78,12 @@ pub fn generate_sd<B: Backend>(
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
-    let mut seq: Vec<u32> = prompt.to_vec();
-    seq.push(first);
     let mut done = em.emit(first);
     while !done {
         let td = Instant::now();
         // Draft: catch up on unseen tokens (the pending one at least), then propose.
         let k = draft_len.min(em.remaining());
-        let unseen = seq[drf.cache.len()..].to_vec();
+        let unseen: Vec<u32> = prompt.iter().chain(&em.out).skip(drf.cache.len()).copied().collect();
         let mut logits = drf.forward(&unseen, LogitsFor::Last);
         let mut drafts = Vec::with_capacity(k);
         let mut q = Vec::new();
@@ -110,16 +108,15 @@ pub fn generate_sd<B: Backend>(
         // Verify [pending] ++ drafts in one forward.
         let l = tgt.cache.len();
         let q = (!q.is_empty()).then(|| Tensor::cat(q, 0));
-        let (j, next) = tgt.verify_sequence(*seq.last().unwrap(), &drafts, q, sampler)?;
+        let pending = *em.out.last().expect("the first token was emitted");
+        let (j, next) = tgt.verify_sequence(pending, &drafts, q, sampler)?;
         stats.target_forwards += 1;
         stats.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
 
         // Resync: the target kept pending + j drafts; the drafter's rows past them are stale (it
         // never ran its last draft).
         drf.cache.truncate(l + 1 + j.min(k - 1));
-        let new: Vec<u32> = drafts[..j].iter().copied().chain(std::iter::once(next)).collect();
-        seq.extend_from_slice(&new);
-        done = em.emit_all(new);
+        done = em.emit_all(drafts[..j].iter().copied().chain(std::iter::once(next)));
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = em.out.len();

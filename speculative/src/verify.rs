@@ -65,11 +65,13 @@ impl<'a, B: Backend> Runner<'a, B> {
 }
 
 /// What a verifier kept of a tree: the accepted path (node indices, root first), its own next token,
+/// the tokens the round adds (the path below the root, then `next`: entry i follows path node i),
 /// and its final-norm features [a, H] at the path's nodes; when sampling, also its warped
 /// distributions [a, vocab] there (the q of the tokens after each path node, for a level above).
 pub struct TreeVerdict<B: Backend> {
     pub path: Vec<usize>,
     pub next: u32,
+    pub tokens: Vec<u32>,
     pub features: Tensor<B, 2>,
     pub probs: Option<Tensor<B, 2>>,
 }
@@ -90,7 +92,8 @@ impl<B: Backend> Runner<'_, B> {
         self.cache.keep_rows(l, &rows)?;
         let idx: Vec<i64> = acc.path.iter().map(|&i| i as i64).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [acc.path.len()]), &self.device());
-        Ok(TreeVerdict { features: features.select(0, idx.clone()), probs: probs.map(|p| p.select(0, idx)), path: acc.path, next: acc.bonus })
+        let tokens = acc.path[1..].iter().map(|&i| tree.tokens[i]).chain(std::iter::once(acc.bonus)).collect();
+        Ok(TreeVerdict { features: features.select(0, idx.clone()), probs: probs.map(|p| p.select(0, idx)), path: acc.path, next: acc.bonus, tokens })
     }
 
     /// Verify `[pending] ++ draft` causally (the actual draft length, no padding) and truncate the
