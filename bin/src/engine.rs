@@ -2,7 +2,7 @@
 //! load the target (and the draft / intermediate, and EAGLE heads) once, then run any method on any
 //! prompt with the same settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use hierspec_model::eagle::{load_head, EagleConfig, EagleHead};
@@ -58,8 +58,9 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 5)]
     pub draft_len: usize,
     /// EAGLE head directory (config.json + safetensors) trained on the model it drafts for: the target
-    /// for `eagle`, the intermediate (--draft) for `hier` unless --hier-eagle names another. `random`
-    /// makes an untrained head (exercises the machinery; acceptance is low).
+    /// for `eagle`, the intermediate (--draft) for `hier` unless --hier-eagle names another. `auto`
+    /// (or a name) looks in $HIERSPEC_HEADS or artifacts/heads/ for the head `train-eagle` wrote for
+    /// that model. `random` makes an untrained head (exercises the machinery; acceptance is low).
     #[arg(long)]
     pub eagle: Option<String>,
     /// The head on the intermediate for `hier`, when a run also uses --eagle for `eagle`.
@@ -114,6 +115,11 @@ impl EngineArgs {
         (q == Quant::Rtn).then_some(QuantSpec { group: self.quant_group, asymmetric: !self.quant_sym, lm_head: self.quant_lm_head })
     }
 
+    /// The target's load-time quantization.
+    pub fn quant_spec(&self) -> Option<QuantSpec> {
+        self.quant(self.quant)
+    }
+
     /// Check every setting the listed methods use, before loading anything.
     pub fn validate(&self, methods: &[Method]) -> Result<()> {
         if (self.quant != Quant::None || self.draft_quant != Quant::None) && !matches!(self.quant_group, 32 | 64 | 128 | 256) {
@@ -137,6 +143,43 @@ impl EngineArgs {
         }
         Ok(())
     }
+}
+
+/// Where trained heads live: $HIERSPEC_HEADS, else `artifacts/heads` under the working directory.
+pub fn heads_root() -> PathBuf {
+    std::env::var_os("HIERSPEC_HEADS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("artifacts/heads"))
+}
+
+/// The directory `train-eagle` writes the head of `model` to: its alias (or file / directory
+/// stem), with `-w4a16` when trained on the quantized model's features.
+pub fn default_head_dir(model: &str, quantized: bool) -> PathBuf {
+    let stem = Path::new(model).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
+    heads_root().join(if quantized { format!("{stem}-w4a16") } else { stem })
+}
+
+/// `--eagle` to a head directory: a path as is; `auto` the head trained for `model` (its W4A16
+/// head first when the model is quantized); any other name a directory under the heads root.
+pub fn find_head(spec: &str, model: &str, quantized: bool) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    let candidates: Vec<PathBuf> = if spec == "auto" {
+        let mut v = Vec::new();
+        if quantized {
+            v.push(default_head_dir(model, true));
+        }
+        v.push(default_head_dir(model, false));
+        v
+    } else {
+        vec![heads_root().join(spec)]
+    };
+    candidates.iter().find(|c| c.join("config.json").exists()).cloned().ok_or_else(|| {
+        Error::Setting(format!(
+            "--eagle {spec}: no head at {} (train one with `train-eagle --model {model}`, or pass a head directory)",
+            candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" or ")
+        ))
+    })
 }
 
 /// Token selection, applied identically to every model of a method (0 = greedy).
@@ -185,20 +228,20 @@ impl<B: Backend> Engine<B> {
             }
             _ => None,
         };
-        let head = |spec: &str, base: &LoadedModel<B>| -> Result<(EagleHead<B>, EagleConfig)> {
+        let head = |spec: &str, base: &LoadedModel<B>, base_spec: &str, quantized: bool| -> Result<(EagleHead<B>, EagleConfig)> {
             if spec == "random" {
                 let cfg = EagleConfig::for_base(&base.config);
                 Ok((EagleHead::random(&cfg, base.context_len(), args.seed, device)?, cfg))
             } else {
-                load_head(Path::new(spec), &base.config, base.context_len(), device)
+                load_head(&find_head(spec, base_spec, quantized)?, &base.config, base.context_len(), device)
             }
         };
         let target_head = match (&args.eagle, uses(Method::Eagle)) {
-            (Some(spec), true) => Some(head(spec, &target)?),
+            (Some(spec), true) => Some(head(spec, &target, &args.model, args.quant != Quant::None)?),
             _ => None,
         };
-        let draft_head = match (args.hier_eagle.as_ref().or(args.eagle.as_ref()), &draft, uses(Method::Hier)) {
-            (Some(spec), Some(d), true) => Some(head(spec, d)?),
+        let draft_head = match (args.hier_eagle.as_ref().or(args.eagle.as_ref()), &draft, &args.draft, uses(Method::Hier)) {
+            (Some(spec), Some(d), Some(d_spec), true) => Some(head(spec, d, d_spec, args.draft_quant != Quant::None)?),
             _ => None,
         };
         Ok(Self { args, target, draft, target_head, draft_head })

@@ -38,15 +38,97 @@ pub fn linear_names(cfg: &LlamaConfig) -> Vec<String> {
     v
 }
 
-struct Out {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor ready to be written.
+pub struct Out {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Float storage type of written weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDtype {
+    F32,
+    Bf16,
+}
+
+impl Out {
+    pub fn float(name: &str, (v, shape): (Vec<f32>, Vec<usize>), dtype: StoreDtype) -> Self {
+        match dtype {
+            StoreDtype::Bf16 => bf16_tensor(name, (v, shape)),
+            StoreDtype::F32 => Out { name: name.into(), dtype: Dtype::F32, shape, bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() },
+        }
+    }
 }
 
 fn bf16_tensor(name: &str, (v, shape): (Vec<f32>, Vec<usize>)) -> Out {
     Out { name: name.into(), dtype: Dtype::BF16, shape, bytes: v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect() }
+}
+
+/// Room left in each shard for its JSON header.
+const HEADER_ROOM: usize = 64 << 10;
+
+/// Write `tensors` to `dir` in files of at most `max_bytes`: `model.safetensors` when one file
+/// suffices, else `model-0000i-of-0000n.safetensors` plus the Hugging Face index. A tensor bigger
+/// than a file is split along its first dimension into `NAME.part0`, `NAME.part1`, ... which
+/// `SafetensorsSource` joins back (other readers see the parts).
+pub fn write_sharded(dir: &Path, tensors: Vec<Out>, max_bytes: usize) -> Result<()> {
+    if max_bytes <= 2 * HEADER_ROOM {
+        return Err(Error::Setting(format!("shard size {max_bytes} bytes is too small")));
+    }
+    let budget = max_bytes - HEADER_ROOM;
+    let mut pieces: Vec<Out> = Vec::new();
+    for t in tensors {
+        if t.bytes.len() <= budget || t.shape.is_empty() {
+            pieces.push(t);
+            continue;
+        }
+        let row = t.bytes.len() / t.shape[0].max(1);
+        let rows_per = (budget / row.max(1)).max(1);
+        for (i, start) in (0..t.shape[0]).step_by(rows_per).enumerate() {
+            let end = (start + rows_per).min(t.shape[0]);
+            let mut shape = t.shape.clone();
+            shape[0] = end - start;
+            pieces.push(Out { name: format!("{}.part{i}", t.name), dtype: t.dtype, shape, bytes: t.bytes[start * row..end * row].to_vec() });
+        }
+    }
+    let mut files: Vec<Vec<Out>> = vec![Vec::new()];
+    let mut used = 0;
+    for p in pieces {
+        if used + p.bytes.len() > budget && !files.last().expect("one").is_empty() {
+            files.push(Vec::new());
+            used = 0;
+        }
+        used += p.bytes.len();
+        files.last_mut().expect("one").push(p);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let n = files.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0usize;
+    for (i, group) in files.iter().enumerate() {
+        let name = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let views: Vec<(String, TensorView)> = group
+            .iter()
+            .map(|t| {
+                weight_map.insert(t.name.clone(), json!(name));
+                total += t.bytes.len();
+                let view = TensorView::new(t.dtype, t.shape.clone(), &t.bytes).map_err(|e| Error::Safetensors(format!("{}: {e}", t.name)))?;
+                Ok((t.name.clone(), view))
+            })
+            .collect::<Result<_>>()?;
+        let path = dir.join(&name);
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| Error::Safetensors(format!("{}: {e}", path.display())))?;
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if n > 1 {
+        write_json(&index, &json!({ "metadata": { "total_size": total }, "weight_map": weight_map }))?;
+    } else if index.exists() {
+        std::fs::remove_file(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    Ok(())
 }
 
 fn i32_tensor(name: String, v: &[i32], shape: Vec<usize>) -> Out {
@@ -198,6 +280,6 @@ pub fn write_tokenizer(tok: &TextTokenizer, cfg: &LlamaConfig, out: &Path) -> Re
     write_json(&out.join("generation_config.json"), &gen)
 }
 
-fn write_json(path: &Path, v: &Value) -> Result<()> {
+pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(v).expect("json")).map_err(|e| Error::io(path, e))
 }

@@ -10,9 +10,11 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 use serde_json::Value;
 
 use crate::cache::KvCache;
+use crate::checkpoint::{hf_config, write_json, write_sharded, Out, StoreDtype};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::llama::{Attention, AttnMask, Mlp, Step};
+use crate::nn::linear::{transpose, LinearWeight};
 use crate::nn::{Linear, RmsNorm, Rope};
 use crate::pytorch::PytorchSource;
 use crate::weights::{SafetensorsSource, WeightSource};
@@ -176,4 +178,45 @@ pub fn load_head<B: Backend>(dir: &Path, base: &LlamaConfig, max_positions: usiz
     let src = head_source(dir)?;
     let head = EagleHead::load(&cfg, src.as_ref(), max_positions, device)?;
     Ok((head, cfg))
+}
+
+/// A linear layer's weight in PyTorch layout [out, in] (and bias) on the host, f32.
+fn torch_weights<B: Backend>(name: &str, l: &Linear<B>) -> Result<Vec<(String, (Vec<f32>, Vec<usize>))>> {
+    let host = |t: Tensor<B, 2>| t.cast(burn::tensor::DType::F32).into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+    let w = match &l.weight {
+        LinearWeight::Dense(w) => w.val(),
+        LinearWeight::Int4(_) => return Err(Error::Unsupported(format!("{name}: an EAGLE head with int4 weights cannot be saved"))),
+    };
+    let (d_in, d_out) = (l.d_in(), l.d_out());
+    let mut out = vec![(format!("{name}.weight"), (transpose(&host(w), d_in, d_out), vec![d_out, d_in]))];
+    if let Some(b) = &l.bias {
+        out.push((format!("{name}.bias"), (host(b.val().unsqueeze::<2>()), vec![d_out])));
+    }
+    Ok(out)
+}
+
+/// Write `head` as a head directory `load_head` reads (EAGLE's names, PyTorch layouts): config.json
+/// (the layer's Llama/Qwen2 config plus EAGLE's `bias`) and safetensors files of at most
+/// `max_file_bytes` each.
+pub fn save_head<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, dir: &Path, dtype: StoreDtype, max_file_bytes: usize) -> Result<()> {
+    let mut named = torch_weights("fc", &head.fc)?;
+    let a = &head.self_attn;
+    for (n, l) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+        named.extend(torch_weights(&format!("layers.0.self_attn.{n}"), l)?);
+    }
+    let norm = head.post_attention_layernorm.weight.val().cast(burn::tensor::DType::F32).into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+    named.push(("layers.0.post_attention_layernorm.weight".into(), (norm, vec![cfg.layer.hidden_size])));
+    let m = &head.mlp;
+    for (n, l) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {
+        named.extend(torch_weights(&format!("layers.0.mlp.{n}"), l)?);
+    }
+    let tensors = named.into_iter().map(|(n, t)| Out::float(&n, t, dtype)).collect();
+    write_sharded(dir, tensors, max_file_bytes)?;
+    let mut config = hf_config(&cfg.layer);
+    config["bias"] = serde_json::json!(cfg.fc_bias);
+    config["torch_dtype"] = serde_json::json!(match dtype {
+        StoreDtype::F32 => "float32",
+        StoreDtype::Bf16 => "bfloat16",
+    });
+    write_json(&dir.join("config.json"), &config)
 }

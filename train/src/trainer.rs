@@ -1,0 +1,436 @@
+//! The EAGLE-1/2 training loop on Burn autodiff. Row t of a sequence is the pair (feature f_t,
+//! embedding of token t+1) at position t, exactly as the drafter feeds the head at inference; the
+//! head predicts f_{t+1}. Loss (EAGLE): smooth-L1 between predicted and true feature, plus
+//! `ce_weight` x the cross-entropy of the base model's lm_head on the prediction against the base
+//! model's own distribution softmax(lm_head(f_{t+1})). Embedding and lm_head are the base's, frozen.
+//! Inputs get uniform noise as EAGLE does. AdamW with linear warm-up and cosine decay, checkpoints
+//! every few steps, resume from the last one with the same data order and noise.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::HuberLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use hierspec_model::nn::linear::LinearWeight;
+use hierspec_model::{EagleConfig, EagleHead, Error, KvCache, Llama, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: f64,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence (longer ones are cut).
+    pub max_len: usize,
+    pub lr: f64,
+    /// Fraction of the steps spent warming up linearly from 0.
+    pub warmup: f64,
+    pub weight_decay: f32,
+    /// Per-parameter gradient-norm clip (EAGLE: 0.5).
+    pub clip: f32,
+    /// Width of the uniform noise on input features, at 512 tokens per sequence (EAGLE: 0.2).
+    pub noise: f64,
+    /// Weight of the cross-entropy term (EAGLE: 0.1); the feature term weighs 1.
+    pub ce_weight: f64,
+    pub seed: u64,
+    /// Train only on the assistant's tokens (EAGLE's loss mask); else on every position.
+    pub assistant_only: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1.0,
+            batch: 4,
+            max_len: 1024,
+            lr: 3e-4,
+            warmup: 0.05,
+            weight_decay: 0.0,
+            clip: 0.5,
+            noise: 0.2,
+            ce_weight: 0.1,
+            seed: 0,
+            assistant_only: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Setting(m.into()));
+        if self.batch == 0 || self.max_len < 2 {
+            return bad("--batch must be >= 1 and --max-len >= 2");
+        }
+        if !(self.epochs > 0.0) || !(self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup) {
+            return bad("--epochs and --lr must be positive, --warmup in [0, 1)");
+        }
+        if self.noise < 0.0 || self.ce_weight < 0.0 || self.clip <= 0.0 {
+            return bad("--noise and --ce-weight must be >= 0, --clip > 0");
+        }
+        Ok(())
+    }
+
+    /// Linear warm-up to `lr`, then cosine decay to 0 (three lines: burn's composed schedulers
+    /// need their step count at construction, which a resumed run would have to replay).
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let warm = (self.warmup * total as f64).ceil().max(1.0);
+        let s = step as f64 + 1.0;
+        if s <= warm {
+            return self.lr * s / warm;
+        }
+        let progress = (s - warm) / (total as f64 - warm).max(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+    }
+}
+
+/// The base model's frozen pieces the loss needs: embedding [V, H] and lm_head weight [H, V].
+#[derive(Clone)]
+pub struct Frozen<B: Backend> {
+    pub embed: Tensor<B, 2>,
+    pub lm_head: Tensor<B, 2>,
+}
+
+impl<B: Backend> Frozen<B> {
+    /// From the base model, in f32 (an int4 lm_head is dequantized).
+    pub fn from_base(base: &Llama<B>) -> Self {
+        let lm_head = match &base.lm_head.weight {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Int4(w) => w.q.dequantize(),
+        };
+        Self { embed: base.embed_tokens.val().cast(DType::F32), lm_head: lm_head.cast(DType::F32) }
+    }
+
+    /// The same tensors as constants of an autodiff backend over `B`.
+    pub fn lift<A: AutodiffBackend<InnerBackend = B>>(self) -> Frozen<A> {
+        Frozen { embed: Tensor::from_inner(self.embed), lm_head: Tensor::from_inner(self.lm_head) }
+    }
+}
+
+/// A batch on the host: `rows` = max_len - 1 rows per sequence, padded; [b, rows] and [b, rows, H].
+pub struct Batch {
+    pub b: usize,
+    pub rows: usize,
+    /// Token t+1 of each row.
+    pub next_ids: Vec<i64>,
+    /// f_t
+    pub feats: Vec<f32>,
+    /// f_{t+1}
+    pub target: Vec<f32>,
+    /// 1 where the row is trained on.
+    pub mask: Vec<f32>,
+}
+
+impl Batch {
+    pub fn build(data: &Dataset, seqs: &[usize], max_len: usize, assistant_only: bool) -> Self {
+        let h = data.hidden;
+        let longest = seqs.iter().map(|&i| data.seq_len(i).min(max_len)).max().unwrap_or(2);
+        // Rows padded like the data's forwards (fewer distinct shapes on GPU backends); padding
+        // rows come last, are masked out and, under the causal mask, change nothing before them.
+        let rows = ((longest.max(2) - 1).div_ceil(crate::data::PAD_MULTIPLE) * crate::data::PAD_MULTIPLE).min(max_len - 1).max(longest.max(2) - 1);
+        let b = seqs.len();
+        let mut out = Batch { b, rows, next_ids: vec![0; b * rows], feats: vec![0.0; b * rows * h], target: vec![0.0; b * rows * h], mask: vec![0.0; b * rows] };
+        for (k, &i) in seqs.iter().enumerate() {
+            let s = data.get(i, max_len);
+            let n = s.ids.len();
+            for t in 0..n.saturating_sub(1) {
+                let r = k * rows + t;
+                out.next_ids[r] = s.ids[t + 1] as i64;
+                out.feats[r * h..(r + 1) * h].copy_from_slice(&s.features[t * h..(t + 1) * h]);
+                out.target[r * h..(r + 1) * h].copy_from_slice(&s.features[(t + 1) * h..(t + 2) * h]);
+                out.mask[r] = if !assistant_only || s.assistant[t + 1] { 1.0 } else { 0.0 };
+            }
+        }
+        out
+    }
+}
+
+/// Loss terms and accuracy counts of one batch.
+pub struct LossParts<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    pub feature: Tensor<B, 1>,
+    pub ce: Tensor<B, 1>,
+    /// Rows where the head's top-1 / top-3 tokens contain the base model's greedy next token.
+    pub top1: Tensor<B, 1, Int>,
+    pub top3: Tensor<B, 1, Int>,
+    pub rows: Tensor<B, 1>,
+}
+
+/// The loss of `head` on `batch` (any backend: autodiff for training, plain for evaluation).
+/// `noise`: (width, seed) of the input noise, None for none.
+pub fn loss<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, frozen: &Frozen<B>, batch: &Batch, ce_weight: f64, noise: Option<(f64, u64)>) -> LossParts<B> {
+    let device = frozen.embed.device();
+    let (b, rows, h) = (batch.b, batch.rows, cfg.layer.hidden_size);
+    let n = b * rows;
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.next_ids.clone(), [n]), &device);
+    let embeds = frozen.embed.clone().select(0, ids).reshape([b, rows, h]);
+    let mut feats = Tensor::<B, 3>::from_data(TensorData::new(batch.feats.clone(), [b, rows, h]), &device);
+    if let Some((width, seed)) = noise {
+        // EAGLE scales the noise by 512 / sequence length.
+        let a = width * 0.5 * 512.0 / (rows + 1) as f64;
+        B::seed(&device, seed);
+        feats = feats + Tensor::random([b, rows, h], Distribution::Uniform(-a, a), &device);
+    }
+    let target = Tensor::<B, 2>::from_data(TensorData::new(batch.target.clone(), [n, h]), &device);
+    let mask = Tensor::<B, 1>::from_data(TensorData::new(batch.mask.clone(), [n]), &device);
+    let count = mask.clone().sum().clamp_min(1.0);
+
+    let mut cache = KvCache::new(&cfg.layer, b, rows, &device);
+    let positions = Tensor::arange(0..rows as i64, &device);
+    let pred = head.forward(embeds, feats, positions, &mut cache, None).reshape([n, h]);
+
+    let huber = HuberLossConfig::new(1.0).init().forward_no_reduction(pred.clone(), target.clone());
+    let feature = (huber.mean_dim(1).reshape([n]) * mask.clone()).sum() / count.clone();
+    let p = softmax(target.matmul(frozen.lm_head.clone()), 1);
+    let logq = log_softmax(pred.matmul(frozen.lm_head.clone()), 1);
+    let ce = ((p.clone() * logq.clone()).sum_dim(1).reshape([n]).neg() * mask.clone()).sum() / count.clone();
+    let loss = feature.clone() + ce.clone() * ce_weight;
+
+    // Rank of the base's greedy token among the head's logits: 0 is a top-1 hit, < 3 a top-3 hit.
+    let logq = logq.detach();
+    let greedy = p.argmax(1);
+    let at = logq.clone().gather(1, greedy);
+    let rank = logq.greater(at).int().sum_dim(1).reshape([n]);
+    let valid = mask.clone().greater_elem(0.5).int();
+    let top1 = (rank.clone().lower_elem(1).int() * valid.clone()).sum();
+    let top3 = (rank.lower_elem(3).int() * valid).sum();
+    LossParts { loss, feature, ce, top1, top3, rows: count }
+}
+
+/// Mean loss terms and accuracies over a set of rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub loss: f64,
+    pub feature: f64,
+    pub ce: f64,
+    pub top1: f64,
+    pub top3: f64,
+    pub rows: f64,
+}
+
+impl Metrics {
+    fn of<B: Backend>(p: &LossParts<B>) -> Self {
+        let f = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
+        let i = |t: &Tensor<B, 1, Int>| t.clone().into_scalar().elem::<i64>() as f64;
+        let rows = f(&p.rows);
+        Self { loss: f(&p.loss), feature: f(&p.feature), ce: f(&p.ce), top1: i(&p.top1) / rows, top3: i(&p.top3) / rows, rows }
+    }
+
+    /// Row-weighted running mean.
+    fn add(&mut self, o: &Metrics) {
+        let n = self.rows + o.rows;
+        if n == 0.0 {
+            return;
+        }
+        let mix = |a: f64, b: f64| (a * self.rows + b * o.rows) / n;
+        *self = Metrics { loss: mix(self.loss, o.loss), feature: mix(self.feature, o.feature), ce: mix(self.ce, o.ce), top1: mix(self.top1, o.top1), top3: mix(self.top3, o.top3), rows: n };
+    }
+}
+
+use burn::tensor::ElementConversion;
+
+/// Held-out metrics of `head` over the first `max_seqs` sequences of `data` (no noise, no grad).
+pub fn evaluate<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, frozen: &Frozen<B>, data: &Dataset, tc: &TrainConfig, max_seqs: usize) -> Metrics {
+    let mut m = Metrics::default();
+    let idx: Vec<usize> = (0..data.len().min(max_seqs)).collect();
+    for chunk in idx.chunks(tc.batch) {
+        let batch = Batch::build(data, chunk, tc.max_len, tc.assistant_only);
+        m.add(&Metrics::of(&loss(head, cfg, frozen, &batch, tc.ce_weight, None)));
+    }
+    m
+}
+
+/// When to stop this run and how often to save.
+#[derive(Debug, Clone)]
+pub struct RunLimits {
+    pub checkpoint_every: usize,
+    /// Stop after this many steps in this run (a resumed run continues from there).
+    pub max_steps: Option<usize>,
+    pub time_limit: Option<std::time::Duration>,
+    /// Shorten the schedule (fewer total steps, so warm-up and cosine decay complete) to what fits
+    /// in this time, from the speed of the first steps. The shortened total is saved with the
+    /// checkpoint, so a resumed run keeps it.
+    pub fit_to: Option<std::time::Duration>,
+    pub log_every: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    step: usize,
+    total: usize,
+    config: TrainConfig,
+    train_sequences: usize,
+    /// (step, loss) every log interval.
+    losses: Vec<(usize, f64)>,
+}
+
+pub struct TrainResult<B: Backend> {
+    pub head: EagleHead<B>,
+    pub step: usize,
+    pub total: usize,
+    pub losses: Vec<(usize, f64)>,
+    /// Sequence-rows trained on in this run.
+    pub rows_seen: f64,
+}
+
+impl<B: Backend> TrainResult<B> {
+    pub fn finished(&self) -> bool {
+        self.step >= self.total
+    }
+}
+
+type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+/// Train `head` on `data`; checkpoints go to `ckpt`, and a checkpoint there with the same settings
+/// is resumed. `on_step(step, metrics)` runs after each step. Returns the head at the last step run.
+pub fn train<B: AutodiffBackend>(
+    mut head: EagleHead<B>,
+    cfg: &EagleConfig,
+    frozen: &Frozen<B>,
+    data: &Dataset,
+    tc: &TrainConfig,
+    ckpt: &Path,
+    limits: &RunLimits,
+    on_step: &mut dyn FnMut(usize, &Metrics),
+) -> Result<TrainResult<B>> {
+    tc.validate()?;
+    if data.is_empty() {
+        return Err(Error::Setting("no training sequences".into()));
+    }
+    let device = frozen.embed.device();
+    let per_epoch = (data.len() / tc.batch).max(1);
+    let mut total = (tc.epochs * per_epoch as f64).ceil() as usize;
+    let mut optim = AdamWConfig::new()
+        .with_beta_2(0.95)
+        .with_weight_decay(tc.weight_decay)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(tc.clip)))
+        .init::<B, EagleHead<B>>();
+    let mut state = State { step: 0, total, config: tc.clone(), train_sequences: data.len(), losses: Vec::new() };
+    let state_path = ckpt.join("state.json");
+    if state_path.exists() {
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let saved: State = serde_json::from_str(&text).map_err(|e| Error::Setting(format!("{}: {e}", state_path.display())))?;
+        if saved.config != *tc || saved.train_sequences != data.len() {
+            return Err(Error::Setting(format!(
+                "{} holds a checkpoint of another run (settings or data differ): use another --out or delete it",
+                ckpt.display()
+            )));
+        }
+        let rec = Rec::new();
+        let err = |e: burn::record::RecorderError| Error::Setting(format!("{}: {e:?}", ckpt.display()));
+        head = head.load_record(rec.load(ckpt.join("head"), &device).map_err(err)?);
+        optim = optim.load_record(rec.load(ckpt.join("optim"), &device).map_err(err)?);
+        eprintln!("train: resuming at step {} of {}", saved.step, saved.total);
+        total = saved.total;
+        state = saved;
+    }
+
+    let start = Instant::now();
+    let first = state.step;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("train {bar:40} {pos}/{len} {msg} [{elapsed} < {eta}]").expect("template"));
+    bar.set_position(state.step as u64);
+    let mut window = Metrics::default();
+    let mut rows_seen = 0.0;
+    let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
+    // Speed is measured over steps 3..13 of a fresh run (the first ones compile kernels).
+    let mut timing: Option<Instant> = None;
+    while state.step < total {
+        if let (Some(fit), 0) = (limits.fit_to, first) {
+            if state.step == 3 {
+                timing = Some(Instant::now());
+            }
+            if let (13, Some(t)) = (state.step, timing) {
+                let per_step = t.elapsed().as_secs_f64() / 10.0;
+                let left = fit.as_secs_f64() - start.elapsed().as_secs_f64();
+                let fits = state.step + (0.95 * left / per_step).max(0.0) as usize;
+                if fits < total {
+                    bar.suspend(|| eprintln!("train: {per_step:.3} s/step, {total} steps shortened to {fits} to fit {:.0} s", fit.as_secs_f64()));
+                    total = fits.max(state.step);
+                    state.total = total;
+                    bar.set_length(total as u64);
+                }
+            }
+        }
+        if state.step >= total {
+            break;
+        }
+        if limits.max_steps.is_some_and(|m| state.step - first >= m) || limits.time_limit.is_some_and(|t| start.elapsed() >= t) {
+            break;
+        }
+        let (epoch, k) = (state.step / per_epoch, state.step % per_epoch);
+        if order.0 != epoch {
+            // The data order of an epoch depends only on (seed, epoch): a resumed run sees the same.
+            let mut idx: Vec<usize> = (0..data.len()).collect();
+            idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(tc.seed.wrapping_add(epoch as u64)));
+            order = (epoch, idx);
+        }
+        let seqs: Vec<usize> = order.1.iter().cycle().skip(k * tc.batch).take(tc.batch).copied().collect();
+        let batch = Batch::build(data, &seqs, tc.max_len, tc.assistant_only);
+        let noise = (tc.noise > 0.0).then(|| (tc.noise, tc.seed.wrapping_mul(1_000_003).wrapping_add(state.step as u64)));
+        let parts = loss(&head, cfg, frozen, &batch, tc.ce_weight, noise);
+        let m = Metrics::of(&parts);
+        let grads = GradientsParams::from_grads(parts.loss.backward(), &head);
+        head = optim.step(tc.lr_at(state.step, total), head, grads);
+        state.step += 1;
+        rows_seen += m.rows;
+        window.add(&m);
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {:.3} top1 {:.2}", m.loss, m.top1));
+        if state.step % limits.log_every.max(1) == 0 || state.step == total {
+            state.losses.push((state.step, window.loss));
+            bar.suspend(|| {
+                eprintln!(
+                    "step {}/{}: loss {:.4} (feature {:.4}, ce {:.3}), top1 {:.3}, top3 {:.3}, lr {:.2e}, {:.0} rows/s",
+                    state.step, total, window.loss, window.feature, window.ce, window.top1, window.top3,
+                    tc.lr_at(state.step - 1, total), rows_seen / start.elapsed().as_secs_f64()
+                )
+            });
+            window = Metrics::default();
+        }
+        if state.step % limits.checkpoint_every.max(1) == 0 {
+            save_checkpoint(&head, &optim, &state, ckpt)?;
+        }
+        on_step(state.step, &m);
+    }
+    bar.finish_and_clear();
+    save_checkpoint(&head, &optim, &state, ckpt)?;
+    Ok(TrainResult { head, step: state.step, total, losses: state.losses, rows_seen })
+}
+
+/// Head, optimizer and state, each written to a temporary name and renamed: a run killed while
+/// saving leaves the previous checkpoint whole.
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<EagleHead<B>, B>>(head: &EagleHead<B>, optim: &O, state: &State, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let rec = Rec::new();
+    let err = |e: burn::record::RecorderError| Error::Setting(format!("saving a checkpoint in {}: {e:?}", dir.display()));
+    // The recorder sets the `.mpk` extension itself.
+    let tmp = |n: &str| dir.join(format!("{n}-tmp"));
+    rec.record(head.clone().into_record(), tmp("head")).map_err(err)?;
+    rec.record(optim.to_record(), tmp("optim")).map_err(err)?;
+    let text = serde_json::to_string(state).expect("json");
+    std::fs::write(tmp("state"), text).map_err(|e| Error::io(dir, e))?;
+    for (from, to) in [("head-tmp.mpk", "head.mpk"), ("optim-tmp.mpk", "optim.mpk"), ("state-tmp", "state.json")] {
+        std::fs::rename(dir.join(from), dir.join(to)).map_err(|e| Error::io(dir.join(to), e))?;
+    }
+    Ok(())
+}
+
+/// The directory a run's checkpoints go to.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// The trained head as a plain-backend module.
+pub fn inference_head<B: AutodiffBackend>(head: &EagleHead<B>) -> EagleHead<B::InnerBackend> {
+    head.valid()
+}
