@@ -153,7 +153,13 @@ pub fn heads_root() -> PathBuf {
 /// The directory `train-eagle` writes the head of `model` to: its alias (or file / directory
 /// stem), with `-w4a16` when trained on the quantized model's features.
 pub fn default_head_dir(model: &str, quantized: bool) -> PathBuf {
-    let stem = Path::new(model).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string());
+    let p = Path::new(model);
+    let stem = if hierspec_model::fetch::alias(model).is_some() || p.is_dir() {
+        p.file_name().map(|s| s.to_string_lossy().into_owned())
+    } else {
+        p.file_stem().map(|s| s.to_string_lossy().into_owned())
+    };
+    let stem = stem.unwrap_or_else(|| model.to_string());
     heads_root().join(if quantized { format!("{stem}-w4a16") } else { stem })
 }
 
@@ -281,5 +287,22 @@ impl<B: Backend> Engine<B> {
                 generate_hier(target, inter, &mut drafter, &hier, ids, max_new, sampler, stop, on_token)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_directories_by_model() {
+        let root = heads_root();
+        assert_eq!(default_head_dir("qwen2.5-coder-0.5b", false), root.join("qwen2.5-coder-0.5b"));
+        assert_eq!(default_head_dir("/m/qwen2.5-coder-1.5b.gguf", true), root.join("qwen2.5-coder-1.5b-w4a16"));
+        let err = find_head("auto", "/nowhere/x.gguf", true).unwrap_err().to_string();
+        assert!(err.contains("x-w4a16") && err.contains("train-eagle"), "{err}");
+        assert!(find_head("no-such-head", "m", false).is_err());
+        let dir = std::env::temp_dir();
+        assert_eq!(find_head(dir.to_str().unwrap(), "m", false).unwrap(), dir);
     }
 }

