@@ -208,3 +208,52 @@ fn killed_run_resumes_from_its_checkpoint() {
         assert!(d <= 1e-6, "{n}: resumed weights differ by {d}");
     }
 }
+
+#[test]
+fn impossible_training_settings_are_errors() {
+    let dir = tmp("settings");
+    let (cfg, base) = tiny_base(3);
+    let data = base_data(&base, &cfg, &dir, "train", 4, 8, 5);
+    let head_cfg = EagleConfig::for_base(&cfg);
+    let frozen = Frozen::from_base(&base).lift::<AD>();
+    let fresh = || EagleHead::<AD>::random(&head_cfg, 64, 4, &device()).unwrap();
+    let run = |tc: &TrainConfig, ckpt: &str| train(fresh(), &head_cfg, &frozen, &data, tc, &dir.join(ckpt), &limits(1), &mut |_, _| {}).map(|r| r.step);
+    let ok = TrainConfig { epochs: 1.0, batch: 2, max_len: 8, ..Default::default() };
+    for bad in [
+        TrainConfig { batch: 0, ..ok.clone() },
+        TrainConfig { max_len: 1, ..ok.clone() },
+        TrainConfig { lr: 0.0, ..ok.clone() },
+        TrainConfig { warmup: 1.0, ..ok.clone() },
+        TrainConfig { steps: Some(0), ..ok.clone() },
+    ] {
+        assert!(run(&bad, "bad").is_err(), "{bad:?}");
+    }
+    assert_eq!(run(&ok, "ckpt").unwrap(), 2);
+    // The checkpoint belongs to a run with other settings: refused, not silently mixed.
+    let err = run(&TrainConfig { lr: 1e-3, ..ok }, "ckpt").unwrap_err().to_string();
+    assert!(err.contains("another run"), "{err}");
+}
+
+#[test]
+fn conversations_render_with_the_assistant_tokens_marked() {
+    let m = hierspec_model::load::<B>("smollm2-135m", 64, &device()).unwrap();
+    let tok = &m.tokenizer;
+    let conv = hierspec_train::Conversation {
+        turns: [("user", "Name a colour."), ("assistant", "Blue, like the sea."), ("user", "Another?"), ("assistant", "Green.")]
+            .iter()
+            .map(|(r, t)| (r.to_string(), t.to_string()))
+            .collect(),
+    };
+    let t = hierspec_train::tokenize(tok, &conv, 1024).unwrap();
+    // The whole conversation, as the chat template writes it.
+    let full = tok.chat_template.as_ref().unwrap().render(None, &[("user", "Name a colour."), ("assistant", "Blue, like the sea."), ("user", "Another?"), ("assistant", "Green.")]);
+    let full = full.strip_suffix("<|im_start|>assistant\n").unwrap();
+    assert_eq!(t.ids, tok.encode(full).unwrap());
+    let marked: Vec<u32> = t.ids.iter().zip(&t.assistant).filter(|(_, a)| **a).map(|(i, _)| *i).collect();
+    let text = tok.inner.decode(&marked, false).unwrap();
+    assert_eq!(text, "Blue, like the sea.<|im_end|>\nGreen.<|im_end|>\n");
+    // Cut at max_len.
+    let short = hierspec_train::tokenize(tok, &conv, 10).unwrap();
+    assert_eq!((short.ids.len(), short.assistant.len()), (10, 10));
+    assert_eq!(short.ids[..], t.ids[..10]);
+}
