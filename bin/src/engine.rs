@@ -61,7 +61,7 @@ pub struct EngineArgs {
     /// for `eagle`, the intermediate (--draft) for `hier` unless --hier-eagle names another. `auto`
     /// (or a name) looks in $HIERSPEC_HEADS or artifacts/heads/ for the head `train-eagle` wrote for
     /// that model. `random` makes an untrained head (exercises the machinery; acceptance is low).
-    #[arg(long)]
+    #[arg(long, alias = "head")]
     pub eagle: Option<String>,
     /// The head on the intermediate for `hier`, when a run also uses --eagle for `eagle`.
     #[arg(long)]

