@@ -9,14 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::nn::loss::HuberLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 use hierspec_model::nn::linear::LinearWeight;
 use hierspec_model::{EagleConfig, EagleHead, Error, KvCache, Llama, Result};
 use rand::seq::SliceRandom;
@@ -243,8 +243,6 @@ impl Metrics {
     }
 }
 
-use burn::tensor::ElementConversion;
-
 /// Held-out metrics of `head` over the first `max_seqs` sequences of `data` (no noise, no grad).
 pub fn evaluate<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, frozen: &Frozen<B>, data: &Dataset, tc: &TrainConfig, max_seqs: usize) -> Metrics {
     let mut m = Metrics::default();
@@ -435,9 +433,4 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<EagleHead<B>, B>>(head: &Eag
 /// The directory a run's checkpoints go to.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
-}
-
-/// The trained head as a plain-backend module.
-pub fn inference_head<B: AutodiffBackend>(head: &EagleHead<B>) -> EagleHead<B::InnerBackend> {
-    head.valid()
 }
