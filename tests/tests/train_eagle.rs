@@ -39,7 +39,7 @@ fn base_data(base: &Llama<B>, cfg: &LlamaConfig, dir: &Path, prefix: &str, n: us
         w.push(&ids, &vec![true; len], &f).unwrap();
     }
     let (files, _) = w.finish().unwrap();
-    Dataset::open(dir, &files, cfg.hidden_size).unwrap()
+    Dataset::open(dir, &files, cfg.hidden_size, cfg.vocab_size).unwrap()
 }
 
 fn limits(checkpoint_every: usize) -> RunLimits {
@@ -99,7 +99,7 @@ fn head_learns_a_known_function() {
             let f: Vec<f32> = ids.iter().flat_map(|&x| table[x as usize * h..(x as usize + 1) * h].to_vec()).collect();
             w.push(&ids, &[true; 16], &f).unwrap();
         }
-        Dataset::open(&dir, &w.finish().unwrap().0, h).unwrap()
+        Dataset::open(&dir, &w.finish().unwrap().0, h, v).unwrap()
     };
     let (train_set, held_out) = (write("train", 64, 1), write("eval", 16, 2));
     let head_cfg = EagleConfig::for_base(&cfg);
@@ -281,7 +281,7 @@ fn self_distillation_data_are_the_models_own_answers() {
     let dir = tmp("self-data");
     let manifest = make_data(&m, &convs, &spec, &dir, 1 << 20, None).unwrap();
     assert_eq!((manifest.conversations, manifest.train.len(), manifest.eval.len()), (4, 1, 1));
-    let train_set = Dataset::open(&dir, &manifest.train, manifest.hidden).unwrap();
+    let train_set = Dataset::open(&dir, &manifest.train, manifest.hidden, manifest.vocab).unwrap();
     assert_eq!(train_set.len(), 2);
     // Sequence 0 is conversation 0 (conversations 1 and 3 are held out): its assistant tokens are the
     // model's greedy answer, and its features are the model's final-norm hidden states.

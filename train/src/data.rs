@@ -154,16 +154,26 @@ pub struct Sequence {
     pub features: Vec<f32>,
 }
 
+/// Byte ranges of one shard's tensors inside its memory map.
+struct Shard {
+    mmap: Mmap,
+    tokens: std::ops::Range<usize>,
+    features: std::ops::Range<usize>,
+    assistant: std::ops::Range<usize>,
+}
+
 /// The sequences of a set of shards.
 pub struct Dataset {
-    shards: Vec<(PathBuf, Mmap)>,
+    shards: Vec<Shard>,
     /// (shard, start, len)
     seqs: Vec<(usize, usize, usize)>,
     pub hidden: usize,
 }
 
 impl Dataset {
-    pub fn open(dir: &Path, files: &[String], hidden: usize) -> Result<Self> {
+    /// Open shards written for a model of width `hidden` and vocabulary `vocab`; every layout
+    /// fact a read relies on (dtypes, shapes, offsets, token ids) is checked here.
+    pub fn open(dir: &Path, files: &[String], hidden: usize, vocab: usize) -> Result<Self> {
         let mut shards = Vec::new();
         let mut seqs = Vec::new();
         for (i, name) in files.iter().enumerate() {
@@ -171,27 +181,33 @@ impl Dataset {
             let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: read-only mapping of a shard nothing writes while training reads it.
             let mmap = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors(format!("{}: {e}", path.display())))?;
-            let get = |n: &str, dtype: Dtype| {
-                let t = st.tensor(n).map_err(|e| Error::Safetensors(format!("{}: {n}: {e}", path.display())))?;
-                if t.dtype() != dtype {
-                    return Err(Error::Safetensors(format!("{}: {n} is {:?}, expected {dtype:?}", path.display(), t.dtype())));
+            let bad = |m: String| Error::Safetensors(format!("{}: {m}", path.display()));
+            let (header, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+            let range = |n: &str, dtype: Dtype| {
+                let info = meta.info(n).ok_or_else(|| bad(format!("no {n}")))?;
+                if info.dtype != dtype {
+                    return Err(bad(format!("{n} is {:?}, expected {dtype:?}", info.dtype)));
                 }
-                Ok(t)
+                let (s, e) = info.data_offsets;
+                Ok((8 + header + s..8 + header + e, info.shape.clone()))
             };
-            let tokens = get("tokens", Dtype::U32)?.shape()[0];
-            let fshape = get("features", Dtype::BF16)?.shape().to_vec();
-            get("assistant", Dtype::U8)?;
-            if fshape != [tokens, hidden] {
-                return Err(Error::Shape { name: format!("{}: features", path.display()), expected: vec![tokens, hidden], found: fshape });
+            let (tokens, tshape) = range("tokens", Dtype::U32)?;
+            let (features, fshape) = range("features", Dtype::BF16)?;
+            let (assistant, ashape) = range("assistant", Dtype::U8)?;
+            let (offsets, _) = range("offsets", Dtype::I64)?;
+            let n = tshape.first().copied().unwrap_or(0);
+            if fshape != [n, hidden] || ashape != [n] || tshape != [n] {
+                return Err(Error::Shape { name: format!("{}: tokens / features / assistant", path.display()), expected: vec![n, hidden], found: fshape });
             }
-            let offsets: Vec<usize> = get("offsets", Dtype::I64)?.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
-            if offsets.first() != Some(&0) || offsets.last() != Some(&tokens) || offsets.windows(2).any(|w| w[0] > w[1]) {
-                return Err(Error::Safetensors(format!("{}: offsets do not cover the {tokens} tokens", path.display())));
+            let offsets: Vec<usize> = mmap[offsets].chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect();
+            if offsets.first() != Some(&0) || offsets.last() != Some(&n) || offsets.windows(2).any(|w| w[0] > w[1]) {
+                return Err(bad(format!("offsets do not cover the {n} tokens")));
+            }
+            if let Some(t) = mmap[tokens.clone()].chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).find(|&t| t as usize >= vocab) {
+                return Err(bad(format!("token id {t} outside the vocabulary of {vocab}")));
             }
             seqs.extend(offsets.windows(2).map(|w| (i, w[0], w[1] - w[0])));
-            drop(st);
-            shards.push((path, mmap));
+            shards.push(Shard { mmap, tokens, features, assistant });
         }
         Ok(Self { shards, seqs, hidden })
     }
@@ -213,16 +229,12 @@ impl Dataset {
     pub fn get(&self, i: usize, max_len: usize) -> Sequence {
         let (shard, start, len) = self.seqs[i];
         let n = len.min(max_len);
-        let (_, mmap) = &self.shards[shard];
-        let st = SafeTensors::deserialize(mmap).expect("checked at open");
+        let sh = &self.shards[shard];
         let h = self.hidden;
-        let slice = |name: &str, elem: usize, width: usize| {
-            let t = st.tensor(name).expect("checked at open");
-            t.data()[start * width * elem..(start + n) * width * elem].to_vec()
-        };
-        let ids = slice("tokens", 4, 1).chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
-        let assistant = slice("assistant", 1, 1).into_iter().map(|a| a != 0).collect();
-        let features = slice("features", 2, h).chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        let bytes = |r: &std::ops::Range<usize>, width: usize| &sh.mmap[r.start + start * width..r.start + (start + n) * width];
+        let ids = bytes(&sh.tokens, 4).chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+        let assistant = bytes(&sh.assistant, 1).iter().map(|&a| a != 0).collect();
+        let features = bytes(&sh.features, 2 * h).chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
         Sequence { ids, assistant, features }
     }
 }
@@ -236,6 +248,9 @@ pub const PAD_MULTIPLE: usize = 64;
 pub fn features<B: Backend>(model: &Llama<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
     let device = model.embed_tokens.device();
     let n = ids.len();
+    if n == 0 {
+        return Vec::new();
+    }
     let padded = n.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE;
     let padded = padded.min(cache.capacity()).max(n);
     let mut run: Vec<u32> = ids.to_vec();
@@ -340,12 +355,18 @@ mod tests {
         assert!(w.push(&[1], &[true, true], &[0.0; 2]).is_err());
         let (files, tokens) = w.finish().unwrap();
         assert_eq!((files.len(), tokens), (2, 8));
-        let d = Dataset::open(&dir, &files, 2).unwrap();
+        let d = Dataset::open(&dir, &files, 2, 9).unwrap();
         assert_eq!((d.len(), d.tokens()), (3, 8));
         let s = d.get(0, 16);
         assert_eq!((s.ids, s.assistant, s.features), (vec![1, 2, 3], vec![false, true, true], vec![0.5, 1.0, 1.5, 2.0, 2.5, 3.0]));
         let s = d.get(2, 1);
         assert_eq!((s.ids, s.features), (vec![7], vec![-1.0, -2.0]));
-        assert!(Dataset::open(&dir, &files, 3).is_err());
+        assert!(Dataset::open(&dir, &files, 3, 9).is_err());
+        let err = Dataset::open(&dir, &files, 2, 8).err().expect("token 8 is outside a vocabulary of 8");
+        assert!(err.to_string().contains("token id 8"), "{err}");
+        // A truncated shard is an error, not a panic.
+        let bytes = std::fs::read(dir.join(&files[0])).unwrap();
+        std::fs::write(dir.join("cut.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+        assert!(Dataset::open(&dir, &["cut.safetensors".to_string()], 2, 9).is_err());
     }
 }

@@ -237,8 +237,11 @@ impl BackendJob for Args {
             seed: self.engine.seed,
         };
         let manifest = make_data(&base, &convs, &spec, &data_dir, self.shard_tokens, self.data_time_limit_s.map(std::time::Duration::from_secs_f64))?;
-        let train_set = Dataset::open(&data_dir, &manifest.train, manifest.hidden)?;
-        let held_out = Dataset::open(&data_dir, &manifest.eval, manifest.hidden)?;
+        if (manifest.hidden, manifest.vocab) != (base.config.hidden_size, base.config.vocab_size) {
+            return Err(Error::Setting(format!("{}: data of a model with hidden size {} and vocabulary {}", data_dir.display(), manifest.hidden, manifest.vocab)));
+        }
+        let train_set = Dataset::open(&data_dir, &manifest.train, manifest.hidden, manifest.vocab)?;
+        let held_out = Dataset::open(&data_dir, &manifest.eval, manifest.hidden, manifest.vocab)?;
         eprintln!("data: {} train sequences ({} tokens), {} held out", train_set.len(), train_set.tokens(), held_out.len());
         let head_cfg = EagleConfig::for_base(&base.config);
         let mut report = Report {
