@@ -46,6 +46,36 @@ impl Hessian {
     pub fn samples(&self) -> usize {
         self.samples
     }
+
+    /// tr(D^T H D) / samples for D = w - w2 ([k, n] each): the layers' summed squared output error
+    /// per calibration row.
+    pub fn output_error(&self, w: &[f32], w2: &[f32], n: usize) -> f64 {
+        let k = self.k;
+        let d: Vec<f64> = w.iter().zip(w2).map(|(a, b)| (a - b) as f64).collect();
+        let mut total = 0.0;
+        let mut hd = vec![0.0; n];
+        for i in 0..k {
+            hd.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..k {
+                let h = self.h[i * k + j];
+                if h != 0.0 {
+                    for (v, x) in hd.iter_mut().zip(&d[j * n..(j + 1) * n]) {
+                        *v += h * x;
+                    }
+                }
+            }
+            total += hd.iter().zip(&d[i * n..(i + 1) * n]).map(|(a, b)| a * b).sum::<f64>();
+        }
+        total / self.samples.max(1) as f64
+    }
+
+    /// From the sum of x x^T over `samples` input rows, accumulated elsewhere (on a device).
+    pub fn from_gram(k: usize, gram: Vec<f64>, samples: usize) -> Result<Self> {
+        if gram.len() != k * k {
+            return Err(Error::Setting(format!("GPTQ: a Gram matrix of {} values for {k} inputs", gram.len())));
+        }
+        Ok(Self { k, h: gram, samples })
+    }
 }
 
 /// Lower Cholesky factor of a symmetric positive definite [k, k] matrix.
@@ -68,25 +98,36 @@ fn cholesky(a: &[f64], k: usize) -> Result<Vec<f64>> {
     Ok(l)
 }
 
-/// Inverse of A = L L^T from its Cholesky factor.
-fn inverse_from_cholesky(l: &[f64], k: usize) -> Vec<f64> {
-    // L^{-1} by forward substitution, then A^{-1} = L^{-T} L^{-1}.
-    let mut li = vec![0.0; k * k];
-    for c in 0..k {
-        for i in c..k {
-            let s: f64 = (c..i).map(|p| l[i * k + p] * li[p * k + c]).sum();
-            li[i * k + c] = (if i == c { 1.0 } else { 0.0 } - s) / l[i * k + i];
-        }
-    }
-    let mut inv = vec![0.0; k * k];
+/// Inverse of a lower-triangular [k, k] matrix, row by row (each row a sum of earlier rows, so
+/// the inner loops run over contiguous memory).
+fn lower_inverse(l: &[f64], k: usize) -> Vec<f64> {
+    let mut x = vec![0.0; k * k];
     for i in 0..k {
-        for j in 0..=i {
-            let s: f64 = (i..k).map(|p| li[p * k + i] * li[p * k + j]).sum();
-            inv[i * k + j] = s;
-            inv[j * k + i] = s;
+        let mut row = vec![0.0; i + 1];
+        for p in 0..i {
+            let m = l[i * k + p];
+            if m != 0.0 {
+                for (r, xp) in row.iter_mut().zip(&x[p * k..p * k + p + 1]) {
+                    *r -= m * xp;
+                }
+            }
+        }
+        row[i] += 1.0;
+        let d = l[i * k + i];
+        for (j, r) in row.into_iter().enumerate() {
+            x[i * k + j] = r / d;
         }
     }
-    inv
+    x
+}
+
+/// The upper factor U of H^{-1} = U^T U (row i of U spreads row i's rounding error), without forming
+/// H^{-1}: with J the reversal, J H J = M M^T gives H = U' U'^T for the upper U' = J M J, so
+/// H^{-1} = U'^{-T} U'^{-1} and U = U'^{-1} = J M^{-1} J. One Cholesky and one triangular inverse.
+fn upper_cholesky_of_inverse(h: &[f64], k: usize) -> Result<Vec<f64>> {
+    let rev: Vec<f64> = (0..k * k).map(|idx| h[(k - 1 - idx / k) * k + (k - 1 - idx % k)]).collect();
+    let minv = lower_inverse(&cholesky(&rev, k)?, k);
+    Ok((0..k * k).map(|idx| minv[(k - 1 - idx / k) * k + (k - 1 - idx % k)]).collect())
 }
 
 /// GPTQ-quantize `w` ([k, n] row-major, k = inputs) with the inputs' Hessian. `damp`: fraction of the
@@ -112,9 +153,7 @@ pub fn gptq(w: &[f32], k: usize, n: usize, group: usize, asymmetric: bool, hessi
     for i in 0..k {
         h[i * k + i] += damp * mean_diag;
     }
-    // U: the upper Cholesky factor of H^{-1} (H^{-1} = U^T U); row i of U spreads row i's error.
-    let hinv = inverse_from_cholesky(&cholesky(&h, k)?, k);
-    let lo = cholesky(&hinv, k)?; // lower; U = lo^T, so U[i, j] = lo[j, i]
+    let u = upper_cholesky_of_inverse(&h, k)?;
     let groups = k / group;
     let mut q = vec![0u8; k * n];
     let mut scales = vec![0f32; groups * n];
@@ -129,7 +168,7 @@ pub fn gptq(w: &[f32], k: usize, n: usize, group: usize, asymmetric: bool, hessi
                 offsets[g * n + c] = o;
             }
         }
-        let d = lo[i * k + i];
+        let d = u[i * k + i];
         for c in 0..n {
             let (s, o) = (scales[g * n + c], offsets[g * n + c]);
             let v = quantize_value(w[i * n + c] as f32, s, o);
@@ -137,10 +176,10 @@ pub fn gptq(w: &[f32], k: usize, n: usize, group: usize, asymmetric: bool, hessi
             err[c] = (w[i * n + c] - (v as f64 * s as f64 + o as f64)) / d;
         }
         for j in i + 1..k {
-            let u = lo[j * k + i];
-            if u != 0.0 {
-                for c in 0..n {
-                    w[j * n + c] -= u * err[c];
+            let f = u[i * k + j];
+            if f != 0.0 {
+                for (wc, e) in w[j * n..(j + 1) * n].iter_mut().zip(&err) {
+                    *wc -= f * e;
                 }
             }
         }
@@ -191,14 +230,21 @@ mod tests {
     }
 
     #[test]
-    fn cholesky_inverse_is_an_inverse() {
-        let k = 5;
+    fn upper_factor_of_the_inverse() {
+        let k = 7;
         let a: Vec<f64> = (0..k * k).map(|i| if i % (k + 1) == 0 { 4.0 } else { 0.5 / (1 + i % 3) as f64 }).collect();
         let sym: Vec<f64> = (0..k * k).map(|i| (a[i] + a[(i % k) * k + i / k]) / 2.0).collect();
-        let inv = inverse_from_cholesky(&cholesky(&sym, k).unwrap(), k);
+        let u = upper_cholesky_of_inverse(&sym, k).unwrap();
+        for i in 0..k {
+            assert!(u[i * k + i] > 0.0);
+            for j in 0..i {
+                assert_eq!(u[i * k + j], 0.0, "U is upper triangular");
+            }
+        }
+        // (U^T U) H = I
         for i in 0..k {
             for j in 0..k {
-                let p: f64 = (0..k).map(|m| sym[i * k + m] * inv[m * k + j]).sum();
+                let p: f64 = (0..k).map(|m| (0..k).map(|r| u[r * k + i] * u[r * k + m]).sum::<f64>() * sym[m * k + j]).sum();
                 assert!((p - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12, "({i}, {j}): {p}");
             }
         }

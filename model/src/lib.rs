@@ -2,6 +2,7 @@
 //! turn Hugging Face directories and GGUF files into them.
 
 pub mod cache;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod eagle;

@@ -92,6 +92,11 @@ impl<B: Backend> Attention<B> {
 
     /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
+        self.o_proj.forward(self.attend(x, step, kv))
+    }
+
+    /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input).
+    pub fn attend(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, h: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
@@ -103,8 +108,7 @@ impl<B: Backend> Attention<B> {
         let k = step.rope.forward(k, step.positions.clone());
         let (k, v) = kv.write(step.cache_len, k, v);
 
-        let out = attention(q, k, v, step.mask).swap_dims(1, 2).reshape([b, n, nh * hd]);
-        self.o_proj.forward(out)
+        attention(q, k, v, step.mask).swap_dims(1, 2).reshape([b, n, nh * hd])
     }
 }
 
@@ -120,14 +124,45 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj.forward(self.hidden(x))
     }
+
+    /// silu(gate(x)) * up(x): down_proj's input.
+    pub fn hidden(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+    }
+}
+
+/// The four inputs a decoder layer's linear layers read (GPTQ calibrates on each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearInput {
+    /// The normed input of q_proj, k_proj, v_proj.
+    Qkv,
+    /// The attention output, o_proj's input.
+    O,
+    /// The normed input of gate_proj and up_proj.
+    GateUp,
+    /// silu(gate) * up, down_proj's input.
+    Down,
 }
 
 impl<B: Backend> DecoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), step, kv);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        self.forward_observed(x, step, kv, &mut |_, _| {})
+    }
+
+    /// The forward, showing `observe` the input of each group of linear layers.
+    pub fn forward_observed(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>, observe: &mut dyn FnMut(LinearInput, &Tensor<B, 3>)) -> Tensor<B, 3> {
+        let h = self.input_layernorm.forward(x.clone());
+        observe(LinearInput::Qkv, &h);
+        let a = self.self_attn.attend(h, step, kv);
+        observe(LinearInput::O, &a);
+        let x = x + self.self_attn.o_proj.forward(a);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        observe(LinearInput::GateUp, &h);
+        let m = self.mlp.hidden(h);
+        observe(LinearInput::Down, &m);
+        x + self.mlp.down_proj.forward(m)
     }
 }
 
