@@ -47,6 +47,11 @@ impl Hessian {
         self.samples
     }
 
+    /// The accumulated sum of x x^T, [k, k] row-major.
+    pub fn gram(&self) -> &[f64] {
+        &self.h
+    }
+
     /// tr(D^T H D) / samples for D = w - w2 ([k, n] each): the layers' summed squared output error
     /// per calibration row.
     pub fn output_error(&self, w: &[f32], w2: &[f32], n: usize) -> f64 {

@@ -166,3 +166,68 @@ fn eagle_head_from_pytorch_bin_equals_safetensors() {
     assert_eq!(a, b, "the .bin head and the safetensors head differ");
     assert!(a.iter().any(|x| *x != 0.0));
 }
+
+/// x^T x of a [n, k] tensor, on the host in f64.
+fn gram_of(x: burn::tensor::Tensor<B, 2>) -> Vec<f64> {
+    let [n, k] = x.dims();
+    let v: Vec<f64> = to_vec_f32(x).into_iter().map(f64::from).collect();
+    let mut g = vec![0.0; k * k];
+    for r in 0..n {
+        for i in 0..k {
+            for j in 0..k {
+                g[i * k + j] += v[r * k + i] * v[r * k + j];
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn gptq_calibration_sees_each_layers_inputs() {
+    use hierspec_model::calibrate::Calibrator;
+    use hierspec_model::llama::LinearInput;
+    use hierspec_model::nn::LinearWeight;
+    let cfg = tiny_llama(40, 2);
+    let dev = device();
+    let model = Llama::<B>::random(&cfg, 32, 3, &dev).unwrap();
+    let chunks = vec![vec![1, 5, 7, 9, 2, 3], vec![4, 4, 8, 30, 39]];
+    let mut c = Calibrator::new(&model, &cfg, &chunks).unwrap();
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let d = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d <= 1e-4 * scale.max(1.0), "{what}: Gram differs by {d} (scale {scale})");
+    };
+    // Layer 0, q/k/v input: the normed embeddings of both chunks.
+    let mut want = vec![0.0; 32 * 32];
+    let mut layer1_inputs = Vec::new();
+    for ch in &chunks {
+        let ids: Vec<i64> = ch.iter().map(|&t| t as i64).collect();
+        let x = model.embed(burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(ids, [1, ch.len()]), &dev));
+        let h = model.layers[0].input_layernorm.forward(x.clone()).reshape([ch.len(), 32]);
+        want.iter_mut().zip(gram_of(h)).for_each(|(w, g)| *w += g);
+        // What layer 1 receives: layer 0 run in full (its weights "quantized" to themselves below).
+        let mut cache = hierspec_model::KvCache::new(&hierspec_model::LlamaConfig { num_hidden_layers: 1, ..cfg.clone() }, 1, ch.len(), &dev);
+        let mask = hierspec_model::AttnMask::causal_unless_given(None, 0, ch.len(), &dev);
+        let step = hierspec_model::llama::Step { rope: &model.rope, positions: Llama::<B>::positions(0, ch.len(), &dev), cache_len: 0, mask: mask.as_ref() };
+        layer1_inputs.push(model.layers[0].forward(x, &step, &mut cache.layers[0]));
+    }
+    let h = c.hessian(0, LinearInput::Qkv).unwrap();
+    assert_eq!(h.samples(), 11);
+    close(h.gram(), &want, "layer 0 q/k/v");
+    // Record layer 0's own weights as its "quantized" ones: layer 1 must see layer 0's true outputs.
+    let l0 = &model.layers[0];
+    for (name, lin) in [("self_attn.q_proj", &l0.self_attn.q_proj), ("self_attn.k_proj", &l0.self_attn.k_proj), ("self_attn.v_proj", &l0.self_attn.v_proj), ("self_attn.o_proj", &l0.self_attn.o_proj), ("mlp.gate_proj", &l0.mlp.gate_proj), ("mlp.up_proj", &l0.mlp.up_proj), ("mlp.down_proj", &l0.mlp.down_proj)] {
+        let LinearWeight::Dense(w) = &lin.weight else { panic!("dense") };
+        c.record(0, name, to_vec_f32(w.val())).unwrap();
+    }
+    let mut want = vec![0.0; 32 * 32];
+    for x in layer1_inputs {
+        let n = x.dims()[1];
+        let h = model.layers[1].input_layernorm.forward(x).reshape([n, 32]);
+        want.iter_mut().zip(gram_of(h)).for_each(|(w, g)| *w += g);
+    }
+    close(c.hessian(1, LinearInput::Qkv).unwrap().gram(), &want, "layer 1 q/k/v");
+    // Going back is an error, and so is a layer the model does not have.
+    assert!(c.hessian(0, LinearInput::O).is_err());
+    assert!(c.hessian(5, LinearInput::Qkv).is_err());
+}
