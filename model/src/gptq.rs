@@ -88,7 +88,8 @@ fn cholesky(a: &[f64], k: usize) -> Result<Vec<f64>> {
     let mut l = vec![0.0; k * k];
     for i in 0..k {
         for j in 0..=i {
-            let s: f64 = (0..j).map(|p| l[i * k + p] * l[j * k + p]).sum();
+            // Rows i and j of L over [0, j): contiguous slices, so the product vectorizes.
+            let s: f64 = l[i * k..i * k + j].iter().zip(&l[j * k..j * k + j]).map(|(a, b)| a * b).sum();
             if i == j {
                 let d = a[i * k + i] - s;
                 if d <= 0.0 {
