@@ -83,6 +83,8 @@ impl<'a, B: Backend> Calibrator<'a, B> {
     fn quantized_layer(&self) -> Result<DecoderLayer<B>> {
         let mut layer = self.model.layers[self.layer].clone();
         let device = self.model.embed_tokens.device();
+        // The replacement weights take the model's float dtype (its embedding's).
+        let dtype = self.model.embed_tokens.val().dtype();
         for (proj, w) in &self.quantized {
             let target = match proj.as_str() {
                 "self_attn.q_proj" => &mut layer.self_attn.q_proj,
@@ -98,7 +100,6 @@ impl<'a, B: Backend> Calibrator<'a, B> {
             if w.len() != k * n {
                 return Err(Error::Shape { name: proj.clone(), expected: vec![k, n], found: vec![w.len()] });
             }
-            let dtype = target.bias.as_ref().map(|b| b.val().dtype()).unwrap_or(DType::F32);
             let t = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(w.clone(), [k, n]), &device).cast(dtype);
             target.weight = LinearWeight::Dense(Param::from_tensor(t));
         }
