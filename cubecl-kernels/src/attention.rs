@@ -99,9 +99,25 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cube")]
     if let Some(out) = crate::cube::attention(&q, &k, &v, mask) {
-        return out;
+        return out.swap_dims(1, 2);
     }
     reference(q, k, v, mask)
+}
+
+/// As [`attention`], in o_proj's input layout [b, n, heads * hd] (the kernel writes it directly: no
+/// transpose copy).
+pub fn attention_rows<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<&AttnMask<B>>,
+) -> Tensor<B, 3> {
+    let [b, nh, n, hd] = q.dims();
+    #[cfg(feature = "cube")]
+    if let Some(out) = crate::cube::attention(&q, &k, &v, mask) {
+        return out.reshape([b, n, nh * hd]);
+    }
+    reference(q, k, v, mask).swap_dims(1, 2).reshape([b, n, nh * hd])
 }
 
 /// Plain tensors: scores in f32, additive mask, softmax, weighted sum.

@@ -6,6 +6,8 @@
 //! - [`int4::matmul`]: the same product with W4A16 weights, group dequantization fused in.
 //! - [`attention::attention`]: new rows attending to the KV cache prefix plus themselves under a
 //!   bit-packed tree (ancestor) or causal mask, GQA without repeating K/V.
+//! - [`fused`]: the rest of a decoder layer in few launches: RMSNorm, q|k|v and gate|up as one
+//!   product each with bias / residual / SwiGLU fused in, RoPE with the KV-cache write.
 //!
 //! Dispatch is by the tensor primitive's concrete type at run time ([`cube`]): a `CubeTensor` of an
 //! enabled runtime takes the kernel, anything else (Flex, ndarray, autodiff) the reference. That keeps
@@ -14,6 +16,7 @@
 
 pub mod attention;
 pub mod dense;
+pub mod fused;
 pub mod int4;
 
 #[cfg(feature = "cube")]

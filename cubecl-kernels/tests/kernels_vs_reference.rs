@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Distribution, Tensor};
 use hierspec_kernels::attention::{self, AttnMask};
-use hierspec_kernels::{dense, int4};
+use hierspec_kernels::{dense, fused, int4};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[cfg(feature = "cuda")]
@@ -118,4 +118,119 @@ fn tree_attention_kernel_matches_reference() {
         let err = rel_err(attention::attention(q.clone(), k.clone(), v.clone(), Some(&mask)), attention::reference(f(&q), f(&k), f(&v), Some(&mask)));
         assert!(err <= bound(&device), "attention with {cols} masked keys, heads {nh}/{nkv} hd {hd} n {n}: relative error {err}");
     }
+}
+
+/// Random parts of one kind for a fused product: dense, or int4 of one group and symmetry.
+fn int4_weight(rng: &mut StdRng, k: usize, n: usize, g: usize, asym: bool, device: &<B as burn::tensor::backend::BackendTypes>::Device) -> int4::Int4Weight<B> {
+    let w: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    int4::quantize_rtn(&w, k, n, g, asym).unwrap().upload::<B>(device).unwrap()
+}
+
+#[test]
+fn fused_linear_kernel_matches_reference() {
+    let device = device();
+    let mut rng = StdRng::seed_from_u64(13);
+    // (k, output widths, group, asymmetric, bias, residual, swiglu): q|k|v with biases (widths not
+    // multiples of 32), gate|up, o_proj and down_proj with the residual, down_proj reading gate|up.
+    let cases = [
+        (320, vec![96, 33, 33], 32, true, true, false, false),
+        (296, vec![161, 161], 296, false, false, false, false),
+        (352, vec![97], 32, true, false, true, false),
+        (160, vec![45], 32, false, true, true, true),
+    ];
+    for (k, ns, g, asym, bias, residual, swiglu) in cases {
+        let width = if swiglu { 2 * k } else { k };
+        let input = if swiglu { fused::Input::SwiGlu } else { fused::Input::Plain };
+        let n_out: usize = ns.iter().sum();
+        let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, asym, &device)).collect();
+        let dense_w: Vec<Tensor<B, 2>> = ns.iter().map(|&n| Tensor::random([k, n], Distribution::Normal(0.0, 0.1), &device)).collect();
+        let biases: Vec<Option<Tensor<B, 1>>> = ns.iter().map(|&n| bias.then(|| Tensor::random([n], Distribution::Normal(0.0, 1.0), &device))).collect();
+        for int4_parts in [true, false] {
+            let parts: Vec<fused::Part<B>> = (0..ns.len())
+                .map(|i| fused::Part {
+                    weight: if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) },
+                    perm: None,
+                    bias: biases[i].clone(),
+                })
+                .collect();
+            for m in MS {
+                let x = Tensor::<B, 2>::random([m, width], Distribution::Normal(0.0, 1.0), &device);
+                let r = residual.then(|| Tensor::<B, 2>::random([m, n_out], Distribution::Normal(0.0, 1.0), &device));
+                let got = fused::linear(x.clone(), &parts, input, r.clone());
+                assert_eq!(got.dims(), [m, n_out]);
+                let err = rel_err(got, fused::reference_linear(x, &parts, input, r));
+                assert!(err <= bound(&device), "fused int4 {int4_parts} k {k} ns {ns:?} m {m} swiglu {swiglu}: relative error {err}");
+            }
+        }
+    }
+}
+
+/// Row i of a product is bitwise the same whatever M: verification reproduces AR decoding exactly.
+#[test]
+fn small_m_products_are_batch_invariant() {
+    let device = device();
+    let mut rng = StdRng::seed_from_u64(17);
+    let (k, n) = (1000, 161);
+    let q = int4_weight(&mut rng, k, n, 8 * 25, true, &device);
+    let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &device);
+    let x = Tensor::<B, 2>::random([64, k], Distribution::Normal(0.0, 1.0), &device);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    for m in [1usize, 2, 3, 8, 17, 64] {
+        let xm = x.clone().slice([0..m, 0..k]);
+        let (dense_m, int4_m) = (rows(dense::linear(xm.clone(), w.clone())), rows(int4::matmul(xm, &q)));
+        for i in [0, m / 2, m - 1] {
+            let xi = x.clone().slice([i..i + 1, 0..k]);
+            assert_eq!(rows(dense::linear(xi.clone(), w.clone()))[..], dense_m[i * n..(i + 1) * n], "dense row {i} of m {m}");
+            assert_eq!(rows(int4::matmul(xi, &q))[..], int4_m[i * n..(i + 1) * n], "int4 row {i} of m {m}");
+        }
+    }
+}
+
+#[test]
+fn rms_norm_kernel_matches_reference() {
+    let device = device();
+    for (m, h) in [(1, 1536), (17, 896), (3, 100)] {
+        let x = Tensor::<B, 2>::random([m, h], Distribution::Normal(0.0, 3.0), &device);
+        let w = Tensor::<B, 1>::random([h], Distribution::Normal(1.0, 0.2), &device);
+        let err = rel_err(fused::rms_norm(x.clone(), w.clone(), 1e-6), fused::reference_rms_norm(x, w, 1e-6));
+        assert!(err <= bound(&device), "rms_norm m {m} h {h}: relative error {err}");
+    }
+}
+
+#[test]
+fn rope_qkv_kernel_matches_reference() {
+    let device = device();
+    for (nh, nkv, hd, start, n, cap) in [(4, 2, 64, 0, 7, 16), (6, 1, 128, 37, 19, 70), (2, 2, 32, 5, 1, 9)] {
+        let layout = fused::QkvLayout { heads: nh, kv_heads: nkv, head_dim: hd };
+        let max_pos = 128;
+        let cos = Tensor::<B, 2>::random([max_pos, hd / 2], Distribution::Uniform(-1.0, 1.0), &device);
+        let sin = Tensor::<B, 2>::random([max_pos, hd / 2], Distribution::Uniform(-1.0, 1.0), &device);
+        let qkv = Tensor::<B, 3>::random([1, n, (nh + 2 * nkv) * hd], Distribution::Normal(0.0, 1.0), &device);
+        // Tree positions: not consecutive, repeated.
+        let pos: Vec<i64> = (0..n).map(|i| (start + (i * 3) % 11) as i64).collect();
+        let positions = Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(pos, [n]), &device);
+        let fresh = || Tensor::<B, 4>::random([1, nkv, cap, hd], Distribution::Normal(0.0, 1.0), &device);
+        let (mut k1, mut v1) = (fresh(), fresh());
+        let (mut k2, mut v2) = (k1.clone() * 1.0, v1.clone() * 1.0);
+        let q1 = fused::rope_qkv(qkv.clone(), positions.clone(), &cos, &sin, layout, &mut k1, &mut v1, start);
+        let q2 = fused::reference_rope_qkv(qkv, positions, &cos, &sin, layout, &mut k2, &mut v2, start);
+        for (what, a, b) in [("q", q1, q2), ("k cache", k1, k2), ("v cache", v1, v2)] {
+            let err = rel_err(a, b);
+            assert!(err <= bound(&device), "rope_qkv {what} heads {nh}/{nkv} hd {hd} n {n}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn attention_rows_is_attention_transposed() {
+    let device = device();
+    let (nh, nkv, hd, t, n) = (4, 2, 64, 40, 5);
+    let q = Tensor::<B, 4>::random([1, nh, n, hd], Distribution::Normal(0.0, 1.0), &device);
+    let k = Tensor::<B, 4>::random([1, nkv, t, hd], Distribution::Normal(0.0, 1.0), &device);
+    let v = Tensor::<B, 4>::random([1, nkv, t, hd], Distribution::Normal(0.0, 1.0), &device);
+    let mask = AttnMask::<B>::causal(t - n, n, &device);
+    let rows = attention::attention_rows(q.clone(), k.clone(), v.clone(), Some(&mask));
+    let want = attention::reference(q, k, v, Some(&mask)).swap_dims(1, 2).reshape([1, n, nh * hd]);
+    let err = rel_err(rows, want);
+    assert!(err <= bound(&device), "attention_rows: relative error {err}");
 }

@@ -1,6 +1,7 @@
 //! Preallocated per-layer KV cache. Rows are cache slots, independent of RoPE positions: a tree's
 //! nodes occupy consecutive rows while their positions are `root + depth`. Writing new rows is a
-//! slice-assign into the owned buffer (in place when the buffer is not shared), never a concatenation.
+//! write into the owned buffer (a slice-assign, or the fused RoPE kernel writing in place), never a
+//! concatenation.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
@@ -79,13 +80,17 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Backend> LayerKv<B> {
-    /// Write `k`, `v` ([batch, kv_heads, n, head_dim]) at rows [start, start + n) and return views of
-    /// rows [0, start + n).
-    pub fn write(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// Write `k`, `v` ([batch, kv_heads, n, head_dim]) at rows [start, start + n). (The decoder writes
+    /// its rows through `Rope::qkv`, fused with RoPE.)
+    pub fn write(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) {
         let [b, h, n, d] = k.dims();
-        let end = start + n;
-        self.k.inplace(|c| c.slice_assign([0..b, 0..h, start..end, 0..d], k));
-        self.v.inplace(|c| c.slice_assign([0..b, 0..h, start..end, 0..d], v));
+        self.k.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], k));
+        self.v.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], v));
+    }
+
+    /// Views of rows [0, end).
+    pub fn rows(&self, end: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, h, _, d] = self.k.dims();
         (self.k.clone().slice([0..b, 0..h, 0..end, 0..d]), self.v.clone().slice([0..b, 0..h, 0..end, 0..d]))
     }
 }

@@ -3,7 +3,6 @@
 //! (cache rows + new rows), so the same code serves prefill, decode, and tree / sequence verification.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerKv};
@@ -11,7 +10,8 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::nn::linear::check_shape;
 pub use hierspec_kernels::attention::AttnMask;
-use hierspec_kernels::attention::attention;
+use hierspec_kernels::attention::attention_rows;
+use hierspec_kernels::fused::{swiglu, QkvLayout};
 use crate::nn::{Linear, QuantSpec, RmsNorm, Rope};
 use crate::weights::WeightSource;
 
@@ -97,18 +97,13 @@ impl<B: Backend> Attention<B> {
 
     /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input).
     pub fn attend(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
-        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, h: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), nh);
-        let k = heads(self.k_proj.forward(x.clone()), nkv);
-        let v = heads(self.v_proj.forward(x), nkv);
-
-        let q = step.rope.forward(q, step.positions.clone());
-        let k = step.rope.forward(k, step.positions.clone());
-        let (k, v) = kv.write(step.cache_len, k, v);
-
-        attention(q, k, v, step.mask).swap_dims(1, 2).reshape([b, n, nh * hd])
+        let n = x.dims()[1];
+        let layout = QkvLayout { heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        // q|k|v in one product; RoPE on q and k with k and v going straight into the cache.
+        let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let q = step.rope.qkv(qkv, step.positions.clone(), layout, kv, step.cache_len);
+        let (k, v) = kv.rows(step.cache_len + n);
+        attention_rows(q, k, v, step.mask)
     }
 }
 
@@ -123,13 +118,22 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(self.hidden(x))
+    /// `residual + down(silu(gate(x)) * up(x))`: two launches on cubecl runtimes.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward_swiglu_add(self.gate_up(x), residual)
+    }
+
+    /// gate(x) | up(x) side by side, [b, n, 2 ffn], in one product.
+    pub fn gate_up(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)
     }
 
     /// silu(gate(x)) * up(x): down_proj's input.
     pub fn hidden(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+        let [b, n, _] = x.dims();
+        let gu = self.gate_up(x);
+        let ffn = gu.dims()[2] / 2;
+        swiglu(gu.reshape([b * n, 2 * ffn])).reshape([b, n, ffn])
     }
 }
 
@@ -148,21 +152,25 @@ pub enum LinearInput {
 
 impl<B: Backend> DecoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        self.forward_observed(x, step, kv, &mut |_, _| {})
+        let h = self.input_layernorm.forward(x.clone());
+        let x = self.self_attn.o_proj.forward_add(self.self_attn.attend(h, step, kv), x);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        self.mlp.forward_add(h, x)
     }
 
-    /// The forward, showing `observe` the input of each group of linear layers.
+    /// The same forward, showing `observe` the input of each group of linear layers (GPTQ
+    /// calibration); down_proj's input is materialized for it.
     pub fn forward_observed(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>, observe: &mut dyn FnMut(LinearInput, &Tensor<B, 3>)) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
         observe(LinearInput::Qkv, &h);
         let a = self.self_attn.attend(h, step, kv);
         observe(LinearInput::O, &a);
-        let x = x + self.self_attn.o_proj.forward(a);
+        let x = self.self_attn.o_proj.forward_add(a, x);
         let h = self.post_attention_layernorm.forward(x.clone());
         observe(LinearInput::GateUp, &h);
         let m = self.mlp.hidden(h);
         observe(LinearInput::Down, &m);
-        x + self.mlp.down_proj.forward(m)
+        self.mlp.down_proj.forward_add(m, x)
     }
 }
 

@@ -18,7 +18,6 @@ fn tree_attention_kernel<F: Float>(
     v: &Tensor<F>,
     bits: &Tensor<i32>,
     out: &mut Tensor<F>,
-    n: usize,
     t: usize,
     cols: usize,
     group: usize,
@@ -122,12 +121,13 @@ fn tree_attention_kernel<F: Float>(
         c0 += threads;
     }
     if tid < head_dim {
-        out[(h * n + i) * head_dim + tid] = F::cast_from(acc / l_run);
+        // Rows layout [n, heads, hd]: o_proj reads it as [n, heads * hd] with no transpose.
+        out[(i * CUBE_COUNT_Y as usize + h) * head_dim + tid] = F::cast_from(acc / l_run);
     }
 }
 
 /// q [1, heads, n, hd]; k, v [1, kv_heads, t, hd] (any strides); `bits` [n, ceil(cols / 32)] over the
-/// last `cols` key rows, or `None` for a single new row. Returns [1, heads, n, hd].
+/// last `cols` key rows, or `None` for a single new row. Returns [1, n, heads, hd].
 pub(crate) fn tree_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
@@ -137,7 +137,7 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
     let [_, kv_heads, t, _] = k.meta.shape().dims::<4>();
     let dtype = q.dtype;
-    let out = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    let out = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, n, heads, hd]), dtype);
     let threads = hd.next_power_of_two().max(128);
     let masked = bits.is_some();
     let cols = bits.as_ref().map_or(0, |b| b.1);
@@ -153,7 +153,6 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
         v.into_tensor_arg(),
         bits.into_tensor_arg(),
         out.clone().into_tensor_arg(),
-        n,
         t,
         cols,
         heads / kv_heads,

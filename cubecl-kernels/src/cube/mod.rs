@@ -3,6 +3,7 @@
 //! every other backend (Flex, ndarray, autodiff wrappers) falls back to the plain-tensor reference.
 
 mod attention;
+mod fused;
 mod matmul;
 
 use std::any::Any;
@@ -11,6 +12,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 
 use crate::attention::AttnMask;
+use crate::fused::{Input, Part, PartWeight, QkvLayout};
 use crate::int4::Int4Weight;
 
 fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
@@ -66,27 +68,108 @@ pub(crate) fn has_kernels<B: Backend>() -> bool {
 }
 
 pub(crate) fn dense_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        if !supported(x.dtype()) || x.dtype() != w.dtype() {
-            return None;
-        }
-        Some(back::<B, R, 2>(matmul::dense::<R>(float(x), float(w))))
-    }
-    for_each_runtime!(run, B, x, w)
+    let part = Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None };
+    fused_linear(x, &[part], Input::Plain, None)
 }
 
 pub(crate) fn int4_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Int4Weight<B>) -> Option<Tensor<B, 2>> {
-    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, w: &Int4Weight<B>) -> Option<Tensor<B, 2>> {
-        let scales = w.scales.val();
-        if !supported(x.dtype()) || scales.dtype() != x.dtype() {
+    let part = Part { weight: PartWeight::Int4(w), perm: None, bias: None };
+    fused_linear(x, &[part], Input::Plain, None)
+}
+
+/// One launch for the whole fused product, or `None` when the parts do not fit one kernel (mixed
+/// kinds, act-order, some biased and some not, an unsupported dtype).
+pub(crate) fn fused_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+        let dtype = x.dtype();
+        if !supported(dtype) || parts.len() > 3 || parts.iter().any(|p| p.perm.is_some()) {
             return None;
         }
-        let qweight = int::<B, R, 2>(&w.qweight.val())?;
-        let offsets = w.offsets.as_ref().map(|o| float::<B, R, 2>(&o.val()));
-        let out = matmul::int4::<R>(float(x), qweight, float(&scales), offsets, w.k, w.group);
+        if !(parts.iter().all(|p| p.bias.is_some()) || parts.iter().all(|p| p.bias.is_none())) {
+            return None;
+        }
+        if parts.iter().any(|p| p.bias.as_ref().is_some_and(|b| b.dtype() != dtype)) || residual.is_some_and(|r| r.dtype() != dtype) {
+            return None;
+        }
+        let int4_kind = |w: &Int4Weight<B>| (w.group, w.is_symmetric());
+        let kind = match &parts[0].weight {
+            PartWeight::Dense(_) => None,
+            PartWeight::Int4(w) => Some(int4_kind(w)),
+        };
+        let mut cube_parts = Vec::with_capacity(parts.len());
+        for p in parts {
+            let weight = match (&p.weight, kind) {
+                (PartWeight::Dense(w), None) if w.dtype() == dtype => matmul::PartWeight::Dense(float(w)),
+                (PartWeight::Int4(w), Some(k)) if int4_kind(w) == k && w.scales.val().dtype() == dtype => matmul::PartWeight::Int4 {
+                    qweight: int::<B, R, 2>(&w.qweight.val())?,
+                    scales: float(&w.scales.val()),
+                    offsets: w.offsets.as_ref().map(|o| float::<B, R, 2>(&o.val())),
+                    group: w.group,
+                },
+                _ => return None,
+            };
+            cube_parts.push(matmul::Part { n: p.n(), weight, bias: p.bias.as_ref().map(|b| float::<B, R, 1>(b)) });
+        }
+        let out = matmul::product::<R>(float(x), parts[0].k(), input == Input::SwiGlu, cube_parts, residual.map(|r| float::<B, R, 2>(r)));
         Some(back::<B, R, 2>(out))
     }
-    for_each_runtime!(run, B, x, w)
+    for_each_runtime!(run, B, x, parts, input, residual)
+}
+
+pub(crate) fn rms_norm<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 2>> {
+        if !supported(x.dtype()) || w.dtype() != x.dtype() {
+            return None;
+        }
+        Some(back::<B, R, 2>(fused::rms_norm::<R>(float(x), float(w), eps)))
+    }
+    for_each_runtime!(run, B, x, w, eps)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_qkv<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    positions: &Tensor<B, 1, Int>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    layout: QkvLayout,
+    k_cache: &Tensor<B, 4>,
+    v_cache: &Tensor<B, 4>,
+    start: usize,
+) -> Option<Tensor<B, 4>> {
+    #[allow(clippy::too_many_arguments)]
+    fn run<B: Backend, R: CubeRuntime>(
+        qkv: &Tensor<B, 3>,
+        positions: &Tensor<B, 1, Int>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        layout: QkvLayout,
+        k_cache: &Tensor<B, 4>,
+        v_cache: &Tensor<B, 4>,
+        start: usize,
+    ) -> Option<Tensor<B, 4>> {
+        let [b, n, _] = qkv.dims();
+        let dtype = qkv.dtype();
+        let same = [cos.dtype(), sin.dtype(), k_cache.dtype(), v_cache.dtype()].iter().all(|d| *d == dtype);
+        if b != 1 || !supported(dtype) || !same || layout.head_dim % 2 != 0 || layout.head_dim / 2 > 1024 {
+            return None;
+        }
+        let positions = int::<B, R, 1>(positions).filter(|p| p.dtype == DType::I32)?;
+        let QkvLayout { heads, kv_heads, head_dim } = layout;
+        let width = (heads + 2 * kv_heads) * head_dim;
+        let q = fused::rope_qkv::<R>(
+            float(&qkv.clone().reshape([n, width])),
+            positions,
+            float(cos),
+            float(sin),
+            float(k_cache),
+            float(v_cache),
+            (heads, kv_heads, head_dim),
+            start,
+        );
+        Some(back::<B, R, 4>(q))
+    }
+    for_each_runtime!(run, B, qkv, positions, cos, sin, layout, k_cache, v_cache, start)
 }
 
 pub(crate) fn attention<B: Backend>(

@@ -4,7 +4,8 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
-use hierspec_kernels::{dense, int4, int4::Int4Weight};
+use hierspec_kernels::fused::{self, Input, Part, PartWeight};
+use hierspec_kernels::{int4, int4::Int4Weight};
 
 use crate::error::{Error, Result};
 use crate::quantized::QuantTensor;
@@ -164,32 +165,55 @@ impl<B: Backend> Linear<B> {
         }
     }
 
+    /// This layer as one part of a fused product: the dequantized copy where the backend has no
+    /// int4 kernel, the act-order permutation, the bias.
+    pub fn part(&self) -> Part<'_, B> {
+        let (weight, perm) = match &self.weight {
+            LinearWeight::Dense(w) => (PartWeight::Dense(w.val()), None),
+            LinearWeight::Int4(w) => {
+                let weight = match &w.dequantized {
+                    Some(d) => PartWeight::Dense(d.val()),
+                    None => PartWeight::Int4(&w.q),
+                };
+                (weight, w.perm.as_ref().map(|p| p.val()))
+            }
+        };
+        Part { weight, perm, bias: self.bias.as_ref().map(|b| b.val()) }
+    }
+
     /// 2-D product, no bias.
     pub fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.weight {
-            LinearWeight::Dense(w) => dense::linear(x, w.val()),
-            LinearWeight::Int4(w) => {
-                let x = match &w.perm {
-                    Some(p) => x.select(1, p.val()),
-                    None => x,
-                };
-                match &w.dequantized {
-                    Some(d) => dense::linear(x, d.val()),
-                    None => int4::matmul(x, &w.q),
-                }
-            }
-        }
+        Part { bias: None, ..self.part() }.product(x)
     }
 
     /// x: [batch, seq, d_in] -> [batch, seq, d_out]
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d_in] = x.dims();
-        let y = self.matmul(x.reshape([b * n, d_in]));
-        let y = match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze::<2>(),
-            None => y,
-        };
-        y.reshape([b, n, self.d_out()])
+        Self::fused(&[self], x, Input::Plain, None)
+    }
+
+    /// `residual + x W + b` in one launch (o_proj, down_proj and their residual add).
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        Self::fused(&[self], x, Input::Plain, Some(residual))
+    }
+
+    /// `residual + (silu(gate) * up) W + b` for gu = gate | up [batch, seq, 2 d_in] (down_proj of a
+    /// SwiGLU MLP reading gate_up's output directly).
+    pub fn forward_swiglu_add(&self, gu: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        Self::fused(&[self], gu, Input::SwiGlu, Some(residual))
+    }
+
+    /// Several layers reading the same input (q|k|v, gate|up) in one product: their outputs side by
+    /// side, [batch, seq, sum of d_out].
+    pub fn forward_many(layers: &[&Self], x: Tensor<B, 3>) -> Tensor<B, 3> {
+        Self::fused(layers, x, Input::Plain, None)
+    }
+
+    fn fused(layers: &[&Self], x: Tensor<B, 3>, input: Input, residual: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let parts: Vec<Part<B>> = layers.iter().map(|l| l.part()).collect();
+        let d_out: usize = parts.iter().map(Part::n).sum();
+        let residual = residual.map(|r| r.reshape([b * n, d_out]));
+        fused::linear(x.reshape([b * n, d]), &parts, input, residual).reshape([b, n, d_out])
     }
 }
 

@@ -1,7 +1,8 @@
 //! RMSNorm, computed in f32 whatever the activation dtype (bf16 sums of squares lose too much).
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use hierspec_kernels::fused;
 
 use super::linear::check_shape;
 use crate::error::Result;
@@ -24,11 +25,11 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight: Param::from_tensor(Tensor::ones([dim], device)), eps }
     }
 
+    /// Normalizes the last dimension (one fused launch on cubecl runtimes).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x32 = x.cast(DType::F32);
-        let rms = (x32.clone().powi_scalar(2).mean_dim(D - 1) + self.eps).sqrt();
-        let y = (x32 / rms).cast(dtype);
-        y * self.weight.val().unsqueeze::<D>()
+        let dims = x.dims();
+        let h = dims[D - 1];
+        let rows = x.shape().num_elements() / h;
+        fused::rms_norm(x.reshape([rows, h]), self.weight.val(), self.eps).reshape(dims)
     }
 }

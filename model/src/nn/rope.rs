@@ -4,6 +4,9 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use hierspec_kernels::fused::{self, QkvLayout};
+
+use crate::cache::LayerKv;
 
 use crate::config::{Llama3RopeScaling, LlamaConfig};
 
@@ -66,12 +69,12 @@ impl<B: Backend> Rope<B> {
 
     /// x: [batch, heads, seq, head_dim]; positions: [seq].
     pub fn forward(&self, x: Tensor<B, 4>, positions: Tensor<B, 1, Int>) -> Tensor<B, 4> {
-        let [b, h, n, d] = x.dims();
-        let half = d / 2;
-        let cos = self.cos.clone().select(0, positions.clone()).reshape([1, 1, n, half]);
-        let sin = self.sin.clone().select(0, positions).reshape([1, 1, n, half]);
-        let x1 = x.clone().slice([0..b, 0..h, 0..n, 0..half]);
-        let x2 = x.slice([0..b, 0..h, 0..n, half..d]);
-        Tensor::cat(vec![x1.clone() * cos.clone() - x2.clone() * sin.clone(), x2 * cos + x1 * sin], 3)
+        fused::rope(x, &self.cos, &self.sin, positions)
+    }
+
+    /// RoPE on the q and k heads of a fused q|k|v product [b, n, (heads + 2 kv_heads) hd], k and v
+    /// written into `kv` at rows [start, start + n); returns q [b, heads, n, hd].
+    pub fn qkv(&self, qkv: Tensor<B, 3>, positions: Tensor<B, 1, Int>, layout: QkvLayout, kv: &mut LayerKv<B>, start: usize) -> Tensor<B, 4> {
+        fused::rope_qkv(qkv, positions, &self.cos, &self.sin, layout, &mut kv.k, &mut kv.v, start)
     }
 }

@@ -1,0 +1,164 @@
+//! The decoder layer's small fused steps: RMSNorm (one cube per row) and RoPE on the q and k heads of
+//! a fused q|k|v row with k and v written straight into the KV cache (one cube per row and head).
+
+use burn::tensor::Shape;
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use cubecl::prelude::*;
+
+const NORM_THREADS: usize = 256;
+
+/// y = x / sqrt(mean(x^2) + eps) * w, the statistic in f32. The normed value is rounded to x's dtype
+/// before the weight multiplies it, as the reference (and HF) do.
+#[cube(launch_unchecked)]
+fn rms_norm_kernel<F: Float>(
+    x: &Tensor<F>,
+    w: &Tensor<F>,
+    out: &mut Tensor<F>,
+    h: usize,
+    eps: f32,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let tid = UNIT_POS_X as usize;
+    let mut red = SharedMemory::<f32>::new(threads);
+    let mut ss = 0.0f32;
+    let mut j = tid;
+    while j < h {
+        let v = f32::cast_from(x[row * h + j]);
+        ss += v * v;
+        j += threads;
+    }
+    red[tid] = ss;
+    sync_cube();
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if tid < stride {
+            red[tid] += red[tid + stride];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let rms = (red[0] / f32::cast_from(h) + eps).sqrt();
+    let mut j = tid;
+    while j < h {
+        let normed = F::cast_from(f32::cast_from(x[row * h + j]) / rms);
+        out[row * h + j] = F::cast_from(f32::cast_from(normed) * f32::cast_from(w[j * w.stride(0)]));
+        j += threads;
+    }
+}
+
+/// x [m, h], w [h] -> [m, h].
+pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
+    let [m, h] = x.meta.shape().dims::<2>();
+    let dtype = x.dtype;
+    let x = into_contiguous(x);
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, h]), dtype);
+    // SAFETY: one cube per row, columns bounded by h.
+    unsafe {
+        rms_norm_kernel::launch_unchecked::<R>(
+            &x.client.clone(),
+            CubeCount::Static(m as u32, 1, 1),
+            CubeDim::new_1d(NORM_THREADS as u32),
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            h,
+            eps as f32,
+            NORM_THREADS,
+            dtype.into(),
+        )
+    };
+    out
+}
+
+/// Row i of qkv [n, (heads + 2 kv_heads) hd] holds q heads, then k heads, then v heads. Cube (i, s):
+/// s < heads rotates q head s into q_out [heads, n, hd]; the next kv_heads rotate k heads into cache
+/// row start + i; the last kv_heads copy v. Thread d handles the pair (d, d + hd/2) (half-split RoPE).
+#[cube(launch_unchecked)]
+fn rope_qkv_kernel<F: Float>(
+    qkv: &Tensor<F>,
+    positions: &Tensor<i32>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    q_out: &mut Tensor<F>,
+    k_cache: &mut Tensor<F>,
+    v_cache: &mut Tensor<F>,
+    n: usize,
+    heads: usize,
+    kv_heads: usize,
+    start: usize,
+    #[comptime] half: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let i = CUBE_POS_X as usize;
+    let s = CUBE_POS_Y as usize;
+    let d = UNIT_POS_X as usize;
+    let hd = comptime!(2 * half);
+    let base = i * (heads + 2 * kv_heads) * hd + s * hd;
+    let x1 = f32::cast_from(qkv[base + d]);
+    let x2 = f32::cast_from(qkv[base + d + half]);
+    if s < heads + kv_heads {
+        let p = positions[i] as usize;
+        let c = f32::cast_from(cos[p * cos.stride(0) + d * cos.stride(1)]);
+        let sn = f32::cast_from(sin[p * sin.stride(0) + d * sin.stride(1)]);
+        let y1 = x1 * c - x2 * sn;
+        let y2 = x2 * c + x1 * sn;
+        if s < heads {
+            let o = (s * n + i) * hd;
+            q_out[o + d] = F::cast_from(y1);
+            q_out[o + d + half] = F::cast_from(y2);
+        } else {
+            let r = (s - heads) * k_cache.stride(1) + (start + i) * k_cache.stride(2);
+            k_cache[r + d * k_cache.stride(3)] = F::cast_from(y1);
+            k_cache[r + (d + half) * k_cache.stride(3)] = F::cast_from(y2);
+        }
+    } else {
+        let r = (s - heads - kv_heads) * v_cache.stride(1) + (start + i) * v_cache.stride(2);
+        v_cache[r + d * v_cache.stride(3)] = F::cast_from(x1);
+        v_cache[r + (d + half) * v_cache.stride(3)] = F::cast_from(x2);
+    }
+}
+
+/// qkv [n, (heads + 2 kv_heads) hd]; positions [n] (i32); cos, sin [max_positions, hd / 2];
+/// caches [1, kv_heads, capacity, hd], written in place at rows [start, start + n). Returns q
+/// [1, heads, n, hd].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_qkv<R: CubeRuntime>(
+    qkv: CubeTensor<R>,
+    positions: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    k_cache: CubeTensor<R>,
+    v_cache: CubeTensor<R>,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    start: usize,
+) -> CubeTensor<R> {
+    let n = qkv.meta.shape().dims::<2>()[0];
+    let dtype = qkv.dtype;
+    let qkv = into_contiguous(qkv);
+    let q = empty_device_contiguous_dtype::<R>(qkv.client.clone(), qkv.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    // SAFETY: rows < n, head slots < heads + 2 kv_heads, dims < hd; positions < max_positions and
+    // start + n <= capacity are checked by the caller.
+    unsafe {
+        rope_qkv_kernel::launch_unchecked::<R>(
+            &qkv.client.clone(),
+            CubeCount::Static(n as u32, (heads + 2 * kv_heads) as u32, 1),
+            CubeDim::new_1d((hd / 2) as u32),
+            qkv.into_tensor_arg(),
+            positions.into_tensor_arg(),
+            cos.into_tensor_arg(),
+            sin.into_tensor_arg(),
+            q.clone().into_tensor_arg(),
+            k_cache.into_tensor_arg(),
+            v_cache.into_tensor_arg(),
+            n,
+            heads,
+            kv_heads,
+            start,
+            hd / 2,
+            dtype.into(),
+        )
+    };
+    q
+}

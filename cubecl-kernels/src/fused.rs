@@ -1,0 +1,227 @@
+//! The decoder layer's fused steps, each a plain-tensor reference plus one cubecl launch on cubecl
+//! runtimes. Unfused, a layer took ~67 launches per decode step (every RoPE slice, cast, norm
+//! statistic and bias add its own kernel, ~15 us of host dispatch each on the H200); fused it takes 8:
+//!
+//! - [`rms_norm`]: the norm with its f32 statistic.
+//! - [`linear`]: `f(x) [W0 | W1 | W2] + bias (+ residual)`: q|k|v in one product, gate|up in one,
+//!   o_proj and down_proj with the residual add, down_proj staging `silu(gate) * up` itself.
+//! - [`rope_qkv`]: RoPE on q and k straight from the q|k|v row, k and v written into the KV cache.
+//! - [`crate::attention::attention_rows`]: attention writing o_proj's input layout.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
+
+use crate::dense;
+#[cfg(feature = "cube")]
+use crate::dense::SMALL_M_MAX;
+use crate::int4::{self, Int4Weight};
+
+/// One layer's weight in a fused product.
+#[derive(Clone)]
+pub enum PartWeight<'a, B: Backend> {
+    /// [k, n]
+    Dense(Tensor<B, 2>),
+    Int4(&'a Int4Weight<B>),
+}
+
+/// One layer of a fused product: weight, optional act-order permutation of the input columns
+/// (GPTQ `g_idx`: the layer computes `x[:, perm] W`), optional bias [n].
+#[derive(Clone)]
+pub struct Part<'a, B: Backend> {
+    pub weight: PartWeight<'a, B>,
+    pub perm: Option<Tensor<B, 1, Int>>,
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+/// What the product reads as its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// x [m, k] as given.
+    Plain,
+    /// x [m, 2k] = gate | up; the input is silu(gate) * up (down_proj of a SwiGLU MLP).
+    SwiGlu,
+}
+
+impl<B: Backend> Part<'_, B> {
+    pub fn k(&self) -> usize {
+        match &self.weight {
+            PartWeight::Dense(w) => w.dims()[0],
+            PartWeight::Int4(q) => q.k,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        match &self.weight {
+            PartWeight::Dense(w) => w.dims()[1],
+            PartWeight::Int4(q) => q.n,
+        }
+    }
+
+    /// `x W + b` through the single-product kernels (or their references off cubecl runtimes).
+    pub fn product(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.apply(x, dense::linear, int4::matmul)
+    }
+
+    /// `x W + b` through the plain-tensor references.
+    pub fn reference_product(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.apply(x, dense::reference_linear, int4::reference_matmul)
+    }
+
+    fn apply(
+        &self,
+        x: Tensor<B, 2>,
+        dense: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+        int4: fn(Tensor<B, 2>, &Int4Weight<B>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let x = match &self.perm {
+            Some(p) => x.select(1, p.clone()),
+            None => x,
+        };
+        let y = match &self.weight {
+            PartWeight::Dense(w) => dense(x, w.clone()),
+            PartWeight::Int4(q) => int4(x, q),
+        };
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+}
+
+/// silu(gate) * up for gu [m, 2k] = gate | up.
+pub fn swiglu<B: Backend>(gu: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [m, k2] = gu.dims();
+    let k = k2 / 2;
+    silu(gu.clone().slice([0..m, 0..k])) * gu.slice([0..m, k..k2])
+}
+
+/// `input(x) [W0 | W1 | ...] + [b0 | b1 | ...] (+ residual)`: outputs side by side, [m, sum n].
+/// One launch on cubecl runtimes for M <= [`SMALL_M_MAX`] when the parts are of one kind (dense, or
+/// int4 of one group size and symmetry), without act-order, all with a bias or none; otherwise the
+/// parts' own products.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+    check(&x, parts, input, residual.as_ref());
+    #[cfg(feature = "cube")]
+    if x.dims()[0] <= SMALL_M_MAX {
+        if let Some(y) = crate::cube::fused_linear(&x, parts, input, residual.as_ref()) {
+            return y;
+        }
+    }
+    compose(x, parts, input, residual, |p, x| p.product(x))
+}
+
+/// The plain-tensor composition [`linear`] is checked against.
+pub fn reference_linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+    check(&x, parts, input, residual.as_ref());
+    compose(x, parts, input, residual, |p, x| p.reference_product(x))
+}
+
+fn check<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) {
+    assert!(!parts.is_empty(), "fused linear: no parts");
+    let k = parts[0].k();
+    assert!(parts.iter().all(|p| p.k() == k), "fused linear: parts read inputs of different widths");
+    let width = if input == Input::SwiGlu { 2 * k } else { k };
+    assert_eq!(x.dims()[1], width, "fused linear: input has {} columns, the weights want {width}", x.dims()[1]);
+    if let Some(r) = residual {
+        let n: usize = parts.iter().map(Part::n).sum();
+        assert_eq!(r.dims(), [x.dims()[0], n], "fused linear: residual shape");
+    }
+}
+
+fn compose<'a, B: Backend>(
+    x: Tensor<B, 2>,
+    parts: &[Part<'a, B>],
+    input: Input,
+    residual: Option<Tensor<B, 2>>,
+    product: impl Fn(&Part<'a, B>, Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let x = match input {
+        Input::Plain => x,
+        Input::SwiGlu => swiglu(x),
+    };
+    let mut ys: Vec<Tensor<B, 2>> = parts.iter().map(|p| product(p, x.clone())).collect();
+    let y = if ys.len() == 1 { ys.pop().expect("one part") } else { Tensor::cat(ys, 1) };
+    match residual {
+        Some(r) => y + r,
+        None => y,
+    }
+}
+
+/// RMSNorm of the rows of x [m, h] with weight [h]; the statistic in f32 whatever x's dtype.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    #[cfg(feature = "cube")]
+    if let Some(y) = crate::cube::rms_norm(&x, &weight, eps) {
+        return y;
+    }
+    reference_rms_norm(x, weight, eps)
+}
+
+pub fn reference_rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let dtype = x.dtype();
+    let x32 = x.cast(DType::F32);
+    let rms = (x32.clone().powi_scalar(2).mean_dim(1) + eps).sqrt();
+    (x32 / rms).cast(dtype) * weight.unsqueeze::<2>()
+}
+
+/// Half-split (NeoX / HF) RoPE of x [b, heads, n, hd] at `positions` [n], from tables
+/// cos, sin [max_positions, hd / 2].
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, positions: Tensor<B, 1, Int>) -> Tensor<B, 4> {
+    let [b, h, n, d] = x.dims();
+    let half = d / 2;
+    let cos = cos.clone().select(0, positions.clone()).reshape([1, 1, n, half]);
+    let sin = sin.clone().select(0, positions).reshape([1, 1, n, half]);
+    let x1 = x.clone().slice([0..b, 0..h, 0..n, 0..half]);
+    let x2 = x.slice([0..b, 0..h, 0..n, half..d]);
+    Tensor::cat(vec![x1.clone() * cos.clone() - x2.clone() * sin.clone(), x2 * cos + x1 * sin], 3)
+}
+
+/// Heads of one fused q|k|v product and where its k and v go.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvLayout {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// qkv [b, n, (heads + 2 kv_heads) hd]: RoPE on the q and k heads at `positions`, k and v written into
+/// the caches ([b, kv_heads, capacity, hd]) at rows [start, start + n). Returns q [b, heads, n, hd].
+/// The caller checks positions < max_positions and start + n <= capacity.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv<B: Backend>(
+    qkv: Tensor<B, 3>,
+    positions: Tensor<B, 1, Int>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    layout: QkvLayout,
+    k_cache: &mut Tensor<B, 4>,
+    v_cache: &mut Tensor<B, 4>,
+    start: usize,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "cube")]
+    if let Some(q) = crate::cube::rope_qkv(&qkv, &positions, cos, sin, layout, k_cache, v_cache, start) {
+        return q;
+    }
+    reference_rope_qkv(qkv, positions, cos, sin, layout, k_cache, v_cache, start)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn reference_rope_qkv<B: Backend>(
+    qkv: Tensor<B, 3>,
+    positions: Tensor<B, 1, Int>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    QkvLayout { heads, kv_heads, head_dim: hd }: QkvLayout,
+    k_cache: &mut Tensor<B, 4>,
+    v_cache: &mut Tensor<B, 4>,
+    start: usize,
+) -> Tensor<B, 4> {
+    let [b, n, _] = qkv.dims();
+    let take = |from: usize, h: usize| qkv.clone().slice([0..b, 0..n, from * hd..(from + h) * hd]).reshape([b, n, h, hd]).swap_dims(1, 2);
+    let q = rope(take(0, heads), cos, sin, positions.clone());
+    let k = rope(take(heads, kv_heads), cos, sin, positions);
+    let v = take(heads + kv_heads, kv_heads);
+    let rows = [0..b, 0..kv_heads, start..start + n, 0..hd];
+    k_cache.inplace(|c| c.slice_assign(rows.clone(), k));
+    v_cache.inplace(|c| c.slice_assign(rows, v));
+    q
+}
