@@ -98,26 +98,30 @@ pub fn attention<B: Backend>(
     mask: Option<&AttnMask<B>>,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cube")]
-    if let Some(out) = crate::cube::attention(&q, &k, &v, mask) {
+    if let Some(out) = crate::cube::attention(&q, &k, &v, k.dims()[2], mask) {
         return out.swap_dims(1, 2);
     }
     reference(q, k, v, mask)
 }
 
-/// As [`attention`], in o_proj's input layout [b, n, heads * hd] (the kernel writes it directly: no
-/// transpose copy).
+/// As [`attention`] over the first `keys` rows of the cache buffers k_cache, v_cache
+/// ([b, kv_heads, capacity, hd]), in o_proj's input layout [b, n, heads * hd]. The kernel reads the
+/// buffers in place and writes that layout directly: no slice or transpose copies.
 pub fn attention_rows<B: Backend>(
     q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    k_cache: &Tensor<B, 4>,
+    v_cache: &Tensor<B, 4>,
+    keys: usize,
     mask: Option<&AttnMask<B>>,
 ) -> Tensor<B, 3> {
     let [b, nh, n, hd] = q.dims();
     #[cfg(feature = "cube")]
-    if let Some(out) = crate::cube::attention(&q, &k, &v, mask) {
+    if let Some(out) = crate::cube::attention(&q, k_cache, v_cache, keys, mask) {
         return out.reshape([b, n, nh * hd]);
     }
-    reference(q, k, v, mask).swap_dims(1, 2).reshape([b, n, nh * hd])
+    let [_, nkv, _, _] = k_cache.dims();
+    let rows = |c: &Tensor<B, 4>| c.clone().slice([0..b, 0..nkv, 0..keys, 0..hd]);
+    reference(q, rows(k_cache), rows(v_cache), mask).swap_dims(1, 2).reshape([b, n, nh * hd])
 }
 
 /// Plain tensors: scores in f32, additive mask, softmax, weighted sum.

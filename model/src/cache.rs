@@ -87,12 +87,6 @@ impl<B: Backend> LayerKv<B> {
         self.k.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], k));
         self.v.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], v));
     }
-
-    /// Views of rows [0, end).
-    pub fn rows(&self, end: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, _, d] = self.k.dims();
-        (self.k.clone().slice([0..b, 0..h, 0..end, 0..d]), self.v.clone().slice([0..b, 0..h, 0..end, 0..d]))
-    }
 }
 
 #[cfg(test)]

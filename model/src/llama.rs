@@ -102,8 +102,7 @@ impl<B: Backend> Attention<B> {
         // q|k|v in one product; RoPE on q and k with k and v going straight into the cache.
         let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x);
         let q = step.rope.qkv(qkv, step.positions.clone(), layout, kv, step.cache_len);
-        let (k, v) = kv.rows(step.cache_len + n);
-        attention_rows(q, k, v, step.mask)
+        attention_rows(q, &kv.k, &kv.v, step.cache_len + n, step.mask)
     }
 }
 

@@ -132,6 +132,9 @@ struct CurvePoint {
     n: usize,
     ms: f64,
     vs_n1: f64,
+    /// Host time until the forward returned, before the sync: when it is close to `ms`, the step is
+    /// bound by launching (host dispatch), not by the GPU.
+    enqueue_ms: f64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -247,21 +250,24 @@ impl Args {
             }
             let mut n1 = None;
             for &n in &self.curve_n {
-                let mut times = Vec::new();
+                let (mut times, mut enqueue) = (Vec::new(), Vec::new());
                 for run in 0..=self.repeats {
                     B::sync(device).map_err(|e| Error::Setting(format!("device sync: {e:?}")))?;
                     let t = std::time::Instant::now();
                     let logits = r.forward(&ids[cache_len..cache_len + n], LogitsFor::All);
+                    let queued = t.elapsed().as_secs_f64() * 1e3;
                     let _ = logits.argmax(1).into_data();
                     if run > 0 {
                         times.push(t.elapsed().as_secs_f64() * 1e3);
+                        enqueue.push(queued);
                     }
                     r.cache.truncate(cache_len);
                 }
                 let ms = median(&mut times);
+                let enqueue_ms = median(&mut enqueue);
                 let base = *n1.get_or_insert(ms);
-                eprintln!("verify curve: cache {cache_len}, n {n}: {ms:.3} ms ({:.2}x n = 1)", ms / base);
-                out.push(CurvePoint { cache_len, n, ms, vs_n1: ms / base });
+                eprintln!("verify curve: cache {cache_len}, n {n}: {ms:.3} ms ({:.2}x n = 1), enqueued in {enqueue_ms:.3} ms", ms / base);
+                out.push(CurvePoint { cache_len, n, ms, vs_n1: ms / base, enqueue_ms });
             }
         }
         Ok(out)
@@ -296,10 +302,10 @@ fn main() {
         );
         if !r.verify_curve.is_empty() {
             println!();
-            println!("| cache len | N new tokens | forward ms | x N = 1 |");
-            println!("|---|---|---|---|");
+            println!("| cache len | N new tokens | forward ms | x N = 1 | host enqueue ms |");
+            println!("|---|---|---|---|---|");
             for c in &r.verify_curve {
-                println!("| {} | {} | {:.3} | {:.2} |", c.cache_len, c.n, c.ms, c.vs_n1);
+                println!("| {} | {} | {:.3} | {:.2} | {:.3} |", c.cache_len, c.n, c.ms, c.vs_n1, c.enqueue_ms);
             }
         }
     });

@@ -126,16 +126,18 @@ fn tree_attention_kernel<F: Float>(
     }
 }
 
-/// q [1, heads, n, hd]; k, v [1, kv_heads, t, hd] (any strides); `bits` [n, ceil(cols / 32)] over the
+/// q [1, heads, n, hd]; k, v [1, kv_heads, >= t, hd] (any strides; rows [0, t) are the keys, so
+/// the cache buffers need no slicing); `bits` [n, ceil(cols / 32)] over the
 /// last `cols` key rows, or `None` for a single new row. Returns [1, n, heads, hd].
 pub(crate) fn tree_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
+    t: usize,
     bits: Option<(CubeTensor<R>, usize)>,
 ) -> CubeTensor<R> {
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
-    let [_, kv_heads, t, _] = k.meta.shape().dims::<4>();
+    let kv_heads = k.meta.shape().dims::<4>()[1];
     let dtype = q.dtype;
     let out = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, n, heads, hd]), dtype);
     let threads = hd.next_power_of_two().max(128);

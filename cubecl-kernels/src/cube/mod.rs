@@ -172,16 +172,19 @@ pub(crate) fn rope_qkv<B: Backend>(
     for_each_runtime!(run, B, qkv, positions, cos, sin, layout, k_cache, v_cache, start)
 }
 
+/// Keys are rows [0, t) of k and v. Returns [1, n, heads, hd].
 pub(crate) fn attention<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
+    t: usize,
     mask: Option<&AttnMask<B>>,
 ) -> Option<Tensor<B, 4>> {
     fn run<B: Backend, R: CubeRuntime>(
         q: &Tensor<B, 4>,
         k: &Tensor<B, 4>,
         v: &Tensor<B, 4>,
+        t: usize,
         mask: Option<&AttnMask<B>>,
     ) -> Option<Tensor<B, 4>> {
         let [b, _, n, hd] = q.dims();
@@ -193,7 +196,7 @@ pub(crate) fn attention<B: Backend>(
             None if n == 1 => None,
             None => return None,
         };
-        Some(back::<B, R, 4>(attention::tree_attention::<R>(float(q), float(k), float(v), bits)))
+        Some(back::<B, R, 4>(attention::tree_attention::<R>(float(q), float(k), float(v), t, bits)))
     }
-    for_each_runtime!(run, B, q, k, v, mask)
+    for_each_runtime!(run, B, q, k, v, t, mask)
 }
