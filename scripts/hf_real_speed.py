@@ -67,7 +67,9 @@ def main():
     eos = [tok.eos_token_id] + ([tok.convert_tokens_to_ids("<|im_end|>")] if "<|im_end|>" in tok.get_vocab() else [])
 
     def prompt(q):
-        return tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True, return_tensors="pt").to("cuda")
+        enc = tok.apply_chat_template([{"role": "user", "content": q["turns"][0]}], add_generation_prompt=True, return_tensors="pt")
+        ids = enc["input_ids"] if hasattr(enc, "keys") else enc  # transformers 5 returns a BatchEncoding
+        return ids.to("cuda")
 
     def gen(ids, mode, n):
         extra = {}
@@ -96,6 +98,8 @@ def main():
                 print(f"[{mode} {q['category']} q{q['question_id']}] {new} tokens, {rate:.1f} tok/s", flush=True)
             summary[mode] = {"tok_s": statistics.mean(rates), "prompts": len(rates)}
         except Exception as e:  # report, don't hide
+            import traceback
+            traceback.print_exc()
             summary[mode] = {"error": repr(e)[:500]}
             print(mode, summary[mode], flush=True)
     ar = summary.get("ar", {}).get("tok_s")

@@ -26,6 +26,6 @@ hf)
   pip install --no-deps --no-index --target /root/py .dev/wheels/gguf-*.whl > /dev/null 2>&1
   PYTHONPATH=/root/py PYTHONUNBUFFERED=1 timeout 570 python3 scripts/hf_real_speed.py --target $M/qwen2.5-coder-1.5b.gguf \
     --draft $M/qwen2.5-coder-0.5b.gguf --questions .dev/gpu/question.jsonl --categories $CATS --per-category $PER \
-    --max-new-tokens $NEW --json $OUT/hf-real.json 2>&1 | grep -v Warning ;;
+    --max-new-tokens $NEW --json $OUT/hf-real.json 2>&1 | tr "\r" "\n" | grep -v -E "Warning|it/s]|s/it]" ;;
 esac
 echo done
