@@ -37,7 +37,7 @@ ar)
   syn llama3-8b --int4 --prompt-len 128 --new-tokens 128 --repeats 2 --json $OUT/ar-llama3-8b-int4.json 2>&1 | tail -1
   syn llama3-8b --prompt-len 128 --new-tokens 128 --repeats 2 --json $OUT/ar-llama3-8b-dense.json 2>&1 | tail -1 ;;
 curve)
-  C="--curve-cache 512,2048 --curve-n 1,2,4,8,16,24,32,48,64 --prompt-len 128 --new-tokens 32 --repeats 3"
+  C="--curve-cache 512,2048 --curve-n ${CURVE_N:-1,2,4,8,16,32,64} --prompt-len 128 --new-tokens 32 --repeats 2"
   syn llama3-70b --int4 $C --json $OUT/curve-llama3-70b-int4.json 2>&1 | grep -v "^verify curve"
   syn llama3-8b --int4 $C --json $OUT/curve-llama3-8b-int4.json 2>&1 | grep -v "^verify curve"
   syn llama3-8b $C --json $OUT/curve-llama3-8b-dense.json 2>&1 | grep -v "^verify curve" ;;
