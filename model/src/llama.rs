@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::nn::linear::check_shape;
 pub use hierspec_kernels::attention::AttnMask;
 use hierspec_kernels::attention::attention_rows;
+use hierspec_kernels::dense::SMALL_M_MAX;
 use hierspec_kernels::fused::{swiglu, QkvLayout};
 use crate::nn::{Linear, QuantSpec, RmsNorm, Rope};
 use crate::weights::WeightSource;
@@ -175,7 +176,44 @@ impl<B: Backend> DecoderLayer<B> {
 
 impl<B: Backend> Llama<B> {
     /// Run `tokens` ([batch, n]) at `positions` ([n]) after the `cache.len()` cached rows.
+    ///
+    /// A long causal forward (a prompt, `mask: None`) runs in chunks of at most [`SMALL_M_MAX`] rows:
+    /// on cubecl runtimes every product then takes the small-M kernels (one shape, no autotune, no
+    /// dequantized copy of int4 weights) instead of burn's tiled matmul; everywhere it bounds the
+    /// attention scores' memory.
     pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: Tensor<B, 1, Int>,
+        cache: &mut KvCache<B>,
+        mask: Option<&AttnMask<B>>,
+        logits_for: LogitsFor,
+    ) -> ForwardOutput<B> {
+        let [b, n] = tokens.dims();
+        if mask.is_some() || n <= SMALL_M_MAX {
+            return self.forward_rows(tokens, positions, cache, mask, logits_for);
+        }
+        let mut outs = Vec::new();
+        for start in (0..n).step_by(SMALL_M_MAX) {
+            let end = (start + SMALL_M_MAX).min(n);
+            let last_chunk = end == n;
+            let want = if last_chunk { logits_for } else { LogitsFor::Last };
+            let out = self.forward_rows(tokens.clone().slice([0..b, start..end]), positions.clone().slice([start..end]), cache, None, want);
+            outs.push((out, last_chunk));
+        }
+        let hidden = Tensor::cat(outs.iter().map(|(o, _)| o.hidden.clone()).collect(), 1);
+        let logits = match logits_for {
+            LogitsFor::Last => outs.pop().expect("one chunk").0.logits,
+            LogitsFor::All => Tensor::cat(
+                outs.into_iter().map(|(o, last)| if last { o.logits } else { self.lm_head.forward(o.hidden) }).collect(),
+                1,
+            ),
+        };
+        ForwardOutput { logits, hidden }
+    }
+
+    /// One forward over all `n` rows.
+    fn forward_rows(
         &self,
         tokens: Tensor<B, 2, Int>,
         positions: Tensor<B, 1, Int>,

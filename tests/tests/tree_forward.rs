@@ -78,3 +78,29 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     let max = max_abs_diff(&got, &sequential(&seq));
     assert!(max <= tol, "after compaction the next step differs from the sequence by {max}");
 }
+
+/// A prompt longer than one chunk runs as chunks of at most `SMALL_M_MAX` rows; every position's
+/// logits and features must equal one causal pass over the whole prompt (an explicit mask disables
+/// the chunking), and so must the cache it leaves behind.
+#[test]
+fn chunked_prefill_equals_one_causal_pass() {
+    let device = device();
+    let m = loader::load::<B>("smollm2-135m", 4096, &device).expect("load");
+    let text = "Chunked prefill keeps every product on the small-M kernels. ".repeat(40);
+    let prompt = m.tokenizer.encode(&text).unwrap();
+    let n = prompt.len();
+    assert!(n > 2 * hierspec_kernels::dense::SMALL_M_MAX, "prompt of {n} tokens spans at least three chunks");
+    let run = |mask: Option<&AttnMask<B>>| {
+        let mut cache = KvCache::new(&m.config, 1, n + 1, &device);
+        let out = m.model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, n, &device), &mut cache, mask, LogitsFor::All);
+        let next = m.model.forward(tokens_tensor(&[42], &device), Llama::<B>::positions(n, 1, &device), &mut cache, None, LogitsFor::Last);
+        (to_vec_f32(out.logits), to_vec_f32(out.hidden), to_vec_f32(next.logits))
+    };
+    let chunked = run(None);
+    let whole = run(Some(&AttnMask::causal(0, n, &device)));
+    let tol = logit_tolerance();
+    for (what, a, b) in [("logits", &chunked.0, &whole.0), ("features", &chunked.1, &whole.1), ("next step", &chunked.2, &whole.2)] {
+        let max = max_abs_diff(a, b);
+        assert!(max <= tol, "chunked prefill {what} differ from one pass by {max}");
+    }
+}
