@@ -26,14 +26,35 @@ const N_TILE: usize = 32;
 /// Threads along K, for every M (batch invariance).
 const K_SPLIT: usize = 32;
 
-/// Rows of x per cube: the shared buffer (m_tile x K_SPLIT x N_TILE f32) stays within 32 KiB.
+/// Rows of x per cube. Each tile reads (and dequantizes) the whole weight once, so fewer, taller
+/// tiles cost less at M = 16..128; the shared buffer stays within 32 KiB (see `buf_len`).
 fn m_tile(m: usize) -> usize {
     match m {
         1 => 1,
         2 => 2,
         3..=4 => 4,
-        _ => 8,
+        5..=8 => 8,
+        _ => 16,
     }
+}
+
+/// Rows summed per reduction pass (the reduction buffer holds `REDUCE_ROWS x K_SPLIT x N_TILE`).
+const REDUCE_ROWS: usize = 8;
+
+/// int4 words each k-lane takes per staged chunk of K: 4 (four loads in flight) up to 8 rows per tile,
+/// 2 for 16-row tiles so the staged x still fits. A lane walks the same words in the same order either
+/// way (words ks, ks + K_SPLIT, ks + 2 K_SPLIT, ...), so the sums do not depend on the tile.
+fn words_per_lane(m_tile: usize) -> usize {
+    if m_tile > 8 {
+        2
+    } else {
+        4
+    }
+}
+
+/// f32 elements of the shared buffer: x staging (m_tile x chunk) and the reduction share it.
+fn buf_len(m_tile: usize, chunk: usize) -> usize {
+    (m_tile * chunk).max(m_tile.min(REDUCE_ROWS) * K_SPLIT * N_TILE)
 }
 
 /// Stage rows [m0, m0 + m_tile) of x, columns [k0, k0 + chunk), into shared memory as f32 (zero past
@@ -127,13 +148,14 @@ fn int4_acc<F: Float>(
     k: usize,
     group: usize,
     #[comptime] m_tile: usize,
+    #[comptime] wpl: usize,
     #[comptime] asymmetric: bool,
     #[comptime] swiglu: bool,
 ) {
     let ks = UNIT_POS_Y as usize;
-    // Each chunk of K covers 4 words (32 rows) per k-lane: four independent word loads in flight.
-    let chunk_words = comptime!(4 * K_SPLIT);
-    let chunk = comptime!(32 * K_SPLIT);
+    // Each chunk of K covers `wpl` words (8 wpl rows) per k-lane: independent word loads in flight.
+    let chunk_words = comptime!(wpl * K_SPLIT);
+    let chunk = comptime!(8 * wpl * K_SPLIT);
     let words = (k + 7) / 8;
     let mut w0 = 0usize;
     while w0 < words {
@@ -141,7 +163,7 @@ fn int4_acc<F: Float>(
         sync_cube();
         if col < n {
             #[unroll]
-            for u in 0..4usize {
+            for u in 0..wpl {
                 let lw = ks + u * K_SPLIT;
                 let wi = w0 + lw;
                 if wi < words {
@@ -173,7 +195,7 @@ fn int4_acc<F: Float>(
 }
 
 /// Sum each accumulator over the k-lanes, add the bias and the residual, write row `m0 + i` at output
-/// column `out_col` (of `n_out`).
+/// column `out_col` (of `n_out`). Rows go through the buffer `REDUCE_ROWS` at a time.
 #[cube]
 fn store<F: Float>(
     acc: &Array<f32>,
@@ -191,27 +213,34 @@ fn store<F: Float>(
 ) {
     let tx = UNIT_POS_X as usize;
     let ks = UNIT_POS_Y as usize;
+    let pass_rows = comptime!(if m_tile > REDUCE_ROWS { REDUCE_ROWS } else { m_tile });
+    let passes = comptime!(m_tile / pass_rows);
     #[unroll]
-    for i in 0..m_tile {
-        red[(i * K_SPLIT + ks) * N_TILE + tx] = acc[i];
-    }
-    sync_cube();
-    let mut i = ks;
-    while i < m_tile {
-        let row = m0 + i;
-        if row < m && valid {
-            let mut sum = 0.0f32;
-            #[unroll]
-            for s in 0..K_SPLIT {
-                sum += red[(i * K_SPLIT + s) * N_TILE + tx];
-            }
-            sum += bias;
-            if comptime!(add_residual) {
-                sum += f32::cast_from(residual[row * n_out + out_col]);
-            }
-            out[row * n_out + out_col] = F::cast_from(sum);
+    for p in 0..passes {
+        // The buffer's previous use (x staging, or the previous pass) is over.
+        sync_cube();
+        #[unroll]
+        for i in 0..pass_rows {
+            red[(i * K_SPLIT + ks) * N_TILE + tx] = acc[p * pass_rows + i];
         }
-        i += K_SPLIT;
+        sync_cube();
+        let mut i = ks;
+        while i < pass_rows {
+            let row = m0 + p * pass_rows + i;
+            if row < m && valid {
+                let mut sum = 0.0f32;
+                #[unroll]
+                for s in 0..K_SPLIT {
+                    sum += red[(i * K_SPLIT + s) * N_TILE + tx];
+                }
+                sum += bias;
+                if comptime!(add_residual) {
+                    sum += f32::cast_from(residual[row * n_out + out_col]);
+                }
+                out[row * n_out + out_col] = F::cast_from(sum);
+            }
+            i += K_SPLIT;
+        }
     }
 }
 
@@ -255,13 +284,14 @@ fn dense_kernel<F: Float>(
     c1: usize,
     c2: usize,
     #[comptime] m_tile: usize,
+    #[comptime] buf_len: usize,
     #[comptime] bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let m0 = CUBE_POS_Y as usize * m_tile;
-    let mut buf = SharedMemory::<f32>::new(m_tile * K_SPLIT * N_TILE);
+    let mut buf = SharedMemory::<f32>::new(buf_len);
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
@@ -323,6 +353,8 @@ fn int4_kernel<F: Float>(
     c2: usize,
     group: usize,
     #[comptime] m_tile: usize,
+    #[comptime] wpl: usize,
+    #[comptime] buf_len: usize,
     #[comptime] asymmetric: bool,
     #[comptime] bias: bool,
     #[comptime] add_residual: bool,
@@ -330,7 +362,7 @@ fn int4_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let m0 = CUBE_POS_Y as usize * m_tile;
-    let mut buf = SharedMemory::<f32>::new(m_tile * K_SPLIT * N_TILE);
+    let mut buf = SharedMemory::<f32>::new(buf_len);
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
@@ -340,7 +372,7 @@ fn int4_kernel<F: Float>(
     let mut n = n0;
     let mut b = 0.0f32;
     if part == 0u32 {
-        int4_acc::<F>(x, q0, s0, o0, &mut buf, &mut acc, col, n0, m0, m, k, group, m_tile, asymmetric, swiglu);
+        int4_acc::<F>(x, q0, s0, o0, &mut buf, &mut acc, col, n0, m0, m, k, group, m_tile, wpl, asymmetric, swiglu);
         if comptime!(bias) {
             if col < n0 {
                 b = f32::cast_from(b0[col]);
@@ -348,7 +380,7 @@ fn int4_kernel<F: Float>(
         }
     } else if part == 1u32 {
         n = n1;
-        int4_acc::<F>(x, q1, s1, o1, &mut buf, &mut acc, col, n1, m0, m, k, group, m_tile, asymmetric, swiglu);
+        int4_acc::<F>(x, q1, s1, o1, &mut buf, &mut acc, col, n1, m0, m, k, group, m_tile, wpl, asymmetric, swiglu);
         if comptime!(bias) {
             if col < n1 {
                 b = f32::cast_from(b1[col]);
@@ -356,7 +388,7 @@ fn int4_kernel<F: Float>(
         }
     } else {
         n = n2;
-        int4_acc::<F>(x, q2, s2, o2, &mut buf, &mut acc, col, n2, m0, m, k, group, m_tile, asymmetric, swiglu);
+        int4_acc::<F>(x, q2, s2, o2, &mut buf, &mut acc, col, n2, m0, m, k, group, m_tile, wpl, asymmetric, swiglu);
         if comptime!(bias) {
             if col < n2 {
                 b = f32::cast_from(b2[col]);
@@ -434,6 +466,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
                     c1,
                     c2,
                     mt,
+                    buf_len(mt, 4 * K_SPLIT),
                     bias,
                     add_residual,
                     swiglu,
@@ -483,6 +516,8 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
                     c2,
                     *group,
                     mt,
+                    words_per_lane(mt),
+                    buf_len(mt, 8 * words_per_lane(mt) * K_SPLIT),
                     asymmetric,
                     bias,
                     add_residual,
