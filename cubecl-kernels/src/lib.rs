@@ -8,6 +8,7 @@
 //!   bit-packed tree (ancestor) or causal mask, GQA without repeating K/V.
 //! - [`fused`]: the rest of a decoder layer in few launches: RMSNorm, q|k|v and gate|up as one
 //!   product each with bias / residual / SwiGLU fused in, RoPE with the KV-cache write.
+//! - [`topk::log_softmax_top_k`]: the drafters' top-k of each row's log-softmax, one launch.
 //!
 //! Dispatch is by the tensor primitive's concrete type at run time ([`cube`]): a `CubeTensor` of an
 //! enabled runtime takes the kernel, anything else (Flex, ndarray, autodiff) the reference. That keeps
@@ -18,6 +19,7 @@ pub mod attention;
 pub mod dense;
 pub mod fused;
 pub mod int4;
+pub mod topk;
 
 #[cfg(feature = "cube")]
 mod cube;

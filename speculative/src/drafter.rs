@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor, TensorData};
+use hierspec_kernels::topk::log_softmax_top_k;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, Result};
 
@@ -183,27 +183,10 @@ fn top_k_rows<B: Backend>(base: &Llama<B>, features: Tensor<B, 2>, k: usize) -> 
     let [n, h] = features.dims();
     let logits = base.lm_head.forward(features.reshape([1, n, h]));
     let v = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([n, v]).cast(burn::tensor::DType::F32), 1);
-    let (vals, idx) = top_k_by_argmax(logp, k.min(v));
-    let vals: Vec<f32> = vals.into_data().iter::<f32>().collect();
-    let idx: Vec<i64> = idx.into_data().iter::<i64>().collect();
-    let k = vals.len() / n;
-    (0..n).map(|r| (0..k).map(|c| Proposal { token: idx[r * k + c] as u32, logprob: vals[r * k + c] }).collect()).collect()
-}
-
-/// Top-k along the vocabulary by k rounds of argmax (each found entry pushed to -1e30), in
-/// decreasing order: a full sort of every row (burn's `topk`) costs far more for k << vocab.
-fn top_k_by_argmax<B: Backend>(mut x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
-    let n = x.dims()[0];
-    let (device, dtype) = (x.device(), x.dtype());
-    let (mut vals, mut idx) = (Vec::with_capacity(k), Vec::with_capacity(k));
-    for _ in 0..k {
-        let i = x.clone().argmax(1); // [n, 1]
-        vals.push(x.clone().gather(1, i.clone()));
-        x = x.scatter(1, i.clone(), Tensor::full([n, 1], -1e30f32, (&device, dtype)), IndexingUpdateOp::Add);
-        idx.push(i);
-    }
-    (Tensor::cat(vals, 1), Tensor::cat(idx, 1))
+    log_softmax_top_k(logits.reshape([n, v]), k)
+        .into_iter()
+        .map(|row| row.into_iter().map(|(token, logprob)| Proposal { token, logprob }).collect())
+        .collect()
 }
 
 /// Proposes a known continuation (the verifier's own greedy output, computed beforehand) as the
@@ -269,24 +252,5 @@ impl<B: Backend> TreeDrafter<B> for OracleDrafter {
 
     fn forwards(&self) -> usize {
         self.forwards
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::backend::Flex;
-
-    #[test]
-    fn top_k_by_argmax_matches_a_sort() {
-        let device = Default::default();
-        let x = Tensor::<Flex, 2>::random([3, 1000], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let (v, i) = top_k_by_argmax(x.clone(), 7);
-        let (sv, si) = x.clone().topk_with_indices(7, 1);
-        assert_eq!(i.into_data().iter::<i64>().collect::<Vec<_>>(), si.into_data().iter::<i64>().collect::<Vec<_>>());
-        assert_eq!(v.into_data().iter::<f32>().collect::<Vec<_>>(), sv.into_data().iter::<f32>().collect::<Vec<_>>());
-        // A dtype other than the default (bf16 runs cast log-probabilities to f32): no mismatch.
-        let (_, i16) = top_k_by_argmax(x.clone().cast(burn::tensor::DType::F16), 7);
-        assert_eq!(i16.dims(), [3, 7]);
     }
 }

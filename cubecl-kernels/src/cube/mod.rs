@@ -5,6 +5,7 @@
 mod attention;
 mod fused;
 mod matmul;
+mod topk;
 
 use std::any::Any;
 
@@ -199,4 +200,15 @@ pub(crate) fn attention<B: Backend>(
         Some(back::<B, R, 4>(attention::tree_attention::<R>(float(q), float(k), float(v), t, bits)))
     }
     for_each_runtime!(run, B, q, k, v, t, mask)
+}
+
+/// [n, 2k] f32: each row's top-k log-probs, then their ids.
+pub(crate) fn log_softmax_top_k<B: Backend>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {
+        if !supported(logits.dtype()) {
+            return None;
+        }
+        Some(back::<B, R, 2>(topk::log_softmax_top_k::<R>(float(logits), k)))
+    }
+    for_each_runtime!(run, B, logits, k)
 }

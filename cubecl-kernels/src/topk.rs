@@ -1,0 +1,75 @@
+//! The EAGLE drafters' step: the top-k tokens of each row's log-softmax. On cubecl runtimes one
+//! launch (row max, log-sum-exp and k argmax rounds in one cube per row) and one host read; the
+//! reference is k rounds of burn's argmax (a full sort of a 151,936-entry row costs far more).
+
+use burn::tensor::{activation::log_softmax, backend::Backend, DType, IndexingUpdateOp, Int, Tensor};
+
+/// Per row of logits [n, v]: the k (token, log-probability) pairs of highest log-probability, in
+/// decreasing order (ties: lower id first). Row-major [n][k]. One host read.
+pub fn log_softmax_top_k<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let [n, v] = logits.dims();
+    let k = k.min(v);
+    #[cfg(feature = "cube")]
+    if v < (1 << 24) {
+        if let Some(t) = crate::cube::log_softmax_top_k(&logits, k) {
+            return rows(t, n, k);
+        }
+    }
+    rows(reference_packed(logits, k), n, k)
+}
+
+/// The plain-tensor reference: log-softmax in f32, then k rounds of argmax.
+pub fn reference_log_softmax_top_k<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let [n, v] = logits.dims();
+    let k = k.min(v);
+    rows(reference_packed(logits, k), n, k)
+}
+
+/// [n, 2k] f32: log-probs then ids.
+fn reference_packed<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Tensor<B, 2> {
+    let logp = log_softmax(logits.cast(DType::F32), 1);
+    let (vals, idx) = top_k_by_argmax(logp, k);
+    Tensor::cat(vec![vals, idx.float().cast(DType::F32)], 1)
+}
+
+fn rows<B: Backend>(packed: Tensor<B, 2>, n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let flat: Vec<f32> = packed.cast(DType::F32).into_data().iter::<f32>().collect();
+    (0..n).map(|r| (0..k).map(|c| (flat[r * 2 * k + k + c] as u32, flat[r * 2 * k + c])).collect()).collect()
+}
+
+/// Top-k along dim 1 by k rounds of argmax (each found entry pushed to -1e30), in decreasing order.
+pub fn top_k_by_argmax<B: Backend>(mut x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    let n = x.dims()[0];
+    let (device, dtype) = (x.device(), x.dtype());
+    let (mut vals, mut idx) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    for _ in 0..k {
+        let i = x.clone().argmax(1); // [n, 1]
+        vals.push(x.clone().gather(1, i.clone()));
+        x = x.scatter(1, i.clone(), Tensor::full([n, 1], -1e30f32, (&device, dtype)), IndexingUpdateOp::Add);
+        idx.push(i);
+    }
+    (Tensor::cat(vals, 1), Tensor::cat(idx, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn top_k_by_argmax_matches_a_sort() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 2>::random([3, 1000], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (v, i) = top_k_by_argmax(x.clone(), 7);
+        let (sv, si) = x.clone().topk_with_indices(7, 1);
+        assert_eq!(i.into_data().iter::<i64>().collect::<Vec<_>>(), si.into_data().iter::<i64>().collect::<Vec<_>>());
+        assert_eq!(v.into_data().iter::<f32>().collect::<Vec<_>>(), sv.into_data().iter::<f32>().collect::<Vec<_>>());
+        // A dtype other than the default (bf16 runs cast log-probabilities to f32): no mismatch.
+        let (_, i16) = top_k_by_argmax(x.clone().cast(DType::F16), 7);
+        assert_eq!(i16.dims(), [3, 7]);
+        // The packed form: log-probabilities of the same ids.
+        let rows = reference_log_softmax_top_k(x, 7);
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.len() == 7 && r.windows(2).all(|w| w[0].1 >= w[1].1) && r.iter().all(|p| p.1 <= 0.0)));
+    }
+}
