@@ -21,6 +21,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_ar_speed import timed  # same directory: the synced timer
+
 
 def load(path):
     d, f = os.path.split(os.path.abspath(path))
@@ -36,14 +38,6 @@ def questions(path, categories, per_category):
             if q["category"] in categories and len(by_cat[q["category"]]) < per_category:
                 by_cat[q["category"]].append(q)
     return [q for c in categories for q in by_cat[c]]
-
-
-def timed(fn):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t, out
 
 
 def main():

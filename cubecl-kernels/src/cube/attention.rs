@@ -9,6 +9,8 @@ use burn::tensor::Shape;
 use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::reduce::{block_max, block_sum};
+
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 
 #[cube(launch_unchecked)]
@@ -69,18 +71,7 @@ fn tree_attention_kernel<F: Float>(
 
         // Chunk maximum.
         red[tid] = s;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if tid < stride {
-                let other = red[tid + stride];
-                if other > red[tid] {
-                    red[tid] = other;
-                }
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        block_max(&mut red);
         let chunk_max = red[0];
         sync_cube();
 
@@ -94,15 +85,7 @@ fn tree_attention_kernel<F: Float>(
         }
         p_s[tid] = p;
         red[tid] = p;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if tid < stride {
-                red[tid] += red[tid + stride];
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        block_sum(&mut red);
         let rescale = (m_run - m_new).exp();
         l_run = l_run * rescale + red[0];
         if tid < head_dim {

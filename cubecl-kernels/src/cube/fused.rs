@@ -5,6 +5,8 @@ use burn::tensor::Shape;
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::reduce::block_sum;
+
 const NORM_THREADS: usize = 256;
 
 /// y = x / sqrt(mean(x^2) + eps) * w, the statistic in f32. The normed value is rounded to x's dtype
@@ -30,15 +32,7 @@ fn rms_norm_kernel<F: Float>(
         j += threads;
     }
     red[tid] = ss;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            red[tid] += red[tid + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    block_sum(&mut red);
     let rms = (red[0] / f32::cast_from(h) + eps).sqrt();
     let mut j = tid;
     while j < h {

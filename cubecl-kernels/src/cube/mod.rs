@@ -5,6 +5,7 @@
 mod attention;
 mod fused;
 mod matmul;
+mod reduce;
 mod topk;
 
 use std::any::Any;

@@ -7,6 +7,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::reduce::{block_max, block_sum};
+
 const THREADS: usize = 256;
 
 /// Whether (v, i) comes before (bv, bi): larger value first, smaller index on ties.
@@ -38,18 +40,7 @@ fn topk_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<f32>, v: usize, k: usiz
         j += threads;
     }
     red_v[tid] = m;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            let o = red_v[tid + stride];
-            if o > red_v[tid] {
-                red_v[tid] = o;
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    block_max(&mut red_v);
     let row_max = red_v[0];
     sync_cube();
     let mut s = 0.0f32;
@@ -59,15 +50,7 @@ fn topk_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<f32>, v: usize, k: usiz
         j += threads;
     }
     red_v[tid] = s;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            red_v[tid] += red_v[tid + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    block_sum(&mut red_v);
     let lse = row_max + red_v[0].ln();
     sync_cube();
 
