@@ -193,21 +193,17 @@ impl<B: Backend> Llama<B> {
         if mask.is_some() || n <= SMALL_M_MAX {
             return self.forward_rows(tokens, positions, cache, mask, logits_for);
         }
-        let mut outs = Vec::new();
+        // Each chunk computes the logits it is asked for (with `Last`, the earlier chunks' one row is
+        // discarded: one lm_head row per 128 prompt rows).
+        let mut outs: Vec<ForwardOutput<B>> = Vec::new();
         for start in (0..n).step_by(SMALL_M_MAX) {
             let end = (start + SMALL_M_MAX).min(n);
-            let last_chunk = end == n;
-            let want = if last_chunk { logits_for } else { LogitsFor::Last };
-            let out = self.forward_rows(tokens.clone().slice([0..b, start..end]), positions.clone().slice([start..end]), cache, None, want);
-            outs.push((out, last_chunk));
+            outs.push(self.forward_rows(tokens.clone().slice([0..b, start..end]), positions.clone().slice([start..end]), cache, None, logits_for));
         }
-        let hidden = Tensor::cat(outs.iter().map(|(o, _)| o.hidden.clone()).collect(), 1);
+        let hidden = Tensor::cat(outs.iter().map(|o| o.hidden.clone()).collect(), 1);
         let logits = match logits_for {
-            LogitsFor::Last => outs.pop().expect("one chunk").0.logits,
-            LogitsFor::All => Tensor::cat(
-                outs.into_iter().map(|(o, last)| if last { o.logits } else { self.lm_head.forward(o.hidden) }).collect(),
-                1,
-            ),
+            LogitsFor::Last => outs.pop().expect("one chunk").logits,
+            LogitsFor::All => Tensor::cat(outs.into_iter().map(|o| o.logits).collect(), 1),
         };
         ForwardOutput { logits, hidden }
     }
