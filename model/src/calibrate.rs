@@ -129,7 +129,7 @@ impl<'a, B: Backend> Calibrator<'a, B> {
                     grams.insert(site, acc);
                 }
             };
-            next.push(layer.forward_observed(x.clone(), &step, &mut cache.layers[0], &mut sink));
+            next.push(layer.forward_observed(x.clone(), &step, &mut cache.layers[0], Some(&mut sink)));
             rows += n;
         }
         let hessians = observe.then(|| {

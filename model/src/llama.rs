@@ -127,14 +127,6 @@ impl<B: Backend> Mlp<B> {
     pub fn gate_up(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)
     }
-
-    /// silu(gate(x)) * up(x): down_proj's input.
-    pub fn hidden(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
-        let gu = self.gate_up(x);
-        let ffn = gu.dims()[2] / 2;
-        swiglu(gu.reshape([b * n, 2 * ffn])).reshape([b, n, ffn])
-    }
 }
 
 /// The four inputs a decoder layer's linear layers read (GPTQ calibrates on each).
@@ -152,24 +144,39 @@ pub enum LinearInput {
 
 impl<B: Backend> DecoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        let h = self.input_layernorm.forward(x.clone());
-        let x = self.self_attn.o_proj.forward_add(self.self_attn.attend(h, step, kv), x);
-        let h = self.post_attention_layernorm.forward(x.clone());
-        self.mlp.forward_add(h, x)
+        self.forward_observed(x, step, kv, None)
     }
 
-    /// The same forward, showing `observe` the input of each group of linear layers (GPTQ
-    /// calibration); down_proj's input is materialized for it.
-    pub fn forward_observed(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>, observe: &mut dyn FnMut(LinearInput, &Tensor<B, 3>)) -> Tensor<B, 3> {
+    /// The forward, showing `observe` (GPTQ calibration) the input of each group of linear layers.
+    /// Without an observer down_proj stages silu(gate) * up itself; with one that input is
+    /// materialized so it can be shown.
+    pub fn forward_observed(
+        &self,
+        x: Tensor<B, 3>,
+        step: &Step<B>,
+        kv: &mut LayerKv<B>,
+        mut observe: Option<&mut dyn FnMut(LinearInput, &Tensor<B, 3>)>,
+    ) -> Tensor<B, 3> {
+        let observing = observe.is_some();
+        let mut see = |what: LinearInput, t: &Tensor<B, 3>| {
+            if let Some(o) = observe.as_mut() {
+                o(what, t)
+            }
+        };
         let h = self.input_layernorm.forward(x.clone());
-        observe(LinearInput::Qkv, &h);
+        see(LinearInput::Qkv, &h);
         let a = self.self_attn.attend(h, step, kv);
-        observe(LinearInput::O, &a);
+        see(LinearInput::O, &a);
         let x = self.self_attn.o_proj.forward_add(a, x);
         let h = self.post_attention_layernorm.forward(x.clone());
-        observe(LinearInput::GateUp, &h);
-        let m = self.mlp.hidden(h);
-        observe(LinearInput::Down, &m);
+        see(LinearInput::GateUp, &h);
+        let gu = self.mlp.gate_up(h);
+        if !observing {
+            return self.mlp.down_proj.forward_swiglu_add(gu, x);
+        }
+        let [b, n, ffn2] = gu.dims();
+        let m = swiglu(gu.reshape([b * n, ffn2])).reshape([b, n, ffn2 / 2]);
+        see(LinearInput::Down, &m);
         self.mlp.down_proj.forward_add(m, x)
     }
 }
