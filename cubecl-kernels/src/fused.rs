@@ -15,6 +15,7 @@ use crate::dense;
 #[cfg(feature = "cube")]
 use crate::dense::SMALL_M_MAX;
 use crate::int4::{self, Int4Weight};
+use crate::mma::MmaWeight;
 
 /// One layer's weight in a fused product.
 #[derive(Clone)]
@@ -25,12 +26,14 @@ pub enum PartWeight<'a, B: Backend> {
 }
 
 /// One layer of a fused product: weight, optional act-order permutation of the input columns
-/// (GPTQ `g_idx`: the layer computes `x[:, perm] W`), optional bias [n].
+/// (GPTQ `g_idx`: the layer computes `x[:, perm] W`), optional bias [n], and the weight's
+/// tensor-core copy where one was packed at load ([`MmaWeight`]).
 #[derive(Clone)]
 pub struct Part<'a, B: Backend> {
     pub weight: PartWeight<'a, B>,
     pub perm: Option<Tensor<B, 1, Int>>,
     pub bias: Option<Tensor<B, 1>>,
+    pub mma: Option<&'a MmaWeight<B>>,
 }
 
 /// What the product reads as its input.
@@ -97,17 +100,38 @@ pub fn swiglu<B: Backend>(gu: Tensor<B, 2>) -> Tensor<B, 2> {
 
 /// `input(x) [W0 | W1 | ...] + [b0 | b1 | ...] (+ residual)`: outputs side by side, [m, sum n].
 /// One launch on cubecl runtimes for M <= [`SMALL_M_MAX`] when the parts are of one kind (dense, or
-/// int4 of one group size and symmetry), without act-order, all with a bias or none; otherwise the
-/// parts' own products.
+/// int4 of one group size and symmetry), without act-order, all with a bias or none: the tensor-core
+/// kernel where the parts were packed for it, else the scalar one; otherwise the parts' own products.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
     check(&x, parts, input, residual.as_ref());
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX {
+        if input == Input::Plain {
+            if let Some(y) = crate::cube::mma_linear(&x, parts, false, residual.as_ref()) {
+                return y;
+            }
+        }
         if let Some(y) = crate::cube::fused_linear(&x, parts, input, residual.as_ref()) {
             return y;
         }
     }
     compose(x, parts, input, residual, |p, x| p.product(x))
+}
+
+/// `residual + down(silu(gate(x)) * up(x))`, the SwiGLU MLP in two launches on cubecl runtimes: the
+/// tensor-core gate|up writes silu(gate) * up itself; the scalar down_proj stages it from gate|up.
+pub fn swiglu_mlp<B: Backend>(x: Tensor<B, 2>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+    let gate_up = [gate, up];
+    #[cfg(feature = "cube")]
+    if x.dims()[0] <= SMALL_M_MAX {
+        check(&x, &gate_up, Input::Plain, None);
+        assert_eq!(gate_up[0].n(), gate_up[1].n(), "swiglu mlp: gate and up widths differ");
+        if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None) {
+            return linear(h, &[down], Input::Plain, Some(residual));
+        }
+    }
+    let gu = linear(x, &gate_up, Input::Plain, None);
+    linear(gu, &[down], Input::SwiGlu, Some(residual))
 }
 
 /// The plain-tensor composition [`linear`] is checked against.

@@ -8,6 +8,8 @@
 //!   bit-packed tree (ancestor) or causal mask, GQA without repeating K/V.
 //! - [`fused`]: the rest of a decoder layer in few launches: RMSNorm, q|k|v and gate|up as one
 //!   product each with bias / residual / SwiGLU fused in, RoPE with the KV-cache write.
+//! - [`mma`]: the same products on the tensor cores (bf16/f16 on CUDA), weights repacked at load
+//!   into fragment order: flat in M up to the compute knee.
 //! - [`topk::log_softmax_top_k`]: the drafters' top-k of each row's log-softmax, one launch.
 //!
 //! Dispatch is by the tensor primitive's concrete type at run time ([`cube`]): a `CubeTensor` of an
@@ -19,6 +21,7 @@ pub mod attention;
 pub mod dense;
 pub mod fused;
 pub mod int4;
+pub mod mma;
 pub mod topk;
 
 #[cfg(feature = "cube")]
@@ -30,6 +33,17 @@ pub fn has_kernels<B: burn::tensor::backend::Backend>() -> bool {
     return cube::has_kernels::<B>();
     #[cfg(not(feature = "cube"))]
     false
+}
+
+/// Whether `B` runs bf16 tensor-core mma (CUDA sm_80+), judged on the device of `probe`.
+pub fn has_tensor_cores<B: burn::tensor::backend::Backend, const D: usize>(probe: &burn::tensor::Tensor<B, D>) -> bool {
+    #[cfg(feature = "cube")]
+    return cube::has_tensor_cores(probe);
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = probe;
+        false
+    }
 }
 
 /// A weight or setting the kernels cannot accept, with the reason.

@@ -13,7 +13,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::gptq::Hessian;
 use crate::llama::{AttnMask, DecoderLayer, Llama, LinearInput, Step};
-use crate::nn::linear::LinearWeight;
+use crate::nn::linear::{Linear, LinearWeight};
 use burn::module::Param;
 
 pub struct Calibrator<'a, B: Backend> {
@@ -101,7 +101,7 @@ impl<'a, B: Backend> Calibrator<'a, B> {
                 return Err(Error::Shape { name: proj.clone(), expected: vec![k, n], found: vec![w.len()] });
             }
             let t = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(w.clone(), [k, n]), &device).cast(dtype);
-            target.weight = LinearWeight::Dense(Param::from_tensor(t));
+            *target = Linear::new(LinearWeight::Dense(Param::from_tensor(t)), target.bias.take());
         }
         Ok(layer)
     }

@@ -120,7 +120,7 @@ impl<B: Backend> Mlp<B> {
 
     /// `residual + down(silu(gate(x)) * up(x))`: two launches on cubecl runtimes.
     pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward_swiglu_add(self.gate_up(x), residual)
+        Linear::swiglu_mlp(&self.gate_proj, &self.up_proj, &self.down_proj, x, residual)
     }
 
     /// gate(x) | up(x) side by side, [b, n, 2 ffn], in one product.
@@ -170,10 +170,10 @@ impl<B: Backend> DecoderLayer<B> {
         let x = self.self_attn.o_proj.forward_add(a, x);
         let h = self.post_attention_layernorm.forward(x.clone());
         see(LinearInput::GateUp, &h);
-        let gu = self.mlp.gate_up(h);
         if !observing {
-            return self.mlp.down_proj.forward_swiglu_add(gu, x);
+            return self.mlp.forward_add(h, x);
         }
+        let gu = self.mlp.gate_up(h);
         let [b, n, ffn2] = gu.dims();
         let m = swiglu(gu.reshape([b * n, ffn2])).reshape([b, n, ffn2 / 2]);
         see(LinearInput::Down, &m);

@@ -1,8 +1,12 @@
-//! `bench-kernels`: the int4 and dense small-M kernels at Llama-3-8B / 70B layer shapes, against
-//! burn's dense matmul, for M in {1, 2, 4, ..., 128}. Time per call is the median over many timed
-//! batches after warm-up (each batch ends with a device sync). Bytes = weights + scales/offsets +
-//! activations in and out; bandwidth fraction = achieved bytes/s over the measured copy bandwidth.
-//! Prints one table and writes JSON (`docs/perf/int4-matmul.json` layout).
+//! `bench-kernels`: the int4 and dense small-M kernels (tensor-core and scalar) at Llama-3-8B / 70B
+//! layer shapes, against burn's dense matmul, for M in {1, 2, 4, ..., 128}. Time per call is the
+//! median over many timed batches after warm-up (each batch ends with a device sync): that includes
+//! the host's launch cost, which bounds every small kernel from below. `--launches N` launches each
+//! kernel N times untimed instead, so that `ncu --cache-control all` gives the device time of each
+//! from cold caches (`scripts/ncu_times.py` reads it back). Bytes = weights +
+//! scales/offsets + activations in and out; bandwidth fraction = achieved bytes/s over the measured
+//! copy bandwidth. Prints one table and writes JSON (`docs/perf/int4-matmul.json` layout).
+//! `--launch-overhead` times the host side of launches (enqueue, and enqueue to completion).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,6 +15,8 @@ use burn::tensor::{backend::Backend, Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::attention::{self, AttnMask};
+use hierspec_kernels::fused::{self, Input, Part, PartWeight};
+use hierspec_kernels::mma::MmaWeight;
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
 use hierspec_model::{Error, Result};
 
@@ -47,6 +53,12 @@ struct Args {
     /// against the plain-tensor reference, for cache lengths 512..8192 and N = 1..64 new rows.
     #[arg(long)]
     attention: bool,
+    /// Launch every measured kernel this many times without timing it (for ncu); 0: time as usual.
+    #[arg(long, default_value_t = 0)]
+    launches: usize,
+    /// Time the host side of kernel launches instead.
+    #[arg(long)]
+    launch_overhead: bool,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -63,16 +75,31 @@ struct Record {
     m: usize,
     n: usize,
     k: usize,
-    /// int4 kernel, microseconds per call
+    /// int4 kernel (tensor cores where they run), microseconds per call
     us: f64,
     gbps: f64,
     bw_fraction: f64,
     tflops: f64,
-    /// our dense small-M kernel on the same shape in the compute dtype
+    /// the scalar-FMA int4 kernel
+    scalar_us: f64,
+    /// our dense small-M kernel (tensor cores where they run) in the compute dtype
     dense_us: f64,
     dense_bw_fraction: f64,
+    dense_scalar_us: f64,
     /// burn 0.21's dense matmul
     bf16_us: Option<f64>,
+    /// whether the tensor-core kernels ran
+    mma: bool,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct LaunchRecord {
+    what: String,
+    launches: usize,
+    /// host time per launch until the call returned
+    enqueue_us: f64,
+    /// per launch, enqueue to completion of all
+    total_us: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -85,6 +112,7 @@ struct Report {
     copy_gbps: f64,
     records: Vec<Record>,
     attention: Vec<AttnRecord>,
+    launches: Vec<LaunchRecord>,
 }
 
 /// (name, k, n) of one decoder layer's products: fused qkv, o, fused gate_up, down.
@@ -110,7 +138,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 impl Args {
     /// Microseconds per call of `f`: median over `samples` batches of `calls` calls, after warm-up.
+    /// With `--launches N`: N untimed calls (ncu measures them).
     fn time<B: Backend, T>(&self, device: &B::Device, mut f: impl FnMut() -> T) -> f64 {
+        if self.launches > 0 {
+            for _ in 0..self.launches {
+                drop(f());
+            }
+            B::sync(device).expect("sync");
+            return f64::NAN;
+        }
         for _ in 0..3 {
             drop(f());
         }
@@ -169,6 +205,43 @@ fn attention_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<AttnRec
     out
 }
 
+/// Host cost of launches: `launches` back-to-back calls of a tiny elementwise op, a tiny scalar
+/// product (15 tensor arguments) and a tiny tensor-core product (12), enqueue time and total.
+fn launch_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<LaunchRecord> {
+    let launches = 500;
+    let (k, n) = (256, 64);
+    let q = Int4Weight::<B>::random(k, n, 128, true, device).expect("shape");
+    let packed = MmaWeight::int4(&q);
+    let x = Tensor::<B, 2>::random([1, k], Distribution::Normal(0.0, 1.0), device);
+    let v = Tensor::<B, 1>::random([64], Distribution::Normal(0.0, 1.0), device);
+    let mut out = Vec::new();
+    let mut measure = |what: &str, f: &mut dyn FnMut()| {
+        for _ in 0..20 {
+            f();
+        }
+        B::sync(device).expect("sync");
+        let t = Instant::now();
+        for _ in 0..launches {
+            f();
+        }
+        let enqueue = t.elapsed().as_secs_f64();
+        B::sync(device).expect("sync");
+        let total = t.elapsed().as_secs_f64();
+        let r = LaunchRecord { what: what.into(), launches, enqueue_us: enqueue * 1e6 / launches as f64, total_us: total * 1e6 / launches as f64 };
+        eprintln!("{what}: enqueue {:.1} us, total {:.1} us per launch", r.enqueue_us, r.total_us);
+        out.push(r);
+    };
+    measure("burn elementwise (x * 1.0001)", &mut || drop(v.clone().mul_scalar(1.0001)));
+    let scalar = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: None }];
+    measure("scalar int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &scalar, Input::Plain, None)));
+    if let Some(p) = packed.as_ref() {
+        let mma = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: Some(p) }];
+        measure("tensor-core int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &mma, Input::Plain, None)));
+    }
+    let _ = args;
+    out
+}
+
 impl BackendJob for Args {
     type Output = Report;
     fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
@@ -180,32 +253,42 @@ impl BackendJob for Args {
         if self.samples == 0 || self.calls == 0 || ms.iter().any(|&m| m == 0) {
             return Err(Error::Setting("--samples, --calls and every M must be >= 1".into()));
         }
+        let empty = |attention, launches| Report {
+            device: format!("{:?}", self.device),
+            dtype: self.dtype,
+            revision: self.revision.clone(),
+            date: String::new(),
+            group: self.group,
+            copy_gbps: 0.0,
+            records: Vec::new(),
+            attention,
+            launches,
+        };
         if self.attention {
-            return Ok(Report {
-                device: format!("{:?}", self.device),
-                dtype: self.dtype,
-                revision: self.revision.clone(),
-                date: String::new(),
-                group: self.group,
-                copy_gbps: 0.0,
-                records: Vec::new(),
-                attention: attention_records::<B>(&self, &device),
-            });
+            return Ok(empty(attention_records::<B>(&self, &device), Vec::new()));
         }
-        let copy = copy_gbps::<B>(&self, &device);
+        if self.launch_overhead {
+            return Ok(empty(Vec::new(), launch_records::<B>(&self, &device)));
+        }
+        let copy = if self.launches > 0 { f64::NAN } else { copy_gbps::<B>(&self, &device) };
         eprintln!("copy bandwidth: {copy:.0} GB/s");
         let mut records = Vec::new();
         for model in self.models.split(',') {
             for (name, k, n) in shapes(model.trim())? {
                 let q = Int4Weight::<B>::random(k, n, self.group, true, &device).map_err(|e| Error::Setting(e.0))?;
                 let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.02), &device);
+                let (q_mma, w_mma) = (MmaWeight::int4(&q), MmaWeight::dense(&w));
+                let int4_mma = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: q_mma.as_ref() }];
+                let dense_mma = [Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None, mma: w_mma.as_ref() }];
                 let act = w.dtype().size();
                 for &m in &ms {
                     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
                     let io = (m * k + m * n) * act;
-                    let us = self.time::<B, _>(&device, || int4::matmul(x.clone(), &q));
-                    let dense_us = self.time::<B, _>(&device, || dense::linear(x.clone(), w.clone()));
-                    let bf16_us = (!self.no_burn).then(|| self.time::<B, _>(&device, || x.clone().matmul(w.clone())));
+                    let us = self.time::<B, _>(&device, || fused::linear(x.clone(), &int4_mma, Input::Plain, None));
+                    let scalar_us = self.time::<B, _>(&device, || int4::matmul(x.clone(), &q));
+                    let dense_us = self.time::<B, _>(&device, || fused::linear(x.clone(), &dense_mma, Input::Plain, None));
+                    let dense_scalar_us = self.time::<B, _>(&device, || dense::linear(x.clone(), w.clone()));
+                    let bf16_us = (!self.no_burn && self.launches == 0).then(|| self.time::<B, _>(&device, || x.clone().matmul(w.clone())));
                     let gbps = (q.bytes() + io) as f64 / (us * 1e-6) / 1e9;
                     let dense_gbps = (k * n * act + io) as f64 / (dense_us * 1e-6) / 1e9;
                     let r = Record {
@@ -217,11 +300,14 @@ impl BackendJob for Args {
                         gbps,
                         bw_fraction: gbps / copy,
                         tflops: 2.0 * (m * n * k) as f64 / (us * 1e-6) / 1e12,
+                        scalar_us,
                         dense_us,
                         dense_bw_fraction: dense_gbps / copy,
+                        dense_scalar_us,
                         bf16_us,
+                        mma: q_mma.is_some(),
                     };
-                    eprintln!("{} m {m}: int4 {us:.1} us ({:.0}% bw), dense {dense_us:.1} us", r.shape, 100.0 * r.bw_fraction);
+                    eprintln!("{} m {m}: int4 {us:.1} us ({:.0}% bw; scalar {scalar_us:.1}), dense {dense_us:.1} us (scalar {dense_scalar_us:.1})", r.shape, 100.0 * r.bw_fraction);
                     records.push(r);
                 }
             }
@@ -235,6 +321,7 @@ impl BackendJob for Args {
             copy_gbps: copy,
             records,
             attention: Vec::new(),
+            launches: Vec::new(),
         })
     }
 }
@@ -259,14 +346,24 @@ fn main() {
                 println!("| {} | {} | {:.1} | {:.1} | {:.2}x |", a.cache_len, a.n, a.kernel_us, a.reference_us, a.reference_us / a.kernel_us);
             }
         }
-        println!("copy bandwidth {:.0} GB/s, int4 group {}, dtype {:?}", r.copy_gbps, r.group, r.dtype);
-        println!("| shape | M | K | N | int4 us | int4 GB/s | of copy bw | TFLOP/s | dense kernel us | dense of bw | burn matmul us |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        if !r.launches.is_empty() {
+            println!("| launch | launches | host enqueue us / launch | enqueue to done us / launch |");
+            println!("|---|---|---|---|");
+            for l in &r.launches {
+                println!("| {} | {} | {:.1} | {:.1} |", l.what, l.launches, l.enqueue_us, l.total_us);
+            }
+        }
+        if r.records.is_empty() {
+            return;
+        }
+        println!("copy bandwidth {:.0} GB/s, int4 group {}, dtype {:?}, wall clock per call (host launch included)", r.copy_gbps, r.group, r.dtype);
+        println!("| shape | M | K | N | int4 us | of copy bw | scalar int4 us | dense us | dense of bw | scalar dense us | burn matmul us | tensor cores |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for x in &r.records {
             println!(
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0}% | {} |",
-                x.shape, x.m, x.k, x.n, x.us, x.gbps, 100.0 * x.bw_fraction, x.tflops, x.dense_us,
-                100.0 * x.dense_bw_fraction, x.bf16_us.map(|u| format!("{u:.1}")).unwrap_or("-".into())
+                "| {} | {} | {} | {} | {:.1} | {:.0}% | {:.1} | {:.1} | {:.0}% | {:.1} | {} | {} |",
+                x.shape, x.m, x.k, x.n, x.us, 100.0 * x.bw_fraction, x.scalar_us, x.dense_us,
+                100.0 * x.dense_bw_fraction, x.dense_scalar_us, x.bf16_us.map(|u| format!("{u:.1}")).unwrap_or("-".into()), x.mma
             );
         }
     });

@@ -5,6 +5,7 @@
 mod attention;
 mod fused;
 mod matmul;
+mod mma;
 mod reduce;
 mod topk;
 
@@ -16,6 +17,7 @@ use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 use crate::attention::AttnMask;
 use crate::fused::{Input, Part, PartWeight, QkvLayout};
 use crate::int4::Int4Weight;
+use crate::mma::TensorCores;
 
 fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let boxed: Box<dyn Any> = Box::new(value);
@@ -70,13 +72,104 @@ pub(crate) fn has_kernels<B: Backend>() -> bool {
 }
 
 pub(crate) fn dense_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    let part = Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None };
+    let part = Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None, mma: None };
     fused_linear(x, &[part], Input::Plain, None)
 }
 
 pub(crate) fn int4_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Int4Weight<B>) -> Option<Tensor<B, 2>> {
-    let part = Part { weight: PartWeight::Int4(w), perm: None, bias: None };
+    let part = Part { weight: PartWeight::Int4(w), perm: None, bias: None, mma: None };
     fused_linear(x, &[part], Input::Plain, None)
+}
+
+/// Whether the runtime of `probe` runs bf16 m16n8k16 mma (CUDA sm_80+; wgpu's shaders have no
+/// such instruction).
+pub(crate) fn has_tensor_cores<B: Backend, const D: usize>(probe: &Tensor<B, D>) -> bool {
+    #[cfg(feature = "cuda")]
+    if is_cube::<B, cubecl::cuda::CudaRuntime>() {
+        use cubecl::ir::{features::MmaConfig, ElemType, FloatKind};
+        let t = float::<B, cubecl::cuda::CudaRuntime, D>(probe);
+        let bf16 = ElemType::Float(FloatKind::BF16).into();
+        let config = MmaConfig { a_type: bf16, b_type: bf16, cd_type: ElemType::Float(FloatKind::F32).into(), m: 16, n: 8, k: 16 };
+        return t.client.features().matmul.mma.contains(&config);
+    }
+    let _ = probe;
+    false
+}
+
+/// The fragment-order copy of a dense weight, on cubecl runtimes.
+pub(crate) fn mma_pack_dense<B: Backend>(w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        supported(w.dtype()).then(|| back::<B, R, 2>(mma::pack_dense::<R>(float(w))))
+    }
+    for_each_runtime!(run, B, w)
+}
+
+/// A contiguous copy of `t` where its rows are pitched (the mma kernels index flat buffers).
+pub(crate) fn contiguous<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn run<B: Backend, R: CubeRuntime>(t: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        Some(back::<B, R, 2>(burn_cubecl::kernel::into_contiguous(float(t))))
+    }
+    fn go<B: Backend>(t: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        for_each_runtime!(run, B, t)
+    }
+    go(&t).unwrap_or(t)
+}
+
+/// The fragment-order words of an int4 weight, on cubecl runtimes.
+pub(crate) fn mma_pack_int4<B: Backend>(q: &Int4Weight<B>) -> Option<Tensor<B, 2, Int>> {
+    fn run<B: Backend, R: CubeRuntime>(q: &Int4Weight<B>) -> Option<Tensor<B, 2, Int>> {
+        let words = int::<B, R, 2>(&q.qweight.val())?;
+        let packed = mma::pack_int4::<R>(words, q.k, q.n);
+        Some(Tensor::from_primitive(downcast(packed).expect("checked by is_cube")))
+    }
+    for_each_runtime!(run, B, q)
+}
+
+/// The tensor-core product of parts packed at load (`Part::mma`), or `None` when a part is not packed
+/// or the parts do not fit one launch. `swiglu`: the two parts are gate and up, the output
+/// silu(gate) * up.
+pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+        let mode = crate::mma::tensor_cores();
+        let dtype = x.dtype();
+        if mode == TensorCores::Off || !supported(dtype) || parts.is_empty() || parts.len() > 3 || (swiglu && parts.len() != 2) {
+            return None;
+        }
+        let first = parts[0].mma?;
+        let (k, group) = (first.k, first.group);
+        let same = parts.iter().all(|p| p.perm.is_none() && p.mma.is_some_and(|w| w.k == k && w.group == group));
+        let biased = parts.iter().filter(|p| p.bias.is_some()).count();
+        if !same || (biased != 0 && biased != parts.len()) || x.dims()[1] != k || residual.is_some_and(|r| r.dtype() != dtype) {
+            return None;
+        }
+        if parts.iter().any(|p| p.bias.as_ref().is_some_and(|b| b.dtype() != dtype)) {
+            return None;
+        }
+        let mut cube_parts = Vec::with_capacity(parts.len());
+        for p in parts {
+            let w = p.mma.expect("checked");
+            let (packed, aux) = match (&w.words, &w.values) {
+                (Some(words), _) => (int::<B, R, 2>(&words.val())?, Some(float::<B, R, 2>(&w.aux.as_ref()?.val()))),
+                (None, Some(values)) => (float::<B, R, 2>(&values.val()), None),
+                _ => return None,
+            };
+            if aux.as_ref().is_some_and(|a| a.dtype != dtype) || (w.values.is_some() && packed.dtype != dtype) {
+                return None;
+            }
+            cube_parts.push(mma::MmaPart { n: w.n, packed, aux, bias: p.bias.as_ref().map(|b| float::<B, R, 1>(b)) });
+        }
+        let mut x = float::<B, R, 2>(x);
+        // 16-byte x loads need an aligned start (a row slice of a contiguous buffer may not be).
+        if !x.is_contiguous() || x.handle.offset_start.unwrap_or(0) % 16 != 0 {
+            let (client, device) = (x.client.clone(), x.device.clone());
+            let copy = cubecl::std::tensor::into_contiguous(&client, x.binding(), dtype.into());
+            x = CubeTensor::new(client, copy.handle, *copy.metadata, device, dtype);
+        }
+        let spec = mma::MmaProduct { k, group: (group > 0).then_some(group), swiglu, emulate: mode == TensorCores::Emulate };
+        let out = mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)));
+        Some(back::<B, R, 2>(out))
+    }
+    for_each_runtime!(run, B, x, parts, swiglu, residual)
 }
 
 /// One launch for the whole fused product, or `None` when the parts do not fit one kernel (mixed

@@ -5,6 +5,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 use hierspec_kernels::fused::{self, Input, Part, PartWeight};
+use hierspec_kernels::mma::MmaWeight;
 use hierspec_kernels::{int4, int4::Int4Weight};
 
 use crate::error::{Error, Result};
@@ -31,6 +32,9 @@ pub struct QuantWeight<B: Backend> {
 pub struct Linear<B: Backend> {
     pub weight: LinearWeight<B>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The weight in tensor-core fragment order, packed at construction where the mma kernel will
+    /// run (CUDA bf16 / f16); `None` elsewhere. Rebuilt by [`Linear::new`] whenever the weight changes.
+    pub mma: Option<MmaWeight<B>>,
 }
 
 /// How to quantize dense weights at load time.
@@ -50,6 +54,16 @@ impl Default for QuantSpec {
 }
 
 impl<B: Backend> Linear<B> {
+    /// A layer from its weight and bias, with the tensor-core copy packed where it will be used.
+    pub fn new(weight: LinearWeight<B>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
+        let mma = match &weight {
+            LinearWeight::Dense(w) => MmaWeight::dense(&w.val()),
+            LinearWeight::Int4(w) if w.perm.is_none() && w.dequantized.is_none() => MmaWeight::int4(&w.q),
+            LinearWeight::Int4(_) => None,
+        };
+        Self { weight, bias, mma }
+    }
+
     /// Build from a PyTorch-layout weight `[out, in]` (as stored by HF and GGUF) and optional bias.
     pub fn from_torch(
         name: &str,
@@ -69,7 +83,7 @@ impl<B: Backend> Linear<B> {
             }
             None => None,
         };
-        Ok(Self { weight: LinearWeight::Dense(Param::from_tensor(weight)), bias })
+        Ok(Self::new(LinearWeight::Dense(Param::from_tensor(weight)), bias))
     }
 
     /// A layer with an int4 weight and optional bias.
@@ -78,7 +92,7 @@ impl<B: Backend> Linear<B> {
             let dtype = q.scales.val().dtype();
             Param::from_tensor(q.dequantize().cast(dtype))
         });
-        Self { weight: LinearWeight::Int4(QuantWeight { q, dequantized, perm: None }), bias }
+        Self::new(LinearWeight::Int4(QuantWeight { q, dequantized, perm: None }), bias)
     }
 
     /// An int4 weight read from a checkpoint (GPTQ, AWQ, GGUF Q4 blocks), checked against the
@@ -93,12 +107,17 @@ impl<B: Backend> Linear<B> {
             }
             None => None,
         };
-        let mut layer = Self::quantized(weight, bias);
-        if let (Some(perm), LinearWeight::Int4(w)) = (t.perm, &mut layer.weight) {
-            let perm: Vec<i64> = perm.into_iter().map(i64::from).collect();
-            w.perm = Some(Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(perm, [d_in]), device)));
+        let layer = Self::quantized(weight, bias);
+        match (t.perm, layer.weight) {
+            (Some(perm), LinearWeight::Int4(mut w)) => {
+                // Act-order: the input columns are permuted before the product, which the scalar
+                // path does (the tensor-core copy is not used).
+                let perm: Vec<i64> = perm.into_iter().map(i64::from).collect();
+                w.perm = Some(Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(perm, [d_in]), device)));
+                Ok(Self::new(LinearWeight::Int4(w), layer.bias))
+            }
+            (_, weight) => Ok(Self { weight, bias: layer.bias, mma: layer.mma }),
         }
-        Ok(layer)
     }
 
     /// Round-to-nearest W4A16 from a PyTorch-layout weight `[out, in]`.
@@ -129,10 +148,10 @@ impl<B: Backend> Linear<B> {
     /// Random N(0, std) weights made on the device (speed runs at real shapes need no files).
     pub fn random(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
         let dist = Distribution::Normal(0.0, std);
-        Self {
-            weight: LinearWeight::Dense(Param::from_tensor(Tensor::random([d_in, d_out], dist, device))),
-            bias: bias.then(|| Param::from_tensor(Tensor::random([d_out], dist, device))),
-        }
+        Self::new(
+            LinearWeight::Dense(Param::from_tensor(Tensor::random([d_in, d_out], dist, device))),
+            bias.then(|| Param::from_tensor(Tensor::random([d_out], dist, device))),
+        )
     }
 
     /// Random int4 weights made on the device, for speed runs at real shapes.
@@ -178,7 +197,7 @@ impl<B: Backend> Linear<B> {
                 (weight, w.perm.as_ref().map(|p| p.val()))
             }
         };
-        Part { weight, perm, bias: self.bias.as_ref().map(|b| b.val()) }
+        Part { weight, perm, bias: self.bias.as_ref().map(|b| b.val()), mma: self.mma.as_ref() }
     }
 
     /// 2-D product, no bias.
@@ -196,10 +215,12 @@ impl<B: Backend> Linear<B> {
         Self::fused(&[self], x, Input::Plain, Some(residual))
     }
 
-    /// `residual + (silu(gate) * up) W + b` for gu = gate | up [batch, seq, 2 d_in] (down_proj of a
-    /// SwiGLU MLP reading gate_up's output directly).
-    pub fn forward_swiglu_add(&self, gu: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        Self::fused(&[self], gu, Input::SwiGlu, Some(residual))
+    /// `residual + down(silu(gate x) * up x)` (a SwiGLU MLP) in two launches on cubecl runtimes.
+    pub fn swiglu_mlp(gate: &Self, up: &Self, down: &Self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let h = down.d_out();
+        let y = fused::swiglu_mlp(x.reshape([b * n, d]), gate.part(), up.part(), down.part(), residual.reshape([b * n, h]));
+        y.reshape([b, n, h])
     }
 
     /// Several layers reading the same input (q|k|v, gate|up) in one product: their outputs side by

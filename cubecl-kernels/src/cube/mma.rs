@@ -1,0 +1,930 @@
+//! The tensor-core small-M products and their packing kernels; the layout and the reasons are in
+//! [`crate::mma`].
+//!
+//! Cube (x = token block, y = channel block): `warps` warps share `ct` channel tiles and `tt` token
+//! tiles of 8 and split K by units (warp w: units w, w + warps, ...). Per unit a lane loads one
+//! 16-byte weight vector per channel tile (int4) or four (dense), and two 16-byte x vectors per token
+//! tile, then runs 4 k-slabs of mma. int4 units accumulate `P = (BIAS + q) . x` and, with an
+//! all-ones A, `X = sum x`, then fold them into the f32 accumulator as `s P + (o - BIAS s) X` per
+//! group of 32 or 64+ inputs. The warps' accumulators meet in shared memory in warp order; the
+//! epilogue adds the bias and the residual, or writes silu(gate) * up for a gate|up pair.
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use cubecl::prelude::*;
+
+use crate::mma::{TILE_N, UNIT_K};
+
+type V2<F> = Vector<F, Const<2>>;
+type V8<F> = Vector<F, Const<8>>;
+type W4 = Vector<i32, Const<4>>;
+
+/// f32 slots of one warp's emulated slab: `ct` A tiles (16 x 16) and `tt` B tiles (16 x 8).
+fn emu_slots(ct: usize, tt: usize) -> usize {
+    ct * 256 + tt * 128
+}
+
+/// Shared f32 slots of a block: the epilogue's partial sums (128 per warp and channel tile), or the
+/// emulated slab's operands if larger.
+fn shared_len(warps: usize, ct: usize, tt: usize, emulate: bool) -> usize {
+    let epilogue = ct * 128;
+    warps * if emulate { epilogue.max(emu_slots(ct, tt)) } else { epilogue }
+}
+
+/// One k-slab's products for every (channel tile c, token tile i) of the block: `acc[c][i] += a[c]
+/// b[i]` (m16n8k16 each, f32 accumulation) and, with `sums`, `xs[i] += ones b[i]` (every row of
+/// that product is the column sum of b[i]). On the tensor cores; or (emulate) the same arithmetic
+/// through shared memory in the PTX fragment layout, one exchange per slab, for runtimes without
+/// them. All threads of the cube must call it equally often (the emulation synchronises the cube).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn slab_products<F: Float>(
+    a: &Array<V2<F>>,
+    b: &Array<V2<F>>,
+    a_one: &Array<V2<F>>,
+    acc: &mut Array<V2<f32>>,
+    xs: &mut Array<V2<f32>>,
+    emu: &mut SharedMemory<f32>,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] sums: bool,
+    #[comptime] emulate: bool,
+) {
+    if comptime!(emulate) {
+        let lane = UNIT_POS_X as usize % 32usize;
+        let base = (UNIT_POS_X as usize / 32usize) * comptime!(emu_slots(ct, tt));
+        let g = lane / 4;
+        let t = lane % 4;
+        let b0 = comptime!(ct * 256);
+        sync_cube();
+        // A tiles [16 rows][16 k], then B tiles [16 k][8 columns].
+        #[unroll]
+        for c in 0usize..ct {
+            #[unroll]
+            for r in 0usize..4usize {
+                let v = a[c * 4 + r];
+                #[unroll]
+                for e in 0usize..2usize {
+                    emu[base + c * 256 + (g + 8 * (r % 2)) * 16 + 2 * t + 8 * (r / 2) + e] = f32::cast_from(v[e]);
+                }
+            }
+        }
+        #[unroll]
+        for i in 0usize..tt {
+            #[unroll]
+            for r in 0usize..2usize {
+                let v = b[i * 2 + r];
+                #[unroll]
+                for e in 0usize..2usize {
+                    emu[base + b0 + i * 128 + (2 * t + 8 * r + e) * 8 + g] = f32::cast_from(v[e]);
+                }
+            }
+        }
+        sync_cube();
+        #[unroll]
+        for i in 0usize..tt {
+            #[unroll]
+            for e in 0usize..2usize {
+                let col = base + b0 + i * 128 + 2 * t + e;
+                if comptime!(sums) {
+                    let mut s = 0.0f32;
+                    for kk in 0usize..16usize {
+                        s += emu[col + kk * 8];
+                    }
+                    #[unroll]
+                    for r in 0usize..2usize {
+                        let mut v = xs[i * 2 + r];
+                        v[e] += s;
+                        xs[i * 2 + r] = v;
+                    }
+                }
+                #[unroll]
+                for c in 0usize..ct {
+                    #[unroll]
+                    for r in 0usize..2usize {
+                        let row = base + c * 256 + (g + 8 * r) * 16;
+                        let mut s = 0.0f32;
+                        for kk in 0usize..16usize {
+                            s += emu[row + kk] * emu[col + kk * 8];
+                        }
+                        let j = (c * tt + i) * 2 + r;
+                        let mut v = acc[j];
+                        v[e] += s;
+                        acc[j] = v;
+                    }
+                }
+            }
+        }
+    } else {
+        let def = cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+        let mut a4 = Array::<V2<F>>::new(4usize);
+        let mut b2 = Array::<V2<F>>::new(2usize);
+        let mut c2 = Array::<V2<f32>>::new(2usize);
+        #[unroll]
+        for i in 0usize..tt {
+            b2[0usize] = b[i * 2];
+            b2[1usize] = b[i * 2 + 1];
+            if comptime!(sums) {
+                c2[0usize] = xs[i * 2];
+                c2[1usize] = xs[i * 2 + 1];
+                def.execute_inplace(a_one, &b2, &mut c2);
+                xs[i * 2] = c2[0usize];
+                xs[i * 2 + 1] = c2[1usize];
+            }
+            #[unroll]
+            for c in 0usize..ct {
+                #[unroll]
+                for r in 0usize..4usize {
+                    a4[r] = a[c * 4 + r];
+                }
+                let j = (c * tt + i) * 2;
+                c2[0usize] = acc[j];
+                c2[1usize] = acc[j + 1];
+                def.execute_inplace(&a4, &b2, &mut c2);
+                acc[j] = c2[0usize];
+                acc[j + 1] = c2[1usize];
+            }
+        }
+    }
+}
+
+/// One pair of F values from the bits of an i32 (the 16-bit dtypes), or two nibbles cast (f32, only
+/// under emulation: `magic` 0).
+#[cube]
+fn pair<F: Float>(bits: i32, #[comptime] magic: i32) -> V2<F> {
+    if comptime!(magic != 0) {
+        V2::<F>::reinterpret(bits | magic)
+    } else {
+        let mut v = V2::<F>::new(F::new(0.0));
+        v[0usize] = F::cast_from(bits & 15i32);
+        v[1usize] = F::cast_from((bits >> 16i32) & 15i32);
+        v
+    }
+}
+
+/// B registers of slab `s` for every token tile, from the lane's two x vectors per tile (`h = s / 2`
+/// picks the vector, `s % 2` its half): `b[2 i + r]`.
+#[cube]
+fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usize, #[comptime] s: usize) {
+    let h = comptime!(s / 2);
+    let o0 = comptime!(4 * (s % 2));
+    let o1 = comptime!(4 * (s % 2) + 1);
+    let o2 = comptime!(4 * (s % 2) + 2);
+    let o3 = comptime!(4 * (s % 2) + 3);
+    #[unroll]
+    for i in 0usize..tt {
+        let v = xv[2 * i + h];
+        let mut p = V2::<F>::new(F::new(0.0));
+        p[0usize] = v[o0];
+        p[1usize] = v[o1];
+        b[2 * i] = p;
+        let mut q = V2::<F>::new(F::new(0.0));
+        q[0usize] = v[o2];
+        q[1usize] = v[o3];
+        b[2 * i + 1] = q;
+    }
+}
+
+/// The lane's x vectors of unit `u` for `tt` token tiles (zero past M and K).
+#[cube]
+fn load_x<F: Float>(x: &Tensor<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u: usize, #[comptime] tt: usize) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let g = lane / 4;
+    let t = lane % 4;
+    #[unroll]
+    for i in 0usize..tt {
+        #[unroll]
+        for h in 0usize..2usize {
+            let tok = tok0 + 8 * i + g;
+            let kk = u * UNIT_K + 32 * h + 8 * t;
+            let mut v = V8::<F>::new(F::new(0.0));
+            if tok < m && kk < k {
+                v = x[(tok * k + kk) / 8];
+            }
+            xv[2 * i + h] = v;
+        }
+    }
+}
+
+/// Which part (0..3) a channel block belongs to, and its block index within the part. Parts own
+/// blocks [0, c1), [c1, c2), [c2, ..).
+#[cube]
+fn locate(c1: usize, c2: usize) -> (u32, usize) {
+    let cy = CUBE_POS_Y as usize;
+    let mut part = 0u32;
+    let mut local = cy;
+    if cy >= c2 {
+        part = 2u32;
+        local = cy - c2;
+    } else if cy >= c1 {
+        part = 1u32;
+        local = cy - c1;
+    }
+    (part, local)
+}
+
+/// Sum the warps' accumulators of token tile `i` (warp order) and write the outputs: `y[tok, first +
+/// ch] = acc + bias of `part` (+ residual)` for each channel tile, or (`swiglu`) `silu(gate) * up`
+/// of tiles 0 and 1 into column `ch`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn epilogue<F: Float>(
+    acc: &Array<V2<f32>>,
+    red: &mut SharedMemory<f32>,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    part: u32,
+    residual: &Tensor<F>,
+    out: &mut Tensor<F>,
+    i: usize,
+    tok0: usize,
+    m: usize,
+    n: usize,
+    n_out: usize,
+    first: usize,
+    tile0: usize,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] swiglu: bool,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    sync_cube();
+    #[unroll]
+    for c in 0usize..ct {
+        #[unroll]
+        for r in 0usize..2usize {
+            let v = acc[(c * tt + i) * 2 + r];
+            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v[0usize];
+            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
+        }
+    }
+    sync_cube();
+    let outputs = comptime!(if swiglu { 128 } else { ct * 128 });
+    let mut e = UNIT_POS_X as usize;
+    while e < outputs {
+        let c = e / 128;
+        let slot = e % 128;
+        let l = slot / 4;
+        let q = slot % 4;
+        // C fragment: row g (+ 8 for the second register), column 2t (+ 1).
+        let ch = tile0 * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
+        let tok = tok0 + 8 * i + 2 * (l % 4) + q % 2;
+        let mut sum = 0.0f32;
+        let mut up = 0.0f32;
+        #[unroll]
+        for w in 0usize..warps {
+            sum += red[((w * ct + c) * 32) * 4 + slot];
+            if comptime!(swiglu) {
+                up += red[((w * ct + 1) * 32) * 4 + slot];
+            }
+        }
+        if tok < m && ch < n {
+            if comptime!(has_bias) {
+                // swiglu: gate's bias is part 0's, up's is part 1's.
+                if part == 0u32 {
+                    sum += f32::cast_from(b0[ch]);
+                } else if part == 1u32 {
+                    sum += f32::cast_from(b1[ch]);
+                } else {
+                    sum += f32::cast_from(b2[ch]);
+                }
+                if comptime!(swiglu) {
+                    up += f32::cast_from(b1[ch]);
+                }
+            }
+            if comptime!(swiglu) {
+                sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
+            }
+            let col = first + ch;
+            if comptime!(add_residual) {
+                sum += f32::cast_from(residual[tok * n_out + col]);
+            }
+            out[tok * n_out + col] = F::cast_from(sum);
+        }
+        e += comptime!(warps * 32);
+    }
+}
+
+/// `acc[c][i] += s P + (o - bias s) X` for the group of inputs starting at `k0`, then zero P and X.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+#[allow(unused_assignments)]
+fn fold_group<F: Float>(
+    acc: &mut Array<V2<f32>>,
+    p: &mut Array<V2<f32>>,
+    xs: &mut Array<V2<f32>>,
+    aux0: &Tensor<V2<F>>,
+    aux1: &Tensor<V2<F>>,
+    aux2: &Tensor<V2<F>>,
+    part: u32,
+    tiles: &Array<usize>,
+    tiles_n: usize,
+    np: usize,
+    np1: usize,
+    k0: usize,
+    group: usize,
+    groups: usize,
+    bias_q: f32,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] swiglu: bool,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let g = lane / 4;
+    let mut grp = k0 / group;
+    if grp >= groups {
+        grp = groups - 1;
+    }
+    #[unroll]
+    for c in 0usize..ct {
+        // With swiglu the second tile is the up part (aux1); otherwise every tile is `part`'s.
+        let mut t = tiles[c];
+        if t >= tiles_n {
+            t = 0;
+        }
+        let row = grp * np + t * TILE_N + g;
+        let mut sv0 = V2::<F>::new(F::new(0.0));
+        let mut sv1 = V2::<F>::new(F::new(0.0));
+        if comptime!(swiglu && c == 1) {
+            let row1 = grp * np1 + t * TILE_N + g;
+            sv0 = aux1[row1];
+            sv1 = aux1[row1 + 8];
+        } else if part == 0u32 {
+            sv0 = aux0[row];
+            sv1 = aux0[row + 8];
+        } else if part == 1u32 {
+            sv0 = aux1[row];
+            sv1 = aux1[row + 8];
+        } else {
+            sv0 = aux2[row];
+            sv1 = aux2[row + 8];
+        }
+        let mut s0 = f32::cast_from(sv0[0usize]);
+        let mut o0 = f32::cast_from(sv0[1usize]) - bias_q * s0;
+        let mut s1 = f32::cast_from(sv1[0usize]);
+        let mut o1 = f32::cast_from(sv1[1usize]) - bias_q * s1;
+        // A block's last tiles may lie past its part (their P and X are not outputs).
+        if tiles[c] >= tiles_n {
+            s0 = 0.0f32;
+            o0 = 0.0f32;
+            s1 = 0.0f32;
+            o1 = 0.0f32;
+        }
+        #[unroll]
+        for i in 0usize..tt {
+            let j = (c * tt + i) * 2;
+            let xa = xs[2 * i];
+            let xb = xs[2 * i + 1];
+            let pa = p[j];
+            let pb = p[j + 1];
+            let mut va = acc[j];
+            let mut vb = acc[j + 1];
+            #[unroll]
+            for e in 0usize..2usize {
+                va[e] += s0 * pa[e] + o0 * xa[e];
+                vb[e] += s1 * pb[e] + o1 * xb[e];
+            }
+            acc[j] = va;
+            acc[j + 1] = vb;
+            p[j] = V2::<f32>::new(0.0f32);
+            p[j + 1] = V2::<f32>::new(0.0f32);
+        }
+    }
+    #[unroll]
+    for i in 0usize..2 * tt {
+        xs[i] = V2::<f32>::new(0.0f32);
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn int4_mma_kernel<F: Float>(
+    x: &Tensor<V8<F>>,
+    w0: &Tensor<W4>,
+    w1: &Tensor<W4>,
+    w2: &Tensor<W4>,
+    aux0: &Tensor<V2<F>>,
+    aux1: &Tensor<V2<F>>,
+    aux2: &Tensor<V2<F>>,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    residual: &Tensor<F>,
+    out: &mut Tensor<F>,
+    m: usize,
+    k: usize,
+    units: usize,
+    n0: usize,
+    n1: usize,
+    n2: usize,
+    c1: usize,
+    c2: usize,
+    group: usize,
+    bias_q: f32,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] per_half: bool,
+    #[comptime] magic: i32,
+    #[comptime] ones: i32,
+    #[comptime] has_bias: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] swiglu: bool,
+    #[comptime] emulate: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    let tok0 = CUBE_POS_X as usize * 8 * tt;
+    let (part, local) = locate(c1, c2);
+    let mut n = n0;
+    let mut first = 0usize;
+    if part == 1u32 {
+        n = n1;
+        first = n0;
+    } else if part == 2u32 {
+        n = n2;
+        first = n0 + n1;
+    }
+    let mut n_out = n0 + n1 + n2;
+    if comptime!(swiglu) {
+        n_out = n0;
+    }
+    let tiles_n = (n + TILE_N - 1) / TILE_N;
+    let np = tiles_n * TILE_N;
+    let np1 = ((n1 + TILE_N - 1) / TILE_N) * TILE_N;
+    // This block's channel tiles (swiglu: gate tile `local` of part 0 and up tile `local` of part 1).
+    let mut tiles = Array::<usize>::new(ct);
+    #[unroll]
+    for c in 0usize..ct {
+        if comptime!(swiglu) {
+            tiles[c] = local;
+        } else {
+            tiles[c] = local * ct + c;
+        }
+    }
+    let groups = (k + group - 1) / group;
+
+    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
+    let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
+    let mut p = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
+    let mut xs = Array::<V2<f32>>::new(comptime!(tt * 2));
+    #[unroll]
+    for j in 0usize..ct * tt * 2 {
+        acc[j] = V2::<f32>::new(0.0f32);
+        p[j] = V2::<f32>::new(0.0f32);
+    }
+    #[unroll]
+    for j in 0usize..tt * 2 {
+        xs[j] = V2::<f32>::new(0.0f32);
+    }
+    let mut a_one = Array::<V2<F>>::new(4usize);
+    #[unroll]
+    for r in 0usize..4usize {
+        if comptime!(magic != 0) {
+            a_one[r] = V2::<F>::reinterpret(ones);
+        } else {
+            a_one[r] = V2::<F>::new(F::new(1.0));
+        }
+    }
+    let mut wv = Array::<W4>::new(ct);
+    let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
+    let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
+    let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
+
+    let iters = (units + warps - 1) / warps;
+    for it in 0usize..iters {
+        let u = warp + it * warps;
+        #[unroll]
+        for c in 0usize..ct {
+            let mut v = W4::new(0i32);
+            if u < units && tiles[c] < tiles_n {
+                let idx = (tiles[c] * units + u) * 32 + lane;
+                if comptime!(swiglu && c == 1) {
+                    v = w1[idx];
+                } else if part == 0u32 {
+                    v = w0[idx];
+                } else if part == 1u32 {
+                    v = w1[idx];
+                } else {
+                    v = w2[idx];
+                }
+            }
+            wv[c] = v;
+        }
+        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
+        #[unroll]
+        for s in 0usize..4usize {
+            b_regs::<F>(&xv, &mut b, tt, s);
+            #[unroll]
+            for c in 0usize..ct {
+                let word = wv[c][s];
+                #[unroll]
+                for r in 0usize..4usize {
+                    a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
+                }
+            }
+            slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, &mut emu, ct, tt, true, emulate);
+            if comptime!(per_half && s % 2 == 1) {
+                let k0 = u * UNIT_K + comptime!(32 * (s / 2));
+                fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, k0, group, groups, bias_q, ct, tt, swiglu);
+            }
+        }
+        if comptime!(!per_half) {
+            fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, u * UNIT_K, group, groups, bias_q, ct, tt, swiglu);
+        }
+    }
+
+    #[unroll]
+    for i in 0usize..tt {
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn dense_mma_kernel<F: Float>(
+    x: &Tensor<V8<F>>,
+    w0: &Tensor<V8<F>>,
+    w1: &Tensor<V8<F>>,
+    w2: &Tensor<V8<F>>,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    residual: &Tensor<F>,
+    out: &mut Tensor<F>,
+    m: usize,
+    k: usize,
+    units: usize,
+    n0: usize,
+    n1: usize,
+    n2: usize,
+    c1: usize,
+    c2: usize,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] swiglu: bool,
+    #[comptime] emulate: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    let tok0 = CUBE_POS_X as usize * 8 * tt;
+    let (part, local) = locate(c1, c2);
+    let mut n = n0;
+    let mut first = 0usize;
+    if part == 1u32 {
+        n = n1;
+        first = n0;
+    } else if part == 2u32 {
+        n = n2;
+        first = n0 + n1;
+    }
+    let mut n_out = n0 + n1 + n2;
+    if comptime!(swiglu) {
+        n_out = n0;
+    }
+    let tiles_n = (n + TILE_N - 1) / TILE_N;
+    let mut tiles = Array::<usize>::new(ct);
+    #[unroll]
+    for c in 0usize..ct {
+        if comptime!(swiglu) {
+            tiles[c] = local;
+        } else {
+            tiles[c] = local * ct + c;
+        }
+    }
+
+    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
+    let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
+    #[unroll]
+    for j in 0usize..ct * tt * 2 {
+        acc[j] = V2::<f32>::new(0.0f32);
+    }
+    let mut wv = Array::<V8<F>>::new(comptime!(ct * 4));
+    let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
+    let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
+    let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
+    let mut no_sums = Array::<V2<f32>>::new(comptime!(tt * 2));
+
+    let iters = (units + warps - 1) / warps;
+    for it in 0usize..iters {
+        let u = warp + it * warps;
+        #[unroll]
+        for c in 0usize..ct {
+            #[unroll]
+            for s in 0usize..4usize {
+                let mut v = V8::<F>::new(F::new(0.0));
+                if u < units && tiles[c] < tiles_n {
+                    let idx = ((tiles[c] * units + u) * 4 + s) * 32 + lane;
+                    if comptime!(swiglu && c == 1) {
+                        v = w1[idx];
+                    } else if part == 0u32 {
+                        v = w0[idx];
+                    } else if part == 1u32 {
+                        v = w1[idx];
+                    } else {
+                        v = w2[idx];
+                    }
+                }
+                wv[c * 4 + s] = v;
+            }
+        }
+        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
+        #[unroll]
+        for s in 0usize..4usize {
+            b_regs::<F>(&xv, &mut b, tt, s);
+            #[unroll]
+            for c in 0usize..ct {
+                let v = wv[c * 4 + s];
+                #[unroll]
+                for r in 0usize..4usize {
+                    let mut q = V2::<F>::new(F::new(0.0));
+                    q[0usize] = v[comptime!(2 * r)];
+                    q[1usize] = v[comptime!(2 * r + 1)];
+                    a[c * 4 + r] = q;
+                }
+            }
+            slab_products::<F>(&a, &b, &a, &mut acc, &mut no_sums, &mut emu, ct, tt, false, emulate);
+        }
+    }
+
+    #[unroll]
+    for i in 0usize..tt {
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
+    }
+}
+
+/// Engine words [ceil(k / 8), n] -> fragment words [tiles * units * 32, 4], one thread per word.
+#[cube(launch_unchecked)]
+fn pack_int4_kernel(qweight: &Tensor<i32>, out: &mut Tensor<i32>, k: usize, n: usize, units: usize, total: usize) {
+    let idx = ABSOLUTE_POS as usize;
+    if idx < total {
+        let s = idx % 4;
+        let lane = (idx / 4) % 32;
+        let tu = idx / 128;
+        let u = tu % units;
+        let tile = tu / units;
+        let g = lane / 4;
+        let t = lane % 4;
+        let mut word = 0i32;
+        #[unroll]
+        for j in 0usize..8usize {
+            let r = j % 4;
+            let e = j / 4;
+            let ch = tile * TILE_N + g + 8 * (r % 2);
+            let kk = u * UNIT_K + 32 * (s / 2) + 8 * t + 4 * (s % 2) + 2 * (r / 2) + e;
+            if ch < n && kk < k {
+                let src = qweight[(kk / 8) * qweight.stride(0) + ch * qweight.stride(1)];
+                let nib = (src >> (4 * (kk % 8)) as i32) & 15i32;
+                word |= nib << comptime!((4 * j) as i32);
+            }
+        }
+        out[idx] = word;
+    }
+}
+
+/// Dense [k, n] -> fragment values [tiles * units * 4 * 32, 8], one thread per value.
+#[cube(launch_unchecked)]
+fn pack_dense_kernel<F: Float>(w: &Tensor<F>, out: &mut Tensor<F>, k: usize, n: usize, units: usize, total: usize, #[define(F)] _dtype: StorageType) {
+    let idx = ABSOLUTE_POS as usize;
+    if idx < total {
+        let q = idx % 8;
+        let lane = (idx / 8) % 32;
+        let s = (idx / 256) % 4;
+        let tu = idx / 1024;
+        let u = tu % units;
+        let tile = tu / units;
+        let g = lane / 4;
+        let t = lane % 4;
+        let r = q / 2;
+        let e = q % 2;
+        let ch = tile * TILE_N + g + 8 * (r % 2);
+        let kk = u * UNIT_K + 32 * (s / 2) + 8 * t + 4 * (s % 2) + 2 * (r / 2) + e;
+        let mut v = F::new(0.0);
+        if ch < n && kk < k {
+            v = w[kk * w.stride(0) + ch * w.stride(1)];
+        }
+        out[idx] = v;
+    }
+}
+
+const PACK_THREADS: u32 = 256;
+
+fn elementwise_count(total: usize) -> CubeCount {
+    let cubes = total.div_ceil(PACK_THREADS as usize) as u32;
+    // Stay within the 65535 limit of the y dimension by spreading over x first.
+    let x = cubes.min(65535);
+    CubeCount::Static(x, cubes.div_ceil(x), 1)
+}
+
+pub(crate) fn pack_int4<R: CubeRuntime>(qweight: CubeTensor<R>, k: usize, n: usize) -> CubeTensor<R> {
+    let (tiles, units) = (n.div_ceil(TILE_N), k.div_ceil(UNIT_K));
+    let total = tiles * units * 128;
+    let out = empty_device_contiguous_dtype::<R>(qweight.client.clone(), qweight.device.clone(), Shape::new([tiles * units * 32, 4]), qweight.dtype);
+    let count = elementwise_count(total);
+    // SAFETY: one thread per output word, guarded by `total`; source reads are bounded by k and n.
+    unsafe {
+        pack_int4_kernel::launch_unchecked::<R>(
+            &qweight.client.clone(),
+            count,
+            CubeDim::new_1d(PACK_THREADS),
+            qweight.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            k,
+            n,
+            units,
+            total,
+        )
+    };
+    out
+}
+
+pub(crate) fn pack_dense<R: CubeRuntime>(w: CubeTensor<R>) -> CubeTensor<R> {
+    let [k, n] = w.meta.shape().dims::<2>();
+    let (tiles, units) = (n.div_ceil(TILE_N), k.div_ceil(UNIT_K));
+    let total = tiles * units * 1024;
+    let dtype = w.dtype;
+    let out = empty_device_contiguous_dtype::<R>(w.client.clone(), w.device.clone(), Shape::new([tiles * units * 4 * 32, 8]), dtype);
+    // SAFETY: one thread per output value, guarded by `total`; source reads are bounded by k and n.
+    unsafe {
+        pack_dense_kernel::launch_unchecked::<R>(
+            &w.client.clone(),
+            elementwise_count(total),
+            CubeDim::new_1d(PACK_THREADS),
+            w.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            k,
+            n,
+            units,
+            total,
+            dtype.into(),
+        )
+    };
+    out
+}
+
+/// One part of an mma product.
+pub(crate) struct MmaPart<R: CubeRuntime> {
+    pub n: usize,
+    /// int4 words or dense values, packed.
+    pub packed: CubeTensor<R>,
+    pub aux: Option<CubeTensor<R>>,
+    pub bias: Option<CubeTensor<R>>,
+}
+
+/// What the launch needs beyond the parts.
+pub(crate) struct MmaProduct {
+    pub k: usize,
+    /// int4 group size, `None` for dense.
+    pub group: Option<usize>,
+    /// Parts 0 and 1 are gate and up: write silu(gate) * up, [m, n0].
+    pub swiglu: bool,
+    pub emulate: bool,
+}
+
+/// Warps splitting K: as many as it takes to put ~32 warps on each of ~132 multiprocessors, from
+/// (K, N) alone so that a row's summation order never depends on M.
+fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
+    const TARGET_WARPS: usize = 132 * 32;
+    // The emulation keeps each warp's operands in shared memory: at most 4 warps fit.
+    let most = if emulate { 4 } else { 16 };
+    TARGET_WARPS.div_ceil(tiles.max(1)).clamp(1, most).min(units.max(1))
+}
+
+/// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
+/// re-read the weights, mostly from L2). The emulation takes one tile per block: lavapipe's compile
+/// time grows steeply with the state live across its barriers.
+fn token_tiles(m: usize, emulate: bool) -> usize {
+    match m {
+        _ if emulate => 1,
+        0..=8 => 1,
+        9..=16 => 2,
+        _ => 4,
+    }
+}
+
+pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
+    assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
+    assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
+    let m = x.meta.shape().dims::<2>()[0usize];
+    let k = spec.k;
+    let dtype = x.dtype;
+    let ns: Vec<usize> = (0..3).map(|i| parts.get(i).map_or(0, |p| p.n)).collect();
+    let n_out: usize = if spec.swiglu { ns[0] } else { ns.iter().sum() };
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
+    let units = k.div_ceil(UNIT_K);
+    let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(TILE_N)).collect();
+    let ct = if spec.swiglu { 2 } else { 1 };
+    let tt = token_tiles(m, spec.emulate);
+    let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
+    let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
+    let warps = warps_for(units, tiles.iter().sum(), spec.emulate);
+    let count = CubeCount::Static(m.div_ceil(8 * tt) as u32, (c2 + blocks[2usize]) as u32, 1);
+    let dim = CubeDim::new_1d((warps * 32) as u32);
+    let has_bias = parts.iter().all(|p| p.bias.is_some());
+    let add_residual = residual.is_some();
+    let x = into_contiguous(x);
+    let client = x.client.clone();
+    let fill = |i: usize| parts.get(i).unwrap_or(&parts[0usize]);
+    let bias_of = |i: usize| fill(i).bias.clone().unwrap_or_else(|| x.clone());
+    let residual = residual.map(into_contiguous).unwrap_or_else(|| x.clone());
+    let (magic, ones, bias_q) = match (dtype, spec.emulate) {
+        (DType::BF16, _) => (0x4300_4300i32, 0x3F80_3F80i32, 128.0f32),
+        (DType::F16, _) => (0x6400_6400i32, 0x3C00_3C00i32, 1024.0f32),
+        _ => (0, 0, 0.0),
+    };
+    match spec.group {
+        Some(group) => {
+            let aux = |i: usize| fill(i).aux.clone().expect("int4 parts carry aux");
+            let per_half = !(group % 64 == 0 || group == k);
+            // SAFETY: weight vectors are read at tiles < the part's tile count and units < `units`;
+            // x at rows < m and columns < k (K % 8 == 0, checked by the caller); aux at groups <
+            // ceil(k / group) and channels < the padded width; outputs at rows < m, channels < n.
+            unsafe {
+                int4_mma_kernel::launch_unchecked::<R>(
+                    &client,
+                    count,
+                    dim,
+                    x.clone().into_tensor_arg(),
+                    fill(0).packed.clone().into_tensor_arg(),
+                    fill(1).packed.clone().into_tensor_arg(),
+                    fill(2).packed.clone().into_tensor_arg(),
+                    aux(0).into_tensor_arg(),
+                    aux(1).into_tensor_arg(),
+                    aux(2).into_tensor_arg(),
+                    bias_of(0).into_tensor_arg(),
+                    bias_of(1).into_tensor_arg(),
+                    bias_of(2).into_tensor_arg(),
+                    residual.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    m,
+                    k,
+                    units,
+                    ns[0],
+                    ns[1],
+                    ns[2],
+                    c1,
+                    c2,
+                    group,
+                    bias_q,
+                    warps,
+                    ct,
+                    tt,
+                    per_half,
+                    magic,
+                    ones,
+                    has_bias,
+                    add_residual,
+                    spec.swiglu,
+                    spec.emulate,
+                    dtype.into(),
+                )
+            };
+        }
+        None => {
+            // SAFETY: as for int4, with dense weight vectors.
+            unsafe {
+                dense_mma_kernel::launch_unchecked::<R>(
+                    &client,
+                    count,
+                    dim,
+                    x.clone().into_tensor_arg(),
+                    fill(0).packed.clone().into_tensor_arg(),
+                    fill(1).packed.clone().into_tensor_arg(),
+                    fill(2).packed.clone().into_tensor_arg(),
+                    bias_of(0).into_tensor_arg(),
+                    bias_of(1).into_tensor_arg(),
+                    bias_of(2).into_tensor_arg(),
+                    residual.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    m,
+                    k,
+                    units,
+                    ns[0],
+                    ns[1],
+                    ns[2],
+                    c1,
+                    c2,
+                    warps,
+                    ct,
+                    tt,
+                    has_bias,
+                    add_residual,
+                    spec.swiglu,
+                    spec.emulate,
+                    dtype.into(),
+                )
+            };
+        }
+    }
+    out
+}

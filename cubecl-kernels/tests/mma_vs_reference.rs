@@ -1,0 +1,134 @@
+//! The tensor-core products against the plain-tensor references. On CUDA in bf16 / f16
+//! (`HIERSPEC_TEST_DTYPE`) they run on the tensor cores; everywhere else (wgpu on lavapipe in CI, CUDA
+//! in f32) the same kernel runs with each mma emulated through shared memory in the PTX fragment
+//! layout, so the packing, the fragment arithmetic and the epilogues are tested without tensor cores.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+mod common;
+
+use burn::tensor::{DType, Distribution, Tensor};
+use common::{bound, device, int4_weight, rel_err, Device, B};
+use hierspec_kernels::mma::{self, MmaWeight, TensorCores};
+use hierspec_kernels::{fused, int4};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const MS: [usize; 6] = [1, 3, 8, 17, 64, 128];
+
+/// Real mma where this runtime and dtype have it, else the emulation. Every test of this binary
+/// picks the same mode, so their order does not matter.
+fn mode(device: &Device) -> TensorCores {
+    let probe = Tensor::<B, 1>::zeros([1], device);
+    let mode = if probe.dtype() != DType::F32 && hierspec_kernels::has_tensor_cores(&probe) { TensorCores::Auto } else { TensorCores::Emulate };
+    mma::set_tensor_cores(mode);
+    mode
+}
+
+fn part<'a>(w: &'a fused::PartWeight<'a, B>, packed: &'a MmaWeight<B>, bias: Option<Tensor<B, 1>>) -> fused::Part<'a, B> {
+    fused::Part { weight: w.clone(), perm: None, bias, mma: Some(packed) }
+}
+
+#[test]
+fn device_packing_matches_the_host_reference() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(3);
+    for (k, n) in [(200, 37), (64, 16), (1000, 161)] {
+        let q = int4_weight(&mut rng, k, n, k, true, &device);
+        let words: Vec<u32> = q.qweight.val().into_data().iter::<i32>().map(|w| w as u32).collect();
+        let packed = MmaWeight::int4(&q).expect("packed");
+        let got: Vec<u32> = packed.words.unwrap().val().into_data().iter::<i32>().map(|w| w as u32).collect();
+        assert_eq!(got, mma::pack_int4_host(&words, k, n), "int4 packing k {k} n {n}");
+
+        let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let host: Vec<f32> = w.clone().cast(DType::F32).into_data().iter::<f32>().collect();
+        let packed = MmaWeight::dense(&w).expect("packed");
+        let got: Vec<f32> = packed.values.unwrap().val().cast(DType::F32).into_data().iter::<f32>().collect();
+        assert_eq!(got, mma::pack_dense_host(&host, k, n), "dense packing k {k} n {n}");
+    }
+}
+
+#[test]
+fn mma_products_match_reference() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(5);
+    // (k, output widths, group, asymmetric, bias, residual): q|k|v with biases and widths off the
+    // 16-channel tiles, groups of 32 (two per unit) and 128, a full-row group whose K is not a multiple
+    // of 64, one part with the residual add.
+    let cases = [
+        (320, vec![96, 33, 33], 32, true, true, false),
+        (640, vec![161], 128, false, false, true),
+        (296, vec![45, 16], 296, true, false, false),
+        (256, vec![100], 64, true, true, true),
+    ];
+    for (k, ns, g, asym, bias, residual) in cases {
+        let n_out: usize = ns.iter().sum();
+        let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, asym, &device)).collect();
+        let dense_w: Vec<Tensor<B, 2>> = ns.iter().map(|&n| Tensor::random([k, n], Distribution::Normal(0.0, 0.1), &device)).collect();
+        let biases: Vec<Option<Tensor<B, 1>>> = ns.iter().map(|&n| bias.then(|| Tensor::random([n], Distribution::Normal(0.0, 1.0), &device))).collect();
+        for int4_parts in [true, false] {
+            let weights: Vec<fused::PartWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
+            let packed: Vec<MmaWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], biases[i].clone())).collect();
+            for m in MS {
+                let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                let r = residual.then(|| Tensor::<B, 2>::random([m, n_out], Distribution::Normal(0.0, 1.0), &device));
+                let got = fused::linear(x.clone(), &parts, fused::Input::Plain, r.clone());
+                assert_eq!(got.dims(), [m, n_out]);
+                let err = rel_err(got, fused::reference_linear(x, &parts, fused::Input::Plain, r));
+                assert!(err <= bound(&device), "mma int4 {int4_parts} k {k} ns {ns:?} g {g} m {m}: relative error {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn mma_swiglu_mlp_matches_reference() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(9);
+    for (h, ffn, g) in [(128, 224, 32), (192, 128, 64)] {
+        let q: Vec<int4::Int4Weight<B>> = [(h, ffn), (h, ffn), (ffn, h)].iter().map(|&(k, n)| int4_weight(&mut rng, k, n, g, true, &device)).collect();
+        let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
+        let packed: Vec<MmaWeight<B>> = q.iter().map(|w| MmaWeight::int4(w).expect("packed")).collect();
+        let parts: Vec<fused::Part<B>> = (0..3).map(|i| part(&weights[i], &packed[i], None)).collect();
+        for m in [1, 5, 40] {
+            let x = Tensor::<B, 2>::random([m, h], Distribution::Normal(0.0, 1.0), &device);
+            let r = Tensor::<B, 2>::random([m, h], Distribution::Normal(0.0, 1.0), &device);
+            let got = fused::swiglu_mlp(x.clone(), parts[0].clone(), parts[1].clone(), parts[2].clone(), r.clone());
+            let gu = fused::reference_linear(x, &parts[..2], fused::Input::Plain, None);
+            let want = fused::reference_linear(gu, &parts[2..], fused::Input::SwiGlu, Some(r));
+            let err = rel_err(got, want);
+            assert!(err <= bound(&device), "mma swiglu mlp h {h} ffn {ffn} m {m}: relative error {err}");
+        }
+    }
+}
+
+/// Row i of an mma product is bitwise the same whatever M, and in whichever token block it lands.
+#[test]
+fn mma_products_are_batch_invariant() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(17);
+    let (k, n) = (1024, 161);
+    let q = int4_weight(&mut rng, k, n, 128, true, &device);
+    let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &device);
+    let weights = [fused::PartWeight::Int4(&q), fused::PartWeight::Dense(w.clone())];
+    let packed = [MmaWeight::int4(&q).expect("packed"), MmaWeight::dense(&w).expect("packed")];
+    let x = Tensor::<B, 2>::random([64, k], Distribution::Normal(0.0, 1.0), &device);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    for (which, (wt, pk)) in ["int4", "dense"].iter().zip(weights.iter().zip(&packed)) {
+        let parts = [part(wt, pk, None)];
+        let product = |x: Tensor<B, 2>| rows(fused::linear(x, &parts, fused::Input::Plain, None));
+        for m in [2usize, 9, 17, 64] {
+            let all = product(x.clone().slice([0..m, 0..k]));
+            let pick = rng.random_range(0..m);
+            for i in [0, pick, m - 1] {
+                let one = product(x.clone().slice([i..i + 1, 0..k]));
+                assert_eq!(one[..], all[i * n..(i + 1) * n], "{which} row {i} of m {m}");
+            }
+        }
+    }
+}
