@@ -426,12 +426,12 @@ fn int4_mma_kernel<F: Float>(
     c2: usize,
     group: usize,
     bias_q: f32,
+    ones: i32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
     #[comptime] per_half: bool,
     #[comptime] magic: i32,
-    #[comptime] ones: i32,
     #[comptime] has_bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
@@ -483,6 +483,8 @@ fn int4_mma_kernel<F: Float>(
     for j in 0usize..tt * 2 {
         xs[j] = V2::<f32>::new(0.0f32);
     }
+    // `ones` arrives as a run-time scalar so that the bit cast has a variable to read (CUDA's
+    // reinterpret_cast needs an lvalue).
     let mut a_one = Array::<V2<F>>::new(4usize);
     #[unroll]
     for r in 0usize..4usize {
@@ -876,12 +878,12 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     c2,
                     group,
                     bias_q,
+                    ones,
                     warps,
                     ct,
                     tt,
                     per_half,
                     magic,
-                    ones,
                     has_bias,
                     add_residual,
                     spec.swiglu,
