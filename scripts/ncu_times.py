@@ -37,6 +37,7 @@ def kind(name):
     return None
 
 
+print("kernel names seen:", sorted({n.split("(")[0] for n, _ in rows}), file=sys.stderr)
 per_kind = {k: [] for k in KINDS}
 for name, v in rows:
     k = kind(name)
