@@ -17,22 +17,21 @@ import sys
 ncu_csv, wall_json, torch_json, out_json = sys.argv[1:5]
 KINDS = {"int4_mma_kernel": "us", "int4_kernel": "scalar_us", "dense_mma_kernel": "dense_us", "dense_kernel": "dense_scalar_us"}
 
-rows, units = [], None
+rows = []
 with open(ncu_csv) as f:
     lines = [l for l in f if l.startswith('"')]  # ncu's own log lines are not quoted
+to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
 for r in csv.DictReader(lines):
-    key = next(k for k in r if "gpu__time_duration" in k)
-    if not r.get("ID", "").strip().isdigit():
-        units = r[key]
+    if "gpu__time_duration" not in r.get("Metric Name", ""):
         continue
-    rows.append((r["Kernel Name"], float(r[key])))
-scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get((units or "nsecond").strip(), 1e-3)
+    rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) * to_us[r["Metric Unit"].strip()]))
 
 
 def kind(name):
+    """cubecl names entry points `<fn>_f_<dtype>`; pack kernels are not products."""
     base = name.split("(")[0].strip()
     for k in sorted(KINDS, key=len, reverse=True):
-        if base == k or base.startswith(k + "_") or base.endswith(" " + k) or base.endswith("::" + k):
+        if base == k or base.startswith(k + "_f_"):
             return k
     return None
 
@@ -42,7 +41,7 @@ per_kind = {k: [] for k in KINDS}
 for name, v in rows:
     k = kind(name)
     if k:
-        per_kind[k].append(v * scale)
+        per_kind[k].append(v)
 
 wall = json.load(open(wall_json))
 peers = {(r["shape"], r["m"]): r for r in json.load(open(torch_json))["records"]}
