@@ -8,6 +8,9 @@
 #              run, the PyTorch peers, merged into int4-matmul.json / .md by scripts/ncu_times.py
 #   attention: tree attention, kernel vs reference, cache 512..8192, N 1..64
 #   ar:        AR decode, synthetic Qwen2.5-Coder-1.5B W4A16 and Llama-3-8B W4A16 / bf16
+#   e2e:       SmolLM2 on CUDA in f32 and bf16 (uploaded with upload_chunk.sh): fidelity against the
+#              float64 reference, greedy lossless EAGLE (oracle, random head, tree shapes), SD and
+#              the hierarchy (binaries fidelity_gguf, fidelity_hf, lossless_{eagle,sd,hier})
 set -u
 REV=${1:-unknown}; shift
 BIN=/root/bin
@@ -45,6 +48,17 @@ ar)
   syn qwen2.5-coder-1.5b --int4 --json $OUT/ar-qwen15b-int4.json 2>&1 | tail -1
   syn llama3-8b --int4 --json $OUT/ar-llama3-8b-int4.json 2>&1 | tail -1
   syn llama3-8b --json $OUT/ar-llama3-8b-dense.json 2>&1 | tail -1 ;;
+e2e)
+  export HIERSPEC_CACHE=/root/hscache HIERSPEC_FIXTURES=$PWD/assets/fixtures
+  ls -l /root/hscache/models; sha256sum /root/hscache/models/smollm2-135m.gguf
+  for dtype in ${DTYPES:-f32 bf16}; do
+    echo "--- $dtype"
+    HIERSPEC_TEST_DTYPE=$dtype timeout 120 $BIN/fidelity_gguf smollm2 --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked|ours"
+    HIERSPEC_TEST_DTYPE=$dtype timeout 60 $BIN/fidelity_hf --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked"
+    for t in lossless_eagle lossless_sd lossless_hier; do
+      HIERSPEC_TEST_DTYPE=$dtype timeout ${LOSSLESS_S:-150} $BIN/$t smollm2 --exact ${t}_smollm2_135m --test-threads 1 --nocapture 2>&1 | grep -E "tau|^test |test result|panicked|differ" | tail -8
+    done
+  done ;;
 esac
 echo "=== done $PART"
 done
