@@ -430,7 +430,6 @@ fn int4_mma_kernel<F: Float>(
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
-    #[comptime] ug: usize,
     #[comptime] per_half: bool,
     #[comptime] magic: i32,
     #[comptime] has_bias: bool,
@@ -495,62 +494,51 @@ fn int4_mma_kernel<F: Float>(
             a_one[r] = V2::<F>::new(F::new(1.0));
         }
     }
-    let mut wv = Array::<W4>::new(comptime!(ct * ug));
+    let mut wv = Array::<W4>::new(ct);
     let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
 
-    // Warp w takes the groups of `ug` consecutive units w, w + warps, ...: all of a group's weight
-    // vectors are loaded before the first is used, so each lane keeps ug x 16 bytes in flight.
-    let groups_u = (units + ug - 1) / ug;
-    let iters = (groups_u + warps - 1) / warps;
+    let iters = (units + warps - 1) / warps;
     for it in 0usize..iters {
-        let u0 = (warp + it * warps) * ug;
+        let u = warp + it * warps;
         #[unroll]
-        for j in 0usize..ug {
+        for c in 0usize..ct {
+            let mut v = W4::new(0i32);
+            if u < units && tiles[c] < tiles_n {
+                let idx = (tiles[c] * units + u) * 32 + lane;
+                if comptime!(swiglu && c == 1) {
+                    v = w1[idx];
+                } else if part == 0u32 {
+                    v = w0[idx];
+                } else if part == 1u32 {
+                    v = w1[idx];
+                } else {
+                    v = w2[idx];
+                }
+            }
+            wv[c] = v;
+        }
+        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
+        #[unroll]
+        for s in 0usize..4usize {
+            b_regs::<F>(&xv, &mut b, tt, s);
             #[unroll]
             for c in 0usize..ct {
-                let mut v = W4::new(0i32);
-                let u = u0 + j;
-                if u < units && tiles[c] < tiles_n {
-                    let idx = (tiles[c] * units + u) * 32 + lane;
-                    if comptime!(swiglu && c == 1) {
-                        v = w1[idx];
-                    } else if part == 0u32 {
-                        v = w0[idx];
-                    } else if part == 1u32 {
-                        v = w1[idx];
-                    } else {
-                        v = w2[idx];
-                    }
+                let word = wv[c][s];
+                #[unroll]
+                for r in 0usize..4usize {
+                    a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
                 }
-                wv[j * ct + c] = v;
+            }
+            slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, &mut emu, ct, tt, true, emulate);
+            if comptime!(per_half && s % 2 == 1) {
+                let k0 = u * UNIT_K + comptime!(32 * (s / 2));
+                fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, k0, group, groups, bias_q, ct, tt, swiglu);
             }
         }
-        #[unroll]
-        for j in 0usize..ug {
-            let u = u0 + j;
-            load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
-            #[unroll]
-            for s in 0usize..4usize {
-                b_regs::<F>(&xv, &mut b, tt, s);
-                #[unroll]
-                for c in 0usize..ct {
-                    let word = wv[j * ct + c][s];
-                    #[unroll]
-                    for r in 0usize..4usize {
-                        a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
-                    }
-                }
-                slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, &mut emu, ct, tt, true, emulate);
-                if comptime!(per_half && s % 2 == 1) {
-                    let k0 = u * UNIT_K + comptime!(32 * (s / 2));
-                    fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, k0, group, groups, bias_q, ct, tt, swiglu);
-                }
-            }
-            if comptime!(!per_half) {
-                fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, u * UNIT_K, group, groups, bias_q, ct, tt, swiglu);
-            }
+        if comptime!(!per_half) {
+            fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, u * UNIT_K, group, groups, bias_q, ct, tt, swiglu);
         }
     }
 
@@ -731,16 +719,6 @@ fn pack_dense_kernel<F: Float>(w: &Tensor<F>, out: &mut Tensor<F>, k: usize, n: 
     }
 }
 
-/// Consecutive units an int4 warp loads at once (4 x 16 bytes of weights in flight per lane); 1
-/// under emulation, whose compile time on lavapipe grows with the unrolled body.
-fn unit_group(emulate: bool) -> usize {
-    if emulate {
-        1
-    } else {
-        4
-    }
-}
-
 const PACK_THREADS: u32 = 256;
 
 fn elementwise_count(total: usize) -> CubeCount {
@@ -847,16 +825,11 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
     let units = k.div_ceil(UNIT_K);
     let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(TILE_N)).collect();
+    let ct = if spec.swiglu { 2 } else { 1 };
     let tt = token_tiles(m, spec.emulate);
-    // Two channel tiles per block share each x load once x is more than one token tile (the x
-    // re-reads across channel blocks dominate at M >= 16); swiglu pairs gate and up tiles.
-    let ct = if spec.swiglu || (tt > 1 && !spec.emulate) { 2 } else { 1 };
     let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
-    // int4 warps take groups of `ug` units, dense warps single units.
-    let ug = unit_group(spec.emulate);
-    let split = if spec.group.is_some() { units.div_ceil(ug) } else { units };
-    let warps = warps_for(split, tiles.iter().sum(), spec.emulate);
+    let warps = warps_for(units, tiles.iter().sum(), spec.emulate);
     let count = CubeCount::Static(m.div_ceil(8 * tt) as u32, (c2 + blocks[2usize]) as u32, 1);
     let dim = CubeDim::new_1d((warps * 32) as u32);
     let has_bias = parts.iter().all(|p| p.bias.is_some());
@@ -909,7 +882,6 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     warps,
                     ct,
                     tt,
-                    ug,
                     per_half,
                     magic,
                     has_bias,
