@@ -45,9 +45,13 @@ attention)
   timeout 300 $BIN/bench-kernels --device cuda --dtype bf16 --attention --samples 7 --revision $REV --json $OUT/attention.json | tail -20 ;;
 ar)
   syn() { timeout 200 $BIN/bench --synthetic "$@" --device cuda --dtype bf16 --revision $REV --prompt-len 128 --new-tokens 128 --repeats 2; }
-  syn qwen2.5-coder-1.5b --int4 --json $OUT/ar-qwen15b-int4.json 2>&1 | tail -1
-  syn llama3-8b --int4 --json $OUT/ar-llama3-8b-int4.json 2>&1 | tail -1
-  syn llama3-8b --json $OUT/ar-llama3-8b-dense.json 2>&1 | tail -1 ;;
+  for shape in ${AR:-qwen15b-int4 8b-int4 8b-dense}; do
+    case $shape in
+      qwen15b-int4) syn qwen2.5-coder-1.5b --int4 --json $OUT/ar-qwen15b-int4.json 2>&1 | tail -1 ;;
+      8b-int4) syn llama3-8b --int4 --json $OUT/ar-llama3-8b-int4.json 2>&1 | tail -1 ;;
+      8b-dense) syn llama3-8b --json $OUT/ar-llama3-8b-dense.json 2>&1 | tail -1 ;;
+    esac
+  done ;;
 e2e)
   export HIERSPEC_CACHE=/root/hscache HIERSPEC_FIXTURES=$PWD/assets/fixtures
   ls -l /root/hscache/models; sha256sum /root/hscache/models/smollm2-135m.gguf
@@ -55,7 +59,7 @@ e2e)
     echo "--- $dtype"
     HIERSPEC_TEST_DTYPE=$dtype timeout 120 $BIN/fidelity_gguf smollm2 --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked|ours"
     HIERSPEC_TEST_DTYPE=$dtype timeout 60 $BIN/fidelity_hf --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked"
-    for t in lossless_eagle lossless_sd lossless_hier; do
+    for t in ${LOSSLESS:-lossless_eagle lossless_sd lossless_hier}; do
       HIERSPEC_TEST_DTYPE=$dtype timeout ${LOSSLESS_S:-150} $BIN/$t smollm2 --exact ${t}_smollm2_135m --test-threads 1 --nocapture 2>&1 | grep -E "tau|^test |test result|panicked|differ" | tail -8
     done
   done ;;
