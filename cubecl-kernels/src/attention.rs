@@ -15,8 +15,9 @@ pub const MASKED: f32 = -1.0e30;
 
 /// Which key rows each new row may see. The first `prefix` key rows are visible to every new row;
 /// the last `cols` key rows (the new rows themselves, possibly after earlier draft rows still in the
-/// cache) follow a bit mask. Packed 32 per word, plus the additive-bias form the reference path uses
-/// (built on first use).
+/// cache) follow a bit mask. Packed 32 per word on the host; on the device, each row's visible masked
+/// columns as a list, for the kernel (see `visible`); and the additive-bias form the reference path
+/// uses (built on first use).
 pub struct AttnMask<B: Backend> {
     pub prefix: usize,
     /// New (query) rows.
@@ -25,8 +26,11 @@ pub struct AttnMask<B: Backend> {
     pub cols: usize,
     /// Row-major [n, ceil(cols / 32)]: bit `j % 32` of word `j / 32` in row i = row i sees key prefix + j.
     pub words: Vec<u32>,
-    /// The same on the device, for the kernel.
-    pub bits: Tensor<B, 2, Int>,
+    /// [n, 1 + cols] on the device: row i holds its count c of visible masked columns, then those
+    /// columns in increasing order. The kernel walks a row's keys as one logical sequence (the prefix,
+    /// then these), so a tree node's attention sums its visible keys in the same chunks and slots as
+    /// a single-row step over the accepted path would: greedy verification stays exact in bf16.
+    pub visible: Tensor<B, 2, Int>,
     bias: OnceCell<Tensor<B, 2>>,
 }
 
@@ -48,9 +52,17 @@ impl<B: Backend> AttnMask<B> {
                 }
             }
         }
-        let as_i32: Vec<i32> = words.iter().map(|&w| w as i32).collect();
-        let bits = Tensor::from_data(TensorData::new(as_i32, [n, wpr]), device);
-        Self { prefix, n, cols, words, bits, bias: OnceCell::new() }
+        let mut list = vec![0i32; n * (cols + 1)];
+        for (i, row) in list.chunks_mut(cols + 1).enumerate() {
+            let mut c = 0;
+            for j in (0..cols).filter(|&j| allowed[i * cols + j]) {
+                c += 1;
+                row[c] = j as i32;
+            }
+            row[0] = c as i32;
+        }
+        let visible = Tensor::from_data(TensorData::new(list, [n, cols + 1]), device);
+        Self { prefix, n, cols, words, visible, bias: OnceCell::new() }
     }
 
     pub fn causal(cache_len: usize, n: usize, device: &B::Device) -> Self {
@@ -76,7 +88,7 @@ impl<B: Backend> AttnMask<B> {
                 let (n, cols) = (self.n, self.cols);
                 let masked: Vec<f32> =
                     (0..n * cols).map(|k| if self.allows(k / cols, k % cols) { 0.0 } else { MASKED }).collect();
-                let device = self.bits.device();
+                let device = self.visible.device();
                 let masked = Tensor::<B, 2>::from_data(TensorData::new(masked, [n, cols]), (&device, DType::F32));
                 if self.prefix == 0 {
                     masked
@@ -168,5 +180,11 @@ mod tests {
         assert_eq!(bias.len(), n * (n + 5));
         assert!(bias[..5].iter().all(|&x| x == 0.0));
         assert_eq!(bias[5] == 0.0, allowed[0]);
+        let list: Vec<i32> = m.visible.into_data().iter::<i32>().collect();
+        for i in 0..n {
+            let row = &list[i * (n + 1)..(i + 1) * (n + 1)];
+            let want: Vec<i32> = (0..n as i32).filter(|&j| allowed[i * n + j as usize]).collect();
+            assert_eq!(row[1..=row[0] as usize], want[..], "row {i}'s visible columns");
+        }
     }
 }

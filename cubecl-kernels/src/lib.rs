@@ -5,7 +5,8 @@
 //!   weights at ~15% of the H200's bandwidth at M = 1).
 //! - [`int4::matmul`]: the same product with W4A16 weights, group dequantization fused in.
 //! - [`attention::attention`]: new rows attending to the KV cache prefix plus themselves under a
-//!   bit-packed tree (ancestor) or causal mask, GQA without repeating K/V.
+//!   tree (ancestor) or causal mask, GQA without repeating K/V; each row sums exactly the terms the
+//!   single-row step over its path would, in the same order (batch-invariant verification).
 //! - [`fused`]: the rest of a decoder layer in few launches: RMSNorm, q|k|v and gate|up as one
 //!   product each with bias / residual / SwiGLU fused in, RoPE with the KV-cache write.
 //! - [`mma`]: the same products on the tensor cores (bf16/f16 on CUDA), weights repacked at load

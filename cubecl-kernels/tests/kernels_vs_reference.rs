@@ -50,7 +50,7 @@ fn tree_attention_kernel_matches_reference() {
     let mut rng = StdRng::seed_from_u64(11);
     // (heads, kv_heads, head_dim, cache_len, new rows): GQA groups 1, 2 and 4, head dims that are not
     // powers of two, new rows past one mask word, a cache longer than one chunk.
-    for (nh, nkv, hd, cache_len, n) in [(4, 2, 64, 0, 7), (4, 1, 80, 5, 45), (2, 2, 128, 300, 1), (8, 2, 64, 260, 19), (4, 4, 32, 1000, 70)] {
+    for (nh, nkv, hd, cache_len, n) in [(4, 2, 64, 0, 7), (4, 1, 80, 5, 45), (2, 2, 128, 300, 1), (8, 2, 64, 260, 19), (4, 4, 32, 1000, 70), (2, 1, 40, 33, 5)] {
         let t = cache_len + n;
         let cap = t + 9; // the cache buffer is larger than the rows in use: K/V arrive as views
         let k = Tensor::<B, 4>::random([1, nkv, cap, hd], Distribution::Normal(0.0, 1.0), &device).slice([0..1, 0..nkv, 0..t, 0..hd]);
@@ -81,6 +81,52 @@ fn tree_attention_kernel_matches_reference() {
         let mask = AttnMask::<B>::new(t - cols, n, cols, &allowed, &device);
         let err = rel_err(attention::attention(q.clone(), k.clone(), v.clone(), Some(&mask)), attention::reference(f(&q), f(&k), f(&v), Some(&mask)));
         assert!(err <= bound(&device), "attention with {cols} masked keys, heads {nh}/{nkv} hd {hd} n {n}: relative error {err}");
+    }
+}
+
+/// Greedy verification is exact only if a tree node's attention equals, bit for bit, the single-row
+/// step at its position once its path is in the cache: the kernel sums the same keys in the same
+/// chunks and slots whatever rows the tree put them in (here the path crosses a chunk boundary of the
+/// logical key sequence, the tree rows cross another).
+#[test]
+fn tree_attention_equals_the_path_step_bit_for_bit() {
+    let device = device();
+    let mut rng = StdRng::seed_from_u64(23);
+    let (nh, nkv, hd, prefix, n) = (4, 2, 64, 250, 100);
+    let t = prefix + n;
+    let k = Tensor::<B, 4>::random([1, nkv, t, hd], Distribution::Normal(0.0, 1.0), &device);
+    let v = Tensor::<B, 4>::random([1, nkv, t, hd], Distribution::Normal(0.0, 1.0), &device);
+    let q = Tensor::<B, 4>::random([1, nh, n, hd], Distribution::Normal(0.0, 2.0), &device);
+    // A random tree in parents-before-children order; node i sees its ancestors and itself.
+    let parent: Vec<usize> = (0..n).map(|i: usize| if i == 0 { 0 } else { rng.random_range(i.saturating_sub(6)..i) }).collect();
+    let path = |mut i: usize| {
+        let mut p = vec![i];
+        while i != 0 {
+            i = parent[i];
+            p.push(i);
+        }
+        p.reverse();
+        p
+    };
+    let mut allowed = vec![false; n * n];
+    for i in 0..n {
+        for a in path(i) {
+            allowed[i * n + a] = true;
+        }
+    }
+    let mask = AttnMask::<B>::from_new_rows(prefix, n, &allowed, &device);
+    let rows = |t: Tensor<B, 4>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    let tree = rows(attention::attention(q.clone(), k.clone(), v.clone(), Some(&mask)));
+    let deepest = (0..n).max_by_key(|&i| path(i).len()).unwrap();
+    for i in [0, 1, deepest, n - 1, rng.random_range(0..n)] {
+        let keys: Vec<i64> = (0..prefix as i64).chain(path(i).iter().map(|&a| (prefix + a) as i64)).collect();
+        let idx = burn::tensor::Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(keys.clone(), [keys.len()]), &device);
+        let (kp, vp) = (k.clone().select(2, idx.clone()), v.clone().select(2, idx));
+        let one = rows(attention::attention(q.clone().slice([0..1, 0..nh, i..i + 1, 0..hd]), kp, vp, None));
+        for h in 0..nh {
+            let at = |r: usize| (h * n + r) * hd;
+            assert_eq!(one[h * hd..(h + 1) * hd], tree[at(i)..at(i) + hd], "node {i} (depth {}) head {h}", path(i).len() - 1);
+        }
     }
 }
 
@@ -132,9 +178,9 @@ fn small_m_products_are_batch_invariant() {
     let (k, n) = (1000, 161);
     let q = int4_weight(&mut rng, k, n, 8 * 25, true, &device);
     let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &device);
-    let x = Tensor::<B, 2>::random([64, k], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<B, 2>::random([128, k], Distribution::Normal(0.0, 1.0), &device);
     let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
-    for m in [1usize, 2, 3, 8, 17, 64] {
+    for m in [1usize, 2, 3, 8, 17, 64, 100, 128] {
         let xm = x.clone().slice([0..m, 0..k]);
         let (dense_m, int4_m) = (rows(dense::linear(xm.clone(), w.clone())), rows(int4::matmul(xm, &q)));
         for i in [0, m / 2, m - 1] {

@@ -117,12 +117,12 @@ fn mma_products_are_batch_invariant() {
     let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &device);
     let weights = [fused::PartWeight::Int4(&q), fused::PartWeight::Dense(w.clone())];
     let packed = [MmaWeight::int4(&q).expect("packed"), MmaWeight::dense(&w).expect("packed")];
-    let x = Tensor::<B, 2>::random([64, k], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<B, 2>::random([128, k], Distribution::Normal(0.0, 1.0), &device);
     let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
     for (which, (wt, pk)) in ["int4", "dense"].iter().zip(weights.iter().zip(&packed)) {
         let parts = [part(wt, pk, None)];
         let product = |x: Tensor<B, 2>| rows(fused::linear(x, &parts, fused::Input::Plain, None));
-        for m in [2usize, 9, 17, 64] {
+        for m in [2usize, 9, 17, 64, 100, 128] {
             let all = product(x.clone().slice([0..m, 0..k]));
             let pick = rng.random_range(0..m);
             for i in [0, pick, m - 1] {

@@ -286,12 +286,12 @@ pub(crate) fn attention<B: Backend>(
         if b != 1 || !supported(q.dtype()) || k.dtype() != q.dtype() || v.dtype() != q.dtype() || hd > attention::MAX_HEAD_DIM {
             return None;
         }
-        let bits = match mask {
-            Some(m) => Some((int::<B, R, 2>(&m.bits)?, m.cols)),
+        let visible = match mask {
+            Some(m) => Some((int::<B, R, 2>(&m.visible)?, m.cols)),
             None if n == 1 => None,
             None => return None,
         };
-        Some(back::<B, R, 4>(attention::tree_attention::<R>(float(q), float(k), float(v), t, bits)))
+        Some(back::<B, R, 4>(attention::tree_attention::<R>(float(q), float(k), float(v), t, visible)))
     }
     for_each_runtime!(run, B, q, k, v, t, mask)
 }
