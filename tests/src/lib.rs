@@ -52,6 +52,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// An env var's numeric value, else `default`: `HIERSPEC_LOSSLESS_PROMPTS` (how many prompts a
+/// lossless test runs: a GPU run's time limit) and `HIERSPEC_LOSSLESS_FROM` (where it starts).
+pub fn env_count(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// `assets/fixtures`, or `$HIERSPEC_FIXTURES` (test binaries copied to another machine).
 pub fn fixture_dir() -> PathBuf {
     match std::env::var_os("HIERSPEC_FIXTURES") {

@@ -56,6 +56,7 @@ fn check(alias: &str, n_prompts: usize, random_prompts: usize, shape_prompts: us
                 assert!((st.tau() - 1.0).abs() < 1e-9, "a root-only tree accepts exactly the bonus token");
             }
         }
+        eprintln!("{alias} prompt {pi}: {} tree shapes equal AR", shapes.len());
     }
     // The oracle's path is always in the tree: every round accepts depth tokens plus the bonus, bar
     // the last round (cut at NEW tokens).
@@ -68,9 +69,10 @@ fn check(alias: &str, n_prompts: usize, random_prompts: usize, shape_prompts: us
 // A random head accepts ~nothing, so it runs 64 rounds of a 60-node tree per prompt: on 2 CPU
 // cores that is minutes per prompt. CI runs it on a few prompts; the ignored tests run everything.
 
+/// `HIERSPEC_LOSSLESS_PROMPTS=n` runs the oracle on the first n prompts only (a GPU run's time limit).
 #[test]
 fn lossless_eagle_smollm2_135m() {
-    check("smollm2-135m", 20, 2, 1);
+    check("smollm2-135m", env_count("HIERSPEC_LOSSLESS_PROMPTS", 20), 2, 1);
 }
 
 #[test]

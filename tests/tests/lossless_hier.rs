@@ -86,7 +86,7 @@ fn check_from(t: &LoadedModel<B>, d: &LoadedModel<B>, name: &str, first: usize, 
 fn lossless_hier_smollm2_135m() {
     let t = load("smollm2-135m", None);
     let d = load("smollm2-135m", Some(QuantSpec { group: 64, ..Default::default() }));
-    check(&t, &d, "smollm2-135m / W4A16 copy", 20, 2, 1);
+    check(&t, &d, "smollm2-135m / W4A16 copy", env_count("HIERSPEC_LOSSLESS_PROMPTS", 20), 2, 1);
 }
 
 #[test]
@@ -103,8 +103,7 @@ fn lossless_hier_qwen_05b() {
 fn lossless_hier_qwen_15b_with_05b() {
     let t = load("qwen2.5-coder-1.5b", None);
     let d = load("qwen2.5-coder-0.5b", None);
-    let env = |k: &str, default: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (first, n) = (env("HIERSPEC_LOSSLESS_FROM", 0), env("HIERSPEC_LOSSLESS_PROMPTS", 20));
+    let (first, n) = (env_count("HIERSPEC_LOSSLESS_FROM", 0), env_count("HIERSPEC_LOSSLESS_PROMPTS", 20));
     // Every prompt with both heads; the other K_min and tree shapes on the first two.
     check_from(&t, &d, "qwen2.5-coder-1.5b / 0.5b", first, n, first + n, 2);
 }

@@ -47,7 +47,7 @@ fn check(alias: &str, n_prompts: usize, new_tokens: usize) {
 
 #[test]
 fn lossless_sd_smollm2_135m() {
-    check("smollm2-135m", 20, 64);
+    check("smollm2-135m", env_count("HIERSPEC_LOSSLESS_PROMPTS", 20), 64);
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn lossless_sd_qwen_15b_with_05b_draft() {
     let device = device();
     let t = loader::load::<B>("qwen2.5-coder-1.5b", 4096, &device).expect("load target");
     let d = loader::load::<B>("qwen2.5-coder-0.5b", 4096, &device).expect("load draft");
-    let n: usize = std::env::var("HIERSPEC_LOSSLESS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let n = env_count("HIERSPEC_LOSSLESS_PROMPTS", 20);
     for (pi, ids) in chat_prompts(&t).iter().take(n).enumerate() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         let (ar, _) = generate(&t.model, &t.config, ids, 64, &mut s, &[], |_| {}).unwrap();
