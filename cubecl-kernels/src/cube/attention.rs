@@ -1,21 +1,32 @@
-//! Tree attention: one cube per (new row, query head). The cube walks the visible keys in chunks of
-//! its thread count with an online softmax (running max and sum in f32), so any cache length and any
-//! number of new rows work with fixed shared memory. Each thread scores one key per chunk; then each
-//! thread owning a head dimension accumulates the chunk's probability-weighted V column. Key rows
-//! before the last `cols` are always visible; among the last `cols`, the row's list of visible
-//! columns decides (an unmasked single new row sees everything). The chunks run over that logical
-//! key sequence, not over rows: a tree node at depth d then sums exactly what the single-row step at
-//! the same position sums after its path was accepted, slot for slot, so verification is
-//! batch-invariant down to the last bit. K/V are read through their strides: the cache views need no copy.
+//! Tree attention, flash-decoding style. Each row's visible keys form one logical sequence: the
+//! prefix rows, then the row's listed masked columns (an unmasked single new row sees every row).
+//! That sequence is cut into segments of [`SEGMENT`] keys; one cube per (new row, query head,
+//! segment) runs an online softmax (running max and sum in f32) over its segment in chunks of its
+//! thread count, and a second kernel merges the segments in order. With one segment the first
+//! kernel writes the output itself (bit-identical to merging one segment with empty ones).
+//!
+//! Chunks and segments are cut by position in the logical sequence, never by row index or row
+//! count: a tree node at depth d sums exactly what the single-row step at its position sums after
+//! its path was accepted, term for term and in the same order, so greedy verification is
+//! batch-invariant down to the last bit.
+//!
+//! In a chunk, warp w scores slots [32 w, 32 w + 32): for each key its 32 lanes read 32 consecutive
+//! head dims at a time (coalesced) into partial sums that the slot's thread adds up in lane order.
+//! Then each thread owning a head dimension accumulates the chunk's probability-weighted V column.
+//! K/V are read through their strides: the cache views need no copy.
 
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
 use super::reduce::{block_max, block_sum};
 
 pub(crate) const MAX_HEAD_DIM: usize = 256;
-/// Elements per unrolled group in the dot and V loops.
+/// Keys per segment: a multiple of every thread count used (128, 256).
+const SEGMENT: usize = 512;
+/// Keys scored together per warp (their loads in flight at once).
+const KEYS_IN_FLIGHT: usize = 8;
+/// Elements per unrolled group of the V loop.
 const UNROLL: usize = 16;
 
 #[cube(launch_unchecked)]
@@ -25,6 +36,8 @@ fn tree_attention_kernel<F: Float>(
     v: &Tensor<F>,
     visible: &Tensor<i32>,
     out: &mut Tensor<F>,
+    part_acc: &mut Tensor<f32>,
+    part_ml: &mut Tensor<f32>,
     t: usize,
     cols: usize,
     group: usize,
@@ -32,37 +45,52 @@ fn tree_attention_kernel<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] threads: usize,
     #[comptime] masked: bool,
+    #[comptime] direct: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let i = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
+    let seg = CUBE_POS_Z as usize;
+    let heads = CUBE_COUNT_Y as usize;
+    let segments = CUBE_COUNT_Z as usize;
     let tid = UNIT_POS_X as usize;
+    let lane = tid % 32;
+    let warp = tid / 32;
     let kv = h / group;
     let prefix = t - cols;
 
     let mut q_s = SharedMemory::<f32>::new(head_dim);
+    let mut part_s = SharedMemory::<f32>::new(comptime!(threads * 33));
     let mut p_s = SharedMemory::<f32>::new(threads);
     let mut r_s = SharedMemory::<u32>::new(threads);
     let mut red = SharedMemory::<f32>::new(threads);
     if tid < head_dim {
         q_s[tid] = f32::cast_from(q[h * q.stride(1) + i * q.stride(2) + tid * q.stride(3)]) * scale;
     }
-    sync_cube();
 
-    // Keys this row sees: the prefix, then its listed masked columns.
+    // Keys this row sees: the prefix, then its listed masked columns; this cube takes one segment.
     let mut keys = t;
     if comptime!(masked) {
         keys = prefix + visible[i * visible.stride(0)] as usize;
+    }
+    let seg_start = seg * SEGMENT;
+    let mut seg_end = seg_start + SEGMENT;
+    if seg_end > keys {
+        seg_end = keys;
     }
     let k_base = kv * k.stride(1);
     let v_base = kv * v.stride(1);
     let mut m_run = f32::new(-1.0e30);
     let mut l_run = 0.0f32;
     let mut acc = 0.0f32;
-    let mut c0 = 0usize;
-    while c0 < keys {
+    let mut c0 = seg_start;
+    while c0 < seg_end {
+        let mut len = seg_end - c0;
+        if len > threads {
+            len = threads;
+        }
+        let seen = tid < len;
         let j = c0 + tid;
-        let seen = j < keys;
         let mut row = j;
         if comptime!(masked) {
             if seen && j >= prefix {
@@ -70,21 +98,33 @@ fn tree_attention_kernel<F: Float>(
             }
         }
         r_s[tid] = row as u32;
+        sync_cube();
+
+        // Scores: warp-cooperative partial dot products, one key per iteration per warp.
+        for r0 in 0..comptime!(32 / KEYS_IN_FLIGHT) {
+            #[unroll]
+            for u in 0..KEYS_IN_FLIGHT {
+                let slot = warp * 32 + r0 * KEYS_IN_FLIGHT + u;
+                let mut part = 0.0f32;
+                if slot < len {
+                    let base = k_base + r_s[slot] as usize * k.stride(2);
+                    #[unroll]
+                    for e in 0..comptime!(head_dim.div_ceil(32)) {
+                        let d = lane + e * 32;
+                        if d < head_dim {
+                            part += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
+                        }
+                    }
+                }
+                part_s[slot * 33 + lane] = part;
+            }
+        }
+        sync_cube();
         let mut s = f32::new(-1.0e30);
         if seen {
-            // Unrolled by UNROLL so the loads of a group are in flight together (a rolled loop
-            // waits one memory latency per element); the sum runs in the same order either way.
             let mut dot = 0.0f32;
-            let base = k_base + row * k.stride(2);
-            for d0 in 0..comptime!(head_dim / UNROLL) {
-                #[unroll]
-                for u in 0..UNROLL {
-                    let d = d0 * UNROLL + u;
-                    dot += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
-                }
-            }
-            for d in comptime!(head_dim / UNROLL * UNROLL)..head_dim {
-                dot += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
+            for l in 0..32usize {
+                dot += part_s[tid * 33 + l];
             }
             s = dot;
         }
@@ -110,10 +150,6 @@ fn tree_attention_kernel<F: Float>(
         l_run = l_run * rescale + red[0];
         if tid < head_dim {
             let mut o = acc * rescale;
-            let mut len = keys - c0;
-            if len > threads {
-                len = threads;
-            }
             let col = v_base + tid * v.stride(3);
             let mut jj = 0usize;
             while jj + UNROLL <= len {
@@ -133,9 +169,54 @@ fn tree_attention_kernel<F: Float>(
         sync_cube();
         c0 += threads;
     }
-    if tid < head_dim {
-        // Rows layout [n, heads, hd]: o_proj reads it as [n, heads * hd] with no transpose.
-        out[(i * CUBE_COUNT_Y as usize + h) * head_dim + tid] = F::cast_from(acc / l_run);
+    let unit = i * heads + h;
+    if comptime!(direct) {
+        if tid < head_dim {
+            // Rows layout [n, heads, hd]: o_proj reads it as [n, heads * hd] with no transpose.
+            out[unit * head_dim + tid] = F::cast_from(acc / l_run);
+        }
+    } else {
+        // An empty segment (past this row's keys) leaves max -1e30, sum 0, acc 0: merged as nothing.
+        let slot = unit * segments + seg;
+        if tid < head_dim {
+            part_acc[slot * head_dim + tid] = acc;
+        }
+        if tid == 0 {
+            part_ml[slot * 2] = m_run;
+            part_ml[slot * 2 + 1] = l_run;
+        }
+    }
+}
+
+/// Merge each (row, head)'s segments in order: one thread per head dimension.
+#[cube(launch_unchecked)]
+fn merge_segments_kernel<F: Float>(
+    part_acc: &Tensor<f32>,
+    part_ml: &Tensor<f32>,
+    out: &mut Tensor<F>,
+    segments: usize,
+    #[comptime] head_dim: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let unit = CUBE_POS_X as usize;
+    let d = UNIT_POS_X as usize;
+    if d < head_dim {
+        let base = unit * segments;
+        let mut m = f32::new(-1.0e30);
+        for s in 0..segments {
+            let ms = part_ml[(base + s) * 2];
+            if ms > m {
+                m = ms;
+            }
+        }
+        let mut l = 0.0f32;
+        let mut o = 0.0f32;
+        for s in 0..segments {
+            let w = (part_ml[(base + s) * 2] - m).exp();
+            l += part_ml[(base + s) * 2 + 1] * w;
+            o += part_acc[(base + s) * head_dim + d] * w;
+        }
+        out[unit * head_dim + d] = F::cast_from(o / l);
     }
 }
 
@@ -152,30 +233,57 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
     let kv_heads = k.meta.shape().dims::<4>()[1];
     let dtype = q.dtype;
-    let out = empty_device_contiguous_dtype::<R>(q.client.clone(), q.device.clone(), Shape::new([1, n, heads, hd]), dtype);
+    let (client, device) = (q.client.clone(), q.device.clone());
+    let out = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([1, n, heads, hd]), dtype);
     let threads = hd.next_power_of_two().max(128);
     let masked = visible.is_some();
     let cols = visible.as_ref().map_or(0, |b| b.1);
+    // A row sees at most t keys; rows seeing fewer leave their last segments empty.
+    let segments = t.div_ceil(SEGMENT).max(1);
+    let direct = segments == 1;
+    let scratch = |len: usize| empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([len]), DType::F32);
+    // With one segment the partial buffers are never touched: one-element placeholders.
+    let units = if direct { 1 } else { n * heads * segments };
+    let (part_acc, part_ml) = (scratch(units * if direct { 1 } else { hd }), scratch(units * 2));
     // Unmasked (one new row): the kernel never reads `visible`; q's buffer fills the slot.
     let visible = visible.map(|b| b.0).unwrap_or_else(|| q.clone());
-    // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, list entries < 1 + cols.
-    unsafe { tree_attention_kernel::launch_unchecked::<R>(
-        &q.client.clone(),
-        CubeCount::Static(n as u32, heads as u32, 1),
-        CubeDim::new_1d(threads as u32),
-        q.into_tensor_arg(),
-        k.into_tensor_arg(),
-        v.into_tensor_arg(),
-        visible.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        t,
-        cols,
-        heads / kv_heads,
-        1.0 / (hd as f32).sqrt(),
-        hd,
-        threads,
-        masked,
-        dtype.into(),
-    ) };
+    // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, list entries < 1 +
+    // cols, partial slots < n * heads * segments.
+    unsafe {
+        tree_attention_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(n as u32, heads as u32, segments as u32),
+            CubeDim::new_1d(threads as u32),
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            visible.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            part_acc.clone().into_tensor_arg(),
+            part_ml.clone().into_tensor_arg(),
+            t,
+            cols,
+            heads / kv_heads,
+            1.0 / (hd as f32).sqrt(),
+            hd,
+            threads,
+            masked,
+            direct,
+            dtype.into(),
+        );
+        if !direct {
+            merge_segments_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static((n * heads) as u32, 1, 1),
+                CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
+                part_acc.into_tensor_arg(),
+                part_ml.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                segments,
+                hd,
+                dtype.into(),
+            );
+        }
+    }
     out
 }
