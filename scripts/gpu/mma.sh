@@ -2,7 +2,7 @@
 # Tensor-core products on the H200 (issue: W4A16 kernels). Expects .dev/gpu/*.xz (stripped, xz'd CUDA
 # binaries: bench-kernels, bench, kernels_vs_reference, mma_vs_reference) and $OUT.
 # Usage: bash scripts/gpu/mma.sh <revision> <part>...
-#   tests:     both kernel test binaries on CUDA, f32 (the mma kernel emulated) and bf16 (tensor cores)
+#   tests:     both kernel test binaries on CUDA (or $TESTS), f32 (the mma kernel emulated) and bf16 (tensor cores)
 #   launch:    host cost of launches (bench-kernels --launch-overhead)
 #   matmul:    device times under ncu from cold caches (bench-kernels --launches 3), the wall-clock
 #              run, the PyTorch peers, merged into int4-matmul.json / .md by scripts/ncu_times.py
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 case $PART in
 tests)
   for dtype in f32 bf16; do
-    for t in mma_vs_reference kernels_vs_reference; do
+    for t in ${TESTS:-mma_vs_reference kernels_vs_reference}; do
       echo "--- $t on CUDA, $dtype"
       HIERSPEC_TEST_DTYPE=$dtype timeout 240 $BIN/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|error|relative|left|right" | head -40
     done
@@ -57,8 +57,8 @@ e2e)
   ls -l /root/hscache/models; sha256sum /root/hscache/models/smollm2-135m.gguf
   for dtype in ${DTYPES:-f32 bf16}; do
     echo "--- $dtype"
-    HIERSPEC_TEST_DTYPE=$dtype timeout 120 $BIN/fidelity_gguf smollm2 --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked|ours"
-    HIERSPEC_TEST_DTYPE=$dtype timeout 60 $BIN/fidelity_hf --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked"
+    HIERSPEC_TEST_DTYPE=$dtype timeout 120 $BIN/fidelity_gguf smollm2 --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked|ours|assertion"
+    HIERSPEC_TEST_DTYPE=$dtype timeout 60 $BIN/fidelity_hf --test-threads 1 --nocapture 2>&1 | grep -E "diff|^test |test result|panicked|assertion"
     for t in ${LOSSLESS:-lossless_eagle lossless_sd lossless_hier}; do
       HIERSPEC_TEST_DTYPE=$dtype timeout ${LOSSLESS_S:-150} $BIN/$t smollm2 --exact ${t}_smollm2_135m --test-threads 1 --nocapture 2>&1 | grep -E "tau|^test |test result|panicked|differ" | tail -8
     done
