@@ -15,6 +15,9 @@ use cubecl::prelude::*;
 
 use crate::mma::{TILE_N, UNIT_K};
 
+mod int4;
+use int4::int4_mma_kernel;
+
 type V2<F> = Vector<F, Const<2>>;
 type V8<F> = Vector<F, Const<8>>;
 type W4 = Vector<i32, Const<4>>;
@@ -310,244 +313,6 @@ fn epilogue<F: Float>(
     }
 }
 
-/// `acc[c][i] += s P + (o - bias s) X` for the group of inputs starting at `k0`, then zero P and X.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-#[allow(unused_assignments)]
-fn fold_group<F: Float>(
-    acc: &mut Array<V2<f32>>,
-    p: &mut Array<V2<f32>>,
-    xs: &mut Array<V2<f32>>,
-    aux0: &Tensor<V2<F>>,
-    aux1: &Tensor<V2<F>>,
-    aux2: &Tensor<V2<F>>,
-    part: u32,
-    tiles: &Array<usize>,
-    tiles_n: usize,
-    np: usize,
-    np1: usize,
-    k0: usize,
-    group: usize,
-    groups: usize,
-    bias_q: f32,
-    #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] swiglu: bool,
-) {
-    let lane = UNIT_POS_X as usize % 32usize;
-    let g = lane / 4;
-    let mut grp = k0 / group;
-    if grp >= groups {
-        grp = groups - 1;
-    }
-    #[unroll]
-    for c in 0usize..ct {
-        // With swiglu the second tile is the up part (aux1); otherwise every tile is `part`'s.
-        let mut t = tiles[c];
-        if t >= tiles_n {
-            t = 0;
-        }
-        let row = grp * np + t * TILE_N + g;
-        let mut sv0 = V2::<F>::new(F::new(0.0));
-        let mut sv1 = V2::<F>::new(F::new(0.0));
-        if comptime!(swiglu && c == 1) {
-            let row1 = grp * np1 + t * TILE_N + g;
-            sv0 = aux1[row1];
-            sv1 = aux1[row1 + 8];
-        } else if part == 0u32 {
-            sv0 = aux0[row];
-            sv1 = aux0[row + 8];
-        } else if part == 1u32 {
-            sv0 = aux1[row];
-            sv1 = aux1[row + 8];
-        } else {
-            sv0 = aux2[row];
-            sv1 = aux2[row + 8];
-        }
-        let mut s0 = f32::cast_from(sv0[0usize]);
-        let mut o0 = f32::cast_from(sv0[1usize]) - bias_q * s0;
-        let mut s1 = f32::cast_from(sv1[0usize]);
-        let mut o1 = f32::cast_from(sv1[1usize]) - bias_q * s1;
-        // A block's last tiles may lie past its part (their P and X are not outputs).
-        if tiles[c] >= tiles_n {
-            s0 = 0.0f32;
-            o0 = 0.0f32;
-            s1 = 0.0f32;
-            o1 = 0.0f32;
-        }
-        #[unroll]
-        for i in 0usize..tt {
-            let j = (c * tt + i) * 2;
-            let xa = xs[2 * i];
-            let xb = xs[2 * i + 1];
-            let pa = p[j];
-            let pb = p[j + 1];
-            let mut va = acc[j];
-            let mut vb = acc[j + 1];
-            #[unroll]
-            for e in 0usize..2usize {
-                va[e] += s0 * pa[e] + o0 * xa[e];
-                vb[e] += s1 * pb[e] + o1 * xb[e];
-            }
-            acc[j] = va;
-            acc[j + 1] = vb;
-            p[j] = V2::<f32>::new(0.0f32);
-            p[j + 1] = V2::<f32>::new(0.0f32);
-        }
-    }
-    #[unroll]
-    for i in 0usize..2 * tt {
-        xs[i] = V2::<f32>::new(0.0f32);
-    }
-}
-
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn int4_mma_kernel<F: Float>(
-    x: &Tensor<V8<F>>,
-    w0: &Tensor<W4>,
-    w1: &Tensor<W4>,
-    w2: &Tensor<W4>,
-    aux0: &Tensor<V2<F>>,
-    aux1: &Tensor<V2<F>>,
-    aux2: &Tensor<V2<F>>,
-    b0: &Tensor<F>,
-    b1: &Tensor<F>,
-    b2: &Tensor<F>,
-    residual: &Tensor<F>,
-    out: &mut Tensor<F>,
-    m: usize,
-    k: usize,
-    units: usize,
-    n0: usize,
-    n1: usize,
-    n2: usize,
-    c1: usize,
-    c2: usize,
-    group: usize,
-    bias_q: f32,
-    ones: i32,
-    #[comptime] warps: usize,
-    #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] per_half: bool,
-    #[comptime] magic: i32,
-    #[comptime] has_bias: bool,
-    #[comptime] add_residual: bool,
-    #[comptime] swiglu: bool,
-    #[comptime] emulate: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let lane = UNIT_POS_X as usize % 32usize;
-    let warp = UNIT_POS_X as usize / 32usize;
-    let tok0 = CUBE_POS_X as usize * 8 * tt;
-    let (part, local) = locate(c1, c2);
-    let mut n = n0;
-    let mut first = 0usize;
-    if part == 1u32 {
-        n = n1;
-        first = n0;
-    } else if part == 2u32 {
-        n = n2;
-        first = n0 + n1;
-    }
-    let mut n_out = n0 + n1 + n2;
-    if comptime!(swiglu) {
-        n_out = n0;
-    }
-    let tiles_n = (n + TILE_N - 1) / TILE_N;
-    let np = tiles_n * TILE_N;
-    let np1 = ((n1 + TILE_N - 1) / TILE_N) * TILE_N;
-    // This block's channel tiles (swiglu: gate tile `local` of part 0 and up tile `local` of part 1).
-    let mut tiles = Array::<usize>::new(ct);
-    #[unroll]
-    for c in 0usize..ct {
-        if comptime!(swiglu) {
-            tiles[c] = local;
-        } else {
-            tiles[c] = local * ct + c;
-        }
-    }
-    let groups = (k + group - 1) / group;
-
-    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
-    let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
-    let mut p = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
-    let mut xs = Array::<V2<f32>>::new(comptime!(tt * 2));
-    #[unroll]
-    for j in 0usize..ct * tt * 2 {
-        acc[j] = V2::<f32>::new(0.0f32);
-        p[j] = V2::<f32>::new(0.0f32);
-    }
-    #[unroll]
-    for j in 0usize..tt * 2 {
-        xs[j] = V2::<f32>::new(0.0f32);
-    }
-    // `ones` arrives as a run-time scalar so that the bit cast has a variable to read (CUDA's
-    // reinterpret_cast needs an lvalue).
-    let mut a_one = Array::<V2<F>>::new(4usize);
-    #[unroll]
-    for r in 0usize..4usize {
-        if comptime!(magic != 0) {
-            a_one[r] = V2::<F>::reinterpret(ones);
-        } else {
-            a_one[r] = V2::<F>::new(F::new(1.0));
-        }
-    }
-    let mut wv = Array::<W4>::new(ct);
-    let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
-    let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
-    let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
-
-    let iters = (units + warps - 1) / warps;
-    for it in 0usize..iters {
-        let u = warp + it * warps;
-        #[unroll]
-        for c in 0usize..ct {
-            let mut v = W4::new(0i32);
-            if u < units && tiles[c] < tiles_n {
-                let idx = (tiles[c] * units + u) * 32 + lane;
-                if comptime!(swiglu && c == 1) {
-                    v = w1[idx];
-                } else if part == 0u32 {
-                    v = w0[idx];
-                } else if part == 1u32 {
-                    v = w1[idx];
-                } else {
-                    v = w2[idx];
-                }
-            }
-            wv[c] = v;
-        }
-        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
-        #[unroll]
-        for s in 0usize..4usize {
-            b_regs::<F>(&xv, &mut b, tt, s);
-            #[unroll]
-            for c in 0usize..ct {
-                let word = wv[c][s];
-                #[unroll]
-                for r in 0usize..4usize {
-                    a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
-                }
-            }
-            slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, &mut emu, ct, tt, true, emulate);
-            if comptime!(per_half && s % 2 == 1) {
-                let k0 = u * UNIT_K + comptime!(32 * (s / 2));
-                fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, k0, group, groups, bias_q, ct, tt, swiglu);
-            }
-        }
-        if comptime!(!per_half) {
-            fold_group::<F>(&mut acc, &mut p, &mut xs, aux0, aux1, aux2, part, &tiles, tiles_n, np, np1, u * UNIT_K, group, groups, bias_q, ct, tt, swiglu);
-        }
-    }
-
-    #[unroll]
-    for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
-    }
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn dense_mma_kernel<F: Float>(
@@ -814,6 +579,13 @@ fn token_tiles(m: usize, emulate: bool) -> usize {
     }
 }
 
+/// Whether the int4 product loads each unit's operands one unit ahead (default; `HIERSPEC_MMA_AHEAD=0`
+/// turns it off, to measure what it buys). Fixed per process; it changes no result.
+fn load_ahead() -> bool {
+    static AHEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| std::env::var("HIERSPEC_MMA_AHEAD").map_or(true, |v| v != "0"))
+}
+
 pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
@@ -888,6 +660,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     add_residual,
                     spec.swiglu,
                     spec.emulate,
+                    load_ahead(),
                     dtype.into(),
                 )
             };

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Where the time goes, on the H200 (ncu). Expects the binaries of mma.sh (.dev/gpu*/*.xz) and $OUT.
+# Usage: bash scripts/gpu/profile.sh <revision> <part>...
+#   stalls: ncu sections (speed of light, memory, occupancy, warp states) of the int4 and dense
+#           tensor-core products at Llama-3-8B / 70B shapes, M = 1 and 64 (one launch each, cold caches)
+#   times:  device time of the int4 product per (shape, M) under ncu, cold caches (median of 3)
+#   ar:     every kernel of a short synthetic AR decode under ncu (device time per kernel name), for
+#           Llama-3-8B and Qwen2.5-Coder-1.5B W4A16: device time per token against the wall clock
+set -u
+REV=${1:-unknown}; shift
+BIN=/root/bin
+mkdir -p $BIN && for f in .dev/gpu*/*.xz; do [ -e "$f" ] && [ ! -e $BIN/$(basename "$f" .xz) ] && xz -dc "$f" > $BIN/$(basename "$f" .xz); done; chmod +x $BIN/* 2>/dev/null
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats"
+for PART in "$@"; do
+exec > >(tee -a "$OUT/log-profile-$PART.txt") 2>&1
+echo "=== revision $REV, date $(date -u +%F), part $PART"
+case $PART in
+stalls)
+  for models in 8b 70b; do
+    timeout 200 $NCU --clock-control none --cache-control all $SECTIONS -k regex:'(int4|dense)_mma_kernel' \
+      $BIN/bench-kernels --device cuda --dtype bf16 --models $models --m ${MS:-1,64} --launches 1 --no-burn --revision $REV > $OUT/stalls-$models${TAG:-}.txt 2>&1
+    grep -E "int4_mma_kernel|dense_mma_kernel|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Block Size|Grid Size|Warp Cycles Per Issued|Theoretical Occupancy|Stall|stall|One or More Eligible|Issued Warp" $OUT/stalls-$models${TAG:-}.txt | head -150
+  done ;;
+times)
+  M=${MS:-1,8,64}
+  timeout 200 $NCU --clock-control none --cache-control all --metrics gpu__time_duration.sum --csv --log-file $OUT/times${TAG:-}.csv \
+    -k regex:'int4_mma_kernel' $BIN/bench-kernels --device cuda --dtype bf16 --m $M --launches 3 --no-burn --revision $REV > /dev/null 2>&1
+  python3 - $OUT/times${TAG:-}.csv "$M" <<'PY'
+import csv, sys, statistics
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+t = [float(r["Metric Value"].replace(",", "")) * to_us[r["Metric Unit"].strip()] for r in csv.DictReader(lines) if "gpu__time_duration" in r.get("Metric Name", "")]
+ms = sys.argv[2].split(",")
+shapes = [f"{m}.{s}" for m in ("8b", "70b") for s in ("qkv", "o", "gate_up", "down")]
+print("| shape | " + " | ".join(f"M={m} us" for m in ms) + " |\n|---|" + "---|" * len(ms))
+for i, sh in enumerate(shapes):
+    row = [statistics.median(t[(i * len(ms) + j) * 3:(i * len(ms) + j) * 3 + 3]) for j in range(len(ms))]
+    print(f"| {sh} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+PY
+  ;;
+ar)
+  for shape in ${AR:-llama3-8b qwen2.5-coder-1.5b}; do
+    timeout 250 $NCU --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file $OUT/ar-$shape.csv \
+      $BIN/bench --synthetic $shape --int4 --device cuda --dtype bf16 --revision $REV --prompt-len 128 --new-tokens ${TOKENS:-8} --repeats 1 > /dev/null 2>&1
+    python3 - $OUT/ar-$shape.csv $shape <<'PY'
+import csv, sys, collections
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+t = collections.defaultdict(float); c = collections.Counter()
+for r in csv.DictReader(lines):
+    if "gpu__time_duration" in r.get("Metric Name", ""):
+        name = r["Kernel Name"].split("(")[0][:60]
+        t[name] += float(r["Metric Value"].replace(",", "")) * to_us[r["Metric Unit"].strip()]; c[name] += 1
+print(f"## {sys.argv[2]}: {sum(c.values())} launches, {sum(t.values()):.0f} us device time in all")
+print("| kernel | launches | total us | us per launch |\n|---|---|---|---|")
+for name, v in sorted(t.items(), key=lambda kv: -kv[1]):
+    print(f"| {name} | {c[name]} | {v:.0f} | {v / c[name]:.2f} |")
+PY
+  done ;;
+esac
+echo "=== done $PART"
+done
