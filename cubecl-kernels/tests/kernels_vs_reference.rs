@@ -6,7 +6,7 @@
 
 mod common;
 
-use burn::tensor::{DType, Distribution, Tensor};
+use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
 use common::{bound, device, int4_weight, rel_err, B};
 use hierspec_kernels::attention::{self, AttnMask};
 use hierspec_kernels::{dense, fused, int4};
@@ -196,7 +196,7 @@ fn small_m_products_are_batch_invariant() {
 #[test]
 fn rms_norm_kernel_matches_reference() {
     let device = device();
-    for (m, h) in [(1, 1536), (17, 896), (3, 100)] {
+    for (m, h) in [(1, 1536), (17, 896), (3, 100), (2, 8200)] {
         let x = Tensor::<B, 2>::random([m, h], Distribution::Normal(0.0, 3.0), &device);
         let w = Tensor::<B, 1>::random([h], Distribution::Normal(1.0, 0.2), &device);
         let err = rel_err(fused::rms_norm(x.clone(), w.clone(), 1e-6), fused::reference_rms_norm(x, w, 1e-6));
@@ -271,5 +271,35 @@ fn log_softmax_top_k_kernel_matches_reference() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn argmax_kernel_matches_reference_and_takes_the_first_of_ties() {
+    let device = device();
+    // Widths with and without the 8-wide loads, rows shorter than one scan step, a 152k vocabulary.
+    for (n, v) in [(1, 151936), (3, 1001), (5, 4104), (2, 7), (64, 32000)] {
+        let mut x = Tensor::<B, 2>::random([n, v], Distribution::Normal(0.0, 4.0), &device);
+        // Row 0 gets its maximum three times, at a tail column, a middle column and a late one.
+        let cols = [v - 1, v / 2, v / 3];
+        let top = x.clone().max().into_scalar().elem::<f32>() + 1.0;
+        let dtype = x.dtype();
+        for &c in &cols {
+            x = x.slice_assign([0..1, c..c + 1], Tensor::full([1, 1], top, (&device, dtype)));
+        }
+        let got: Vec<i64> = hierspec_kernels::topk::argmax(x.clone()).into_data().iter::<i64>().collect();
+        let want: Vec<i64> = hierspec_kernels::topk::reference_argmax(x.clone()).into_data().iter::<i64>().collect();
+        // The host arbiter: first column holding the row's maximum.
+        let xs: Vec<f32> = x.cast(DType::F32).into_data().iter::<f32>().collect();
+        let host: Vec<i64> = (0..n)
+            .map(|r| {
+                let row = &xs[r * v..(r + 1) * v];
+                let m = row.iter().fold(f32::MIN, |a, &b| a.max(b));
+                row.iter().position(|&z| z == m).unwrap() as i64
+            })
+            .collect();
+        assert_eq!(host[0], *cols.iter().min().unwrap() as i64, "the tie was planted");
+        assert_eq!(got, host, "kernel, n {n} v {v}");
+        assert_eq!(want, host, "reference, n {n} v {v}");
     }
 }

@@ -26,7 +26,7 @@ pub struct TreeAccept {
 pub fn accept_tree_greedy<B: Backend>(logits: Tensor<B, 2>, tree: &DraftTree) -> TreeAccept {
     let n = tree.len();
     let device = logits.device();
-    let argmax = logits.argmax(1).reshape([n]);
+    let argmax = hierspec_kernels::topk::argmax(logits);
     let host_int = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device);
     let host_f32 = |v: Vec<f32>, shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, shape), (&device, DType::F32));
     let parents = host_int(tree.parents.iter().map(|p| p.unwrap_or(0) as i64).collect());
@@ -53,7 +53,7 @@ pub fn accept_tree_greedy<B: Backend>(logits: Tensor<B, 2>, tree: &DraftTree) ->
 /// them). Computed on the device; one read of two integers.
 pub fn accept_sequence_greedy<B: Backend>(logits: Tensor<B, 2>, draft: &[u32]) -> (usize, u32) {
     let k = draft.len();
-    let argmax = logits.argmax(1).reshape([k + 1]);
+    let argmax = hierspec_kernels::topk::argmax(logits);
     let device = argmax.device();
     let accepted = if k == 0 {
         Tensor::<B, 1, Int>::zeros([1], &device)

@@ -128,10 +128,10 @@ impl Sampler {
 
     /// Choose the next token from `logits` ([vocab]); the result stays on the device.
     pub fn sample<B: Backend>(&mut self, logits: Tensor<B, 1>) -> Tensor<B, 1, Int> {
-        if self.is_greedy() {
-            return logits.argmax(0);
-        }
         let vocab = logits.dims()[0];
+        if self.is_greedy() {
+            return hierspec_kernels::topk::argmax(logits.reshape([1, vocab]));
+        }
         let probs = self.probs(logits.reshape([1, vocab]));
         self.draw(probs.reshape([vocab]))
     }

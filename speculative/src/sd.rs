@@ -89,7 +89,7 @@ pub fn generate_sd<B: Backend>(
         let mut q = Vec::new();
         loop {
             let t = if sampler.is_greedy() {
-                read_id(logits.argmax(1).reshape([1]))
+                read_id(hierspec_kernels::topk::argmax(logits))
             } else {
                 let probs = sampler.probs(logits);
                 q.push(probs.clone());

@@ -25,9 +25,9 @@ pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// Keys per segment: a multiple of every thread count used (128, 256).
 const SEGMENT: usize = 512;
 /// Keys scored together per warp (their loads in flight at once).
-const KEYS_IN_FLIGHT: usize = 8;
-/// Elements per unrolled group of the V loop.
-const UNROLL: usize = 16;
+const KEYS_IN_FLIGHT: usize = 16;
+/// Keys per unrolled group of the V loop (their loads in flight at once; divides every thread count).
+const UNROLL: usize = 32;
 
 #[cube(launch_unchecked)]
 fn tree_attention_kernel<F: Float>(
@@ -97,6 +97,11 @@ fn tree_attention_kernel<F: Float>(
                 row = prefix + visible[i * visible.stride(0) + (1 + j - prefix) * visible.stride(1)] as usize;
             }
         }
+        // Slots past the chunk read key row 0 (always a key): their loads stay unconditional, so a
+        // warp's loads are all in flight together, and their score and probability are dropped.
+        if !seen {
+            row = 0;
+        }
         r_s[tid] = row as u32;
         sync_cube();
 
@@ -106,14 +111,14 @@ fn tree_attention_kernel<F: Float>(
             for u in 0..KEYS_IN_FLIGHT {
                 let slot = warp * 32 + r0 * KEYS_IN_FLIGHT + u;
                 let mut part = 0.0f32;
-                if slot < len {
-                    let base = k_base + r_s[slot] as usize * k.stride(2);
-                    #[unroll]
-                    for e in 0..comptime!(head_dim.div_ceil(32)) {
-                        let d = lane + e * 32;
-                        if d < head_dim {
-                            part += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
-                        }
+                let base = k_base + r_s[slot] as usize * k.stride(2);
+                #[unroll]
+                for e in 0..comptime!(head_dim.div_ceil(32)) {
+                    let d = lane + e * 32;
+                    if comptime!(head_dim % 32 == 0) {
+                        part += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
+                    } else if d < head_dim {
+                        part += q_s[d] * f32::cast_from(k[base + d * k.stride(3)]);
                     }
                 }
                 part_s[slot * 33 + lane] = part;
@@ -151,17 +156,15 @@ fn tree_attention_kernel<F: Float>(
         if tid < head_dim {
             let mut o = acc * rescale;
             let col = v_base + tid * v.stride(3);
+            // Whole groups of UNROLL slots (threads is a multiple of it): the slots past `len` add
+            // 0 * (key row 0), which leaves `o` unchanged bit for bit.
             let mut jj = 0usize;
-            while jj + UNROLL <= len {
+            while jj < len {
                 #[unroll]
                 for u in 0..UNROLL {
                     o += p_s[jj + u] * f32::cast_from(v[col + r_s[jj + u] as usize * v.stride(2)]);
                 }
                 jj += UNROLL;
-            }
-            while jj < len {
-                o += p_s[jj] * f32::cast_from(v[col + r_s[jj] as usize * v.stride(2)]);
-                jj += 1;
             }
             acc = o;
         }

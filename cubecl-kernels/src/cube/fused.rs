@@ -42,12 +42,76 @@ fn rms_norm_kernel<F: Float>(
     }
 }
 
+/// [`rms_norm_kernel`] reading and writing 8 values per access (h % 8 == 0). The scalar kernel's
+/// element-at-a-time loops were a chain of dependent round trips: 10 us per decode-step norm on the
+/// H200 at h = 4096 (`docs/perf/pass.md`), 5% of a Llama-3-8B W4A16 step.
+#[cube(launch_unchecked)]
+fn rms_norm_vec_kernel<F: Float>(
+    x: &Tensor<Vector<F, Const<8>>>,
+    w: &Tensor<Vector<F, Const<8>>>,
+    out: &mut Tensor<Vector<F, Const<8>>>,
+    h8: usize,
+    eps: f32,
+    #[comptime] threads: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = CUBE_POS_X as usize;
+    let tid = UNIT_POS_X as usize;
+    let mut red = SharedMemory::<f32>::new(threads);
+    let mut ss = 0.0f32;
+    let mut j = tid;
+    while j < h8 {
+        let v = x[row * h8 + j];
+        #[unroll]
+        for e in 0usize..8usize {
+            let f = f32::cast_from(v[e]);
+            ss += f * f;
+        }
+        j += threads;
+    }
+    red[tid] = ss;
+    block_sum(&mut red);
+    let rms = (red[0] / f32::cast_from(h8 * 8) + eps).sqrt();
+    let mut j = tid;
+    while j < h8 {
+        let v = x[row * h8 + j];
+        let wv = w[j];
+        let mut o = Vector::<F, Const<8>>::new(F::new(0.0));
+        #[unroll]
+        for e in 0usize..8usize {
+            let normed = F::cast_from(f32::cast_from(v[e]) / rms);
+            o[e] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[e]));
+        }
+        out[row * h8 + j] = o;
+        j += threads;
+    }
+}
+
 /// x [m, h], w [h] -> [m, h].
 pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
     let [m, h] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
     let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, h]), dtype);
+    if h % 8 == 0 {
+        let w = into_contiguous(w);
+        // SAFETY: one cube per row, vectors bounded by h / 8; x, w and out are contiguous.
+        unsafe {
+            rms_norm_vec_kernel::launch_unchecked::<R>(
+                &x.client.clone(),
+                CubeCount::Static(m as u32, 1, 1),
+                CubeDim::new_1d(NORM_THREADS as u32),
+                x.into_tensor_arg(),
+                w.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                h / 8,
+                eps as f32,
+                NORM_THREADS,
+                dtype.into(),
+            )
+        };
+        return out;
+    }
     // SAFETY: one cube per row, columns bounded by h.
     unsafe {
         rms_norm_kernel::launch_unchecked::<R>(

@@ -579,11 +579,26 @@ fn token_tiles(m: usize, emulate: bool) -> usize {
     }
 }
 
-/// Whether the int4 product loads each unit's operands one unit ahead (default; `HIERSPEC_MMA_AHEAD=0`
-/// turns it off, to measure what it buys). Fixed per process; it changes no result.
-fn load_ahead() -> bool {
-    static AHEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AHEAD.get_or_init(|| std::env::var("HIERSPEC_MMA_AHEAD").map_or(true, |v| v != "0"))
+/// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
+/// default 2). Fixed per process and chosen without M, so results stay batch-invariant.
+fn int4_span() -> usize {
+    static SPAN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SPAN.get_or_init(|| match std::env::var("HIERSPEC_MMA_SPAN").ok().and_then(|v| v.parse().ok()) {
+        Some(s @ (1 | 2 | 4)) => s,
+        _ => 2,
+    })
+}
+
+/// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
+/// the whole row), else one unit, else half a unit (groups of 32).
+fn fold_len(group: usize, k: usize, span: usize) -> usize {
+    if group >= k || group % (span * UNIT_K) == 0 {
+        span * UNIT_K
+    } else if group % UNIT_K == 0 {
+        UNIT_K
+    } else {
+        UNIT_K / 2
+    }
 }
 
 pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
@@ -601,7 +616,8 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let tt = token_tiles(m, spec.emulate);
     let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
-    let warps = warps_for(units, tiles.iter().sum(), spec.emulate);
+    let span = if spec.group.is_some() { int4_span() } else { 1 };
+    let warps = warps_for(units.div_ceil(span), tiles.iter().sum(), spec.emulate);
     let count = CubeCount::Static(m.div_ceil(8 * tt) as u32, (c2 + blocks[2usize]) as u32, 1);
     let dim = CubeDim::new_1d((warps * 32) as u32);
     let has_bias = parts.iter().all(|p| p.bias.is_some());
@@ -619,7 +635,6 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     match spec.group {
         Some(group) => {
             let aux = |i: usize| fill(i).aux.clone().expect("int4 parts carry aux");
-            let per_half = !(group % 64 == 0 || group == k);
             // SAFETY: weight vectors are read at tiles < the part's tile count and units < `units`;
             // x at rows < m and columns < k (K % 8 == 0, checked by the caller); aux at groups <
             // ceil(k / group) and channels < the padded width; outputs at rows < m, channels < n.
@@ -648,19 +663,19 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     ns[2],
                     c1,
                     c2,
-                    group,
                     bias_q,
                     ones,
                     warps,
                     ct,
                     tt,
-                    per_half,
+                    span,
+                    group,
+                    fold_len(group, k, span),
                     magic,
                     has_bias,
                     add_residual,
                     spec.swiglu,
                     spec.emulate,
-                    load_ahead(),
                     dtype.into(),
                 )
             };

@@ -296,6 +296,18 @@ pub(crate) fn attention<B: Backend>(
     for_each_runtime!(run, B, q, k, v, t, mask)
 }
 
+/// [n] int: each row's argmax (lower index on ties).
+pub(crate) fn argmax<B: Backend>(x: &Tensor<B, 2>) -> Option<Tensor<B, 1, Int>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>) -> Option<Tensor<B, 1, Int>> {
+        // The kernel writes i32: the backend's ints must be i32 too.
+        if !supported(x.dtype()) || <B::IntElem as burn::tensor::Element>::dtype() != DType::I32 {
+            return None;
+        }
+        Some(Tensor::from_primitive(downcast(topk::argmax::<R>(float(x)))?))
+    }
+    for_each_runtime!(run, B, x)
+}
+
 /// [n, 2k] f32: each row's top-k log-probs, then their ids.
 pub(crate) fn log_softmax_top_k<B: Backend>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {
     fn run<B: Backend, R: CubeRuntime>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {

@@ -122,3 +122,96 @@ pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> C
     };
     out
 }
+
+/// Loads in flight per thread in [`argmax_kernel`]'s scan.
+const ARGMAX_UNROLL: usize = 4;
+const ARGMAX_THREADS: usize = 1024;
+
+/// Per row of x [n, v]: the index of the largest value, the lower index on ties (what every greedy
+/// step and verifier compares), as i32. One cube per row; each thread keeps its best of
+/// `ARGMAX_UNROLL` vectors of `width` values per step, then the cube reduces the pairs.
+#[cube(launch_unchecked)]
+fn argmax_kernel<F: Float, N: Size>(x: &Tensor<Vector<F, N>>, out: &mut Tensor<i32>, vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+    let row = CUBE_POS_X as usize;
+    let tid = UNIT_POS_X as usize;
+    let width = x.vector_size();
+    let base = row * vectors;
+    let mut bv = f32::new(-3.0e38);
+    let mut bi = 0xFFFF_FFFFu32;
+    let mut j = tid;
+    while j < vectors {
+        let mut vals = Array::<Vector<F, N>>::new(ARGMAX_UNROLL);
+        // Every load is issued before any is used (a past-the-row slot reads vector 0, then is skipped).
+        #[unroll]
+        for q in 0..ARGMAX_UNROLL {
+            let jq = j + q * threads;
+            let mut at = 0usize;
+            if jq < vectors {
+                at = jq;
+            }
+            vals[q] = x[base + at];
+        }
+        #[unroll]
+        for q in 0..ARGMAX_UNROLL {
+            let jq = j + q * threads;
+            if jq < vectors {
+                let vq = vals[q];
+                #[unroll]
+                for e in 0..width {
+                    let xv = f32::cast_from(vq[e]);
+                    let ie = u32::cast_from(jq * width + e);
+                    if before(xv, ie, bv, bi) {
+                        bv = xv;
+                        bi = ie;
+                    }
+                }
+            }
+        }
+        j += comptime!(ARGMAX_UNROLL * threads);
+    }
+    let mut red_v = SharedMemory::<f32>::new(threads);
+    let mut red_i = SharedMemory::<u32>::new(threads);
+    red_v[tid] = bv;
+    red_i[tid] = bi;
+    sync_cube();
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if tid < stride {
+            if before(red_v[tid + stride], red_i[tid + stride], red_v[tid], red_i[tid]) {
+                red_v[tid] = red_v[tid + stride];
+                red_i[tid] = red_i[tid + stride];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if tid == 0 {
+        // A row of only NaN or -inf keeps the sentinel: report index 0.
+        let mut best = red_i[0];
+        if best == 0xFFFF_FFFFu32 {
+            best = 0u32;
+        }
+        out[row] = i32::cast_from(best);
+    }
+}
+
+/// x [n, v] -> [n] i32 (as the backend's int tensor).
+pub(crate) fn argmax<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    let [n, v] = x.meta.shape().dims::<2>();
+    let dtype = x.dtype;
+    let x = into_contiguous(x);
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([n]), DType::I32);
+    let client = x.client.clone();
+    let count = CubeCount::Static(n as u32, 1, 1);
+    let dim = CubeDim::new_1d(ARGMAX_THREADS as u32);
+    // SAFETY: one cube per row; vectors read at < v / width per row (rows are contiguous and, with
+    // width 8, v % 8 == 0 keeps every row start aligned); one output per row.
+    unsafe {
+        if v % 8 == 0 {
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, x.into_tensor_arg(), out.clone().into_tensor_arg(), v / 8, ARGMAX_THREADS, dtype.into())
+        } else {
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, x.into_tensor_arg(), out.clone().into_tensor_arg(), v, ARGMAX_THREADS, dtype.into())
+        }
+    };
+    out
+}

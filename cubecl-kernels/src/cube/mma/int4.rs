@@ -1,66 +1,70 @@
 //! The int4 tensor-core product (layout and reasons in [`crate::mma`]).
 //!
-//! Per unit of 64 inputs a lane needs one 16-byte weight vector per channel tile, its x vectors
-//! and the (scale, offset) pairs of its two channel rows. All of these are loaded one unit ahead
-//! (`ahead`): the loads of unit u + warps are in flight while unit u's products run, so a warp keeps
-//! two units' bytes outstanding instead of stalling on every load. The part a block belongs to is
-//! resolved once, outside the loop (the loop is instantiated per part), so no load waits behind a
-//! per-load selection branch.
+//! At M = 1 the product was issue-bound, not bandwidth-bound (ncu, `docs/perf/int4-matmul.md`): ~210
+//! instructions per 16-channel x 64-input unit (512 weight bytes), of which the mma and the nibble
+//! conversions are ~45; the rest was per-unit overhead (indices, predicates, a run-time division for
+//! the group, one scale fold and two scale loads per unit). So a warp now takes `span` consecutive
+//! units per step (their weight vectors loaded together), the group size is a compile-time constant,
+//! and scales are folded once per `fold_len` inputs (a whole group where the span allows). The part a
+//! block belongs to is resolved once, outside the loop (the loop is instantiated per part).
 
 use cubecl::prelude::*;
 
 use super::{b_regs, epilogue, load_x, locate, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
-/// Load unit `u`'s operands (zero past K, past the part's tiles, and for u >= units).
+/// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
+/// pairs of rows g and g + 8 for each fold (`av[(c * folds + f) * 2 + {0, 1}]`); zero past the part's
+/// tiles and for units >= units.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_unit<F: Float>(
-    x: &Tensor<V8<F>>,
+fn load_span<F: Float>(
     w_a: &Tensor<W4>,
     aux_a: &Tensor<V2<F>>,
     w_b: &Tensor<W4>,
     aux_b: &Tensor<V2<F>>,
     wv: &mut Array<W4>,
-    xv: &mut Array<V8<F>>,
     av: &mut Array<V2<F>>,
     tiles: &Array<usize>,
     tiles_n: usize,
     np_a: usize,
     np_b: usize,
-    tok0: usize,
-    m: usize,
-    k: usize,
-    u: usize,
+    u0: usize,
     units: usize,
-    group: usize,
     groups: usize,
     #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] halves: usize,
+    #[comptime] span: usize,
+    #[comptime] group: usize,
+    #[comptime] fold_len: usize,
     #[comptime] swiglu: bool,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
     let g = lane / 4;
+    let folds = comptime!(span * UNIT_K / fold_len);
     #[unroll]
     for c in 0usize..ct {
-        let live = u < units && tiles[c] < tiles_n;
-        let mut v = W4::new(0i32);
-        if live {
-            let idx = (tiles[c] * units + u) * 32 + lane;
-            if comptime!(swiglu && c == 1) {
-                v = w_b[idx];
-            } else {
-                v = w_a[idx];
-            }
-        }
-        wv[c] = v;
+        let tile_live = tiles[c] < tiles_n;
+        let base = tiles[c] * units;
         #[unroll]
-        for h in 0usize..halves {
+        for j in 0usize..span {
+            let mut v = W4::new(0i32);
+            if tile_live && u0 + j < units {
+                let idx = (base + u0 + j) * 32 + lane;
+                if comptime!(swiglu && c == 1) {
+                    v = w_b[idx];
+                } else {
+                    v = w_a[idx];
+                }
+            }
+            wv[c * span + j] = v;
+        }
+        #[unroll]
+        for f in 0usize..folds {
             let mut s0 = V2::<F>::new(F::new(0.0));
             let mut s1 = V2::<F>::new(F::new(0.0));
-            if live {
-                let mut grp = (u * UNIT_K + 32 * h) / group;
+            let k0 = u0 * UNIT_K + f * fold_len;
+            if tile_live && k0 < units * UNIT_K {
+                let mut grp = k0 / group;
                 if grp >= groups {
                     grp = groups - 1;
                 }
@@ -74,14 +78,13 @@ fn load_unit<F: Float>(
                     s1 = aux_a[row + 8];
                 }
             }
-            av[(c * halves + h) * 2] = s0;
-            av[(c * halves + h) * 2 + 1] = s1;
+            av[(c * folds + f) * 2] = s0;
+            av[(c * folds + f) * 2 + 1] = s1;
         }
     }
-    load_x::<F>(x, xv, tok0, m, k, u, tt);
 }
 
-/// `acc[c][i] += s P + (o - bias s) X` with half `h`'s (scale, offset), then zero P and X.
+/// `acc[c][i] += s P + (o - bias s) X` with fold `f`'s (scale, offset), then zero P and X.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fold<F: Float>(
@@ -90,15 +93,15 @@ fn fold<F: Float>(
     xs: &mut Array<V2<f32>>,
     av: &Array<V2<F>>,
     bias_q: f32,
-    #[comptime] h: usize,
-    #[comptime] halves: usize,
+    #[comptime] f: usize,
+    #[comptime] folds: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
 ) {
     #[unroll]
     for c in 0usize..ct {
-        let sv0 = av[comptime!((c * halves + h) * 2)];
-        let sv1 = av[comptime!((c * halves + h) * 2 + 1)];
+        let sv0 = av[comptime!((c * folds + f) * 2)];
+        let sv1 = av[comptime!((c * folds + f) * 2 + 1)];
         let s0 = f32::cast_from(sv0[0usize]);
         let o0 = f32::cast_from(sv0[1usize]) - bias_q * s0;
         let s1 = f32::cast_from(sv1[0usize]);
@@ -129,7 +132,8 @@ fn fold<F: Float>(
     }
 }
 
-/// The warp's units of K, in order: `acc` gets every unit's group-scaled products.
+/// The warp's spans of K, in order (warp w: spans w, w + warps, ...): `acc` gets every unit's
+/// group-scaled products.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
@@ -148,20 +152,20 @@ fn int4_units<F: Float>(
     m: usize,
     k: usize,
     units: usize,
-    group: usize,
     bias_q: f32,
     ones: i32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
-    #[comptime] per_half: bool,
+    #[comptime] span: usize,
+    #[comptime] group: usize,
+    #[comptime] fold_len: usize,
     #[comptime] magic: i32,
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
-    #[comptime] ahead: bool,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
-    let halves = comptime!(if per_half { 2usize } else { 1usize });
+    let folds = comptime!(span * UNIT_K / fold_len);
     let groups = (k + group - 1) / group;
     let mut p = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     let mut xs = Array::<V2<f32>>::new(comptime!(tt * 2));
@@ -186,53 +190,36 @@ fn int4_units<F: Float>(
     }
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
-    // This unit's operands and (ahead) the next one's.
-    let mut wv = Array::<W4>::new(ct);
+    let mut wv = Array::<W4>::new(comptime!(ct * span));
     let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
-    let mut av = Array::<V2<F>>::new(comptime!(ct * halves * 2));
-    let mut wn = Array::<W4>::new(ct);
-    let mut xn = Array::<V8<F>>::new(comptime!(tt * 2));
-    let mut an = Array::<V2<F>>::new(comptime!(ct * halves * 2));
-    load_unit::<F>(x, w_a, aux_a, w_b, aux_b, &mut wv, &mut xv, &mut av, tiles, tiles_n, np_a, np_b, tok0, m, k, warp, units, group, groups, ct, tt, halves, swiglu);
+    let mut av = Array::<V2<F>>::new(comptime!(ct * folds * 2));
 
-    let iters = (units + warps - 1) / warps;
+    let spans = (units + span - 1) / span;
+    let iters = (spans + warps - 1) / warps;
     for it in 0usize..iters {
-        let u_next = warp + (it + 1) * warps;
-        if comptime!(ahead) {
-            load_unit::<F>(x, w_a, aux_a, w_b, aux_b, &mut wn, &mut xn, &mut an, tiles, tiles_n, np_a, np_b, tok0, m, k, u_next, units, group, groups, ct, tt, halves, swiglu);
-        }
+        let u0 = (warp + it * warps) * span;
+        load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
         #[unroll]
-        for s in 0usize..4usize {
-            b_regs::<F>(&xv, &mut b, tt, s);
+        for j in 0usize..span {
+            load_x::<F>(x, &mut xv, tok0, m, k, u0 + j, tt);
             #[unroll]
-            for c in 0usize..ct {
-                let word = wv[c][s];
+            for s in 0usize..4usize {
+                b_regs::<F>(&xv, &mut b, tt, s);
                 #[unroll]
-                for r in 0usize..4usize {
-                    a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
+                for c in 0usize..ct {
+                    let word = wv[c * span + j][s];
+                    #[unroll]
+                    for r in 0usize..4usize {
+                        a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
+                    }
+                }
+                slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, emu, ct, tt, true, emulate);
+                // Slabs 0-1 cover the unit's first 32 inputs, 2-3 the second: fold where a fold ends.
+                let done = comptime!(j * UNIT_K + 32 * (s / 2 + 1));
+                if comptime!(s % 2 == 1 && done % fold_len == 0) {
+                    fold::<F>(acc, &mut p, &mut xs, &av, bias_q, comptime!(done / fold_len - 1), folds, ct, tt);
                 }
             }
-            slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, emu, ct, tt, true, emulate);
-            // Fold per group of 32 (after slabs 1 and 3), or once per unit for groups of 64+.
-            if comptime!(s % 2 == 1 && (per_half || s == 3)) {
-                fold::<F>(acc, &mut p, &mut xs, &av, bias_q, comptime!(if per_half { s / 2 } else { 0 }), halves, ct, tt);
-            }
-        }
-        if comptime!(ahead) {
-            #[unroll]
-            for c in 0usize..ct {
-                wv[c] = wn[c];
-            }
-            #[unroll]
-            for j in 0usize..tt * 2 {
-                xv[j] = xn[j];
-            }
-            #[unroll]
-            for j in 0usize..ct * halves * 2 {
-                av[j] = an[j];
-            }
-        } else {
-            load_unit::<F>(x, w_a, aux_a, w_b, aux_b, &mut wv, &mut xv, &mut av, tiles, tiles_n, np_a, np_b, tok0, m, k, u_next, units, group, groups, ct, tt, halves, swiglu);
         }
     }
 }
@@ -260,19 +247,19 @@ pub(super) fn int4_mma_kernel<F: Float>(
     n2: usize,
     c1: usize,
     c2: usize,
-    group: usize,
     bias_q: f32,
     ones: i32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
-    #[comptime] per_half: bool,
+    #[comptime] span: usize,
+    #[comptime] group: usize,
+    #[comptime] fold_len: usize,
     #[comptime] magic: i32,
     #[comptime] has_bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
-    #[comptime] ahead: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -312,13 +299,13 @@ pub(super) fn int4_mma_kernel<F: Float>(
     }
     // One instance of the loop per part: the weight and aux tensors are fixed inside it.
     if comptime!(swiglu) {
-        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, group, bias_q, ones, warps, ct, tt, per_half, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     } else if part == 0u32 {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, group, bias_q, ones, warps, ct, tt, per_half, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     } else if part == 1u32 {
-        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, group, bias_q, ones, warps, ct, tt, per_half, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     } else {
-        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, group, bias_q, ones, warps, ct, tt, per_half, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     }
 
     #[unroll]
