@@ -579,6 +579,24 @@ fn token_tiles(m: usize, emulate: bool) -> usize {
     }
 }
 
+/// Channel tiles per block: gate and up for a SwiGLU pair; two for an int4 product of at most 8
+/// tokens, where each tile's own work (conversions, mma) is small beside the per-unit work a block's
+/// tiles share (x loads, B registers, the group sums of x). A channel's sum does not depend on its
+/// block's other tiles, so this may depend on M.
+fn channel_tiles(m: usize, spec: &MmaProduct) -> usize {
+    if spec.swiglu || (spec.group.is_some() && m <= 8 && int4_pair()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
+fn int4_pair() -> bool {
+    static PAIR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAIR.get_or_init(|| std::env::var("HIERSPEC_MMA_PAIR").map_or(true, |v| v != "0"))
+}
+
 /// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
 /// default 2). Fixed per process and chosen without M, so results stay batch-invariant.
 fn int4_span() -> usize {
@@ -612,8 +630,8 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
     let units = k.div_ceil(UNIT_K);
     let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(TILE_N)).collect();
-    let ct = if spec.swiglu { 2 } else { 1 };
     let tt = token_tiles(m, spec.emulate);
+    let ct = channel_tiles(m, &spec);
     let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
     let span = if spec.group.is_some() { int4_span() } else { 1 };
