@@ -4,7 +4,7 @@
 #   stalls: ncu sections (speed of light, memory, occupancy, warp states) of the int4 and dense
 #           tensor-core products at Llama-3-8B / 70B shapes, M = 1 and 64 (one launch each, cold caches)
 #   times:  device time of the int4 product per (shape, M) under ncu, cold caches (median of 3)
-#   attn:   ncu sections of tree attention at cache 512, N = 1 and 4 (the decode and a small tree)
+#   attn:   ncu sections of one decode-step tree attention launch (Llama-3-8B W4A16, cache ~130)
 #   ar:     every kernel of a short synthetic AR decode under ncu (device time per kernel name), for
 #           Llama-3-8B and Qwen2.5-Coder-1.5B W4A16: device time per token against the wall clock
 set -u
@@ -41,9 +41,11 @@ for i, sh in enumerate(shapes):
 PY
   ;;
 attn)
-  timeout 150 $NCU --clock-control none --cache-control all $SECTIONS --section InstructionStats -k regex:tree_attention_kernel -c 2 \
-    $BIN/bench-kernels --device cuda --dtype bf16 --attention --launches 1 --revision $REV > $OUT/attn${TAG:-}.txt 2>&1
-  grep -E "tree_attention|Duration|Issued Warp|Warp Cycles Per Issued|Executed Instructions|Registers Per|Achieved Active|Stall|L2 Hit|Memory Throughput" $OUT/attn${TAG:-}.txt | head -40 ;;
+  # One decode-step launch (Llama-3-8B W4A16, cache ~130): skip the prefill's 32 layers. (bench-kernels
+  # --attention runs its reference afterwards, too long for ncu's report to come back.)
+  timeout 200 $NCU --clock-control none --cache-control all $SECTIONS --section InstructionStats --section MemoryWorkloadAnalysis -k regex:tree_attention_kernel -s 40 -c 1 \
+    $BIN/bench --synthetic llama3-8b --int4 --device cuda --dtype bf16 --revision $REV --prompt-len 128 --new-tokens 4 --repeats 1 > $OUT/attn${TAG:-}.txt 2>&1
+  grep -E "tree_attention|Duration|Issued Warp|Warp Cycles Per Issued|Executed Instructions|Registers Per|Achieved Active|L2 Hit|Memory Throughput|Local|Eligible" $OUT/attn${TAG:-}.txt | head -40 ;;
 ar)
   for shape in ${AR:-llama3-8b qwen2.5-coder-1.5b}; do
     timeout 250 $NCU --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file $OUT/ar-$shape.csv \
