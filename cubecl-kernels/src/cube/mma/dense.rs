@@ -1,0 +1,124 @@
+//! The dense (bf16 / f16) tensor-core product (layout and reasons in [`crate::mma`]): per unit a lane
+//! loads four 16-byte weight vectors per channel tile and runs 4 k-slabs of mma.
+
+use cubecl::prelude::*;
+
+use super::{b_regs, epilogue, load_x, locate, shared_len, slab_products, V2, V8};
+use crate::mma::TILE_N;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dense_mma_kernel<F: Float>(
+    x: &Tensor<V8<F>>,
+    w0: &Tensor<V8<F>>,
+    w1: &Tensor<V8<F>>,
+    w2: &Tensor<V8<F>>,
+    b0: &Tensor<F>,
+    b1: &Tensor<F>,
+    b2: &Tensor<F>,
+    residual: &Tensor<F>,
+    out: &mut Tensor<F>,
+    m: usize,
+    k: usize,
+    units: usize,
+    n0: usize,
+    n1: usize,
+    n2: usize,
+    c1: usize,
+    c2: usize,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] add_residual: bool,
+    #[comptime] swiglu: bool,
+    #[comptime] emulate: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    let tok0 = CUBE_POS_X as usize * 8 * tt;
+    let (part, local) = locate(c1, c2);
+    let mut n = n0;
+    let mut first = 0usize;
+    if part == 1u32 {
+        n = n1;
+        first = n0;
+    } else if part == 2u32 {
+        n = n2;
+        first = n0 + n1;
+    }
+    let mut n_out = n0 + n1 + n2;
+    if comptime!(swiglu) {
+        n_out = n0;
+    }
+    let tiles_n = (n + TILE_N - 1) / TILE_N;
+    let mut tiles = Array::<usize>::new(ct);
+    #[unroll]
+    for c in 0usize..ct {
+        if comptime!(swiglu) {
+            tiles[c] = local;
+        } else {
+            tiles[c] = local * ct + c;
+        }
+    }
+
+    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
+    let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
+    #[unroll]
+    for j in 0usize..ct * tt * 2 {
+        acc[j] = V2::<f32>::new(0.0f32);
+    }
+    let mut wv = Array::<V8<F>>::new(comptime!(ct * 4));
+    let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
+    let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
+    let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
+    let mut no_sums = Array::<V2<f32>>::new(comptime!(tt * 2));
+
+    let iters = (units + warps - 1) / warps;
+    for it in 0usize..iters {
+        let u = warp + it * warps;
+        #[unroll]
+        for c in 0usize..ct {
+            #[unroll]
+            for s in 0usize..4usize {
+                let mut v = V8::<F>::new(F::new(0.0));
+                if u < units && tiles[c] < tiles_n {
+                    let idx = ((tiles[c] * units + u) * 4 + s) * 32 + lane;
+                    if comptime!(swiglu && c == 1) {
+                        v = w1[idx];
+                    } else if part == 0u32 {
+                        v = w0[idx];
+                    } else if part == 1u32 {
+                        v = w1[idx];
+                    } else {
+                        v = w2[idx];
+                    }
+                }
+                wv[c * 4 + s] = v;
+            }
+        }
+        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
+        #[unroll]
+        for s in 0usize..4usize {
+            b_regs::<F>(&xv, &mut b, tt, s);
+            #[unroll]
+            for c in 0usize..ct {
+                let v = wv[c * 4 + s];
+                #[unroll]
+                for r in 0usize..4usize {
+                    let mut q = V2::<F>::new(F::new(0.0));
+                    q[0usize] = v[comptime!(2 * r)];
+                    q[1usize] = v[comptime!(2 * r + 1)];
+                    a[c * 4 + r] = q;
+                }
+            }
+            slab_products::<F>(&a, &b, &a, &mut acc, &mut no_sums, &mut emu, ct, tt, false, emulate);
+        }
+    }
+
+    #[unroll]
+    for i in 0usize..tt {
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
+    }
+}
