@@ -579,6 +579,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     add_residual,
                     spec.swiglu,
                     spec.emulate,
+                    parts.len(),
                     dtype.into(),
                 )
             };

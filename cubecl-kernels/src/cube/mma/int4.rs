@@ -260,6 +260,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
+    #[comptime] parts: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -297,14 +298,17 @@ pub(super) fn int4_mma_kernel<F: Float>(
     for j in 0usize..ct * tt * 2 {
         acc[j] = V2::<f32>::new(0.0f32);
     }
-    // One instance of the loop per part: the weight and aux tensors are fixed inside it.
+    // One instance of the loop per part the product has (`parts`, compile-time): the weight and
+    // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
         int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+    } else if comptime!(parts == 1) {
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     } else if part == 0u32 {
         int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     } else if part == 1u32 {
         int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
-    } else {
+    } else if comptime!(parts == 3) {
         int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
     }
 
