@@ -211,21 +211,41 @@ fn load_x<F: Float>(x: &Tensor<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: us
     }
 }
 
-/// Which part (0..3) a channel block belongs to, and its block index within the part. Parts own
-/// blocks [0, c1), [c1, c2), [c2, ..).
+/// The block's channels: its part (0..3; parts own blocks [0, c1), [c1, c2), [c2, ..)), that
+/// part's width `n` and first output column, the output row width, the part's tile count, and the
+/// block's tiles in `tiles` (swiglu: gate tile `local` of part 0 and up tile `local` of part 1).
 #[cube]
-fn locate(c1: usize, c2: usize) -> (u32, usize) {
+#[allow(clippy::too_many_arguments)]
+fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: &mut Array<usize>, #[comptime] ct: usize, #[comptime] swiglu: bool) -> (u32, usize, usize, usize, usize) {
     let cy = CUBE_POS_Y as usize;
     let mut part = 0u32;
     let mut local = cy;
+    let mut n = n0;
+    let mut first = 0usize;
     if cy >= c2 {
         part = 2u32;
         local = cy - c2;
+        n = n2;
+        first = n0 + n1;
     } else if cy >= c1 {
         part = 1u32;
         local = cy - c1;
+        n = n1;
+        first = n0;
     }
-    (part, local)
+    let mut n_out = n0 + n1 + n2;
+    if comptime!(swiglu) {
+        n_out = n0;
+    }
+    #[unroll]
+    for c in 0usize..ct {
+        if comptime!(swiglu) {
+            tiles[c] = local;
+        } else {
+            tiles[c] = local * ct + c;
+        }
+    }
+    (part, n, first, n_out, (n + TILE_N - 1) / TILE_N)
 }
 
 /// Sum the warps' accumulators of token tile `i` (warp order) and write the outputs: `y[tok, first +

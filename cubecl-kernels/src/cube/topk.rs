@@ -21,6 +21,25 @@ fn before(v: f32, i: u32, bv: f32, bi: u32) -> bool {
     b
 }
 
+/// The best (value, index) pair of `red_v/red_i[0..CUBE_DIM_X)` by [`before`] (a power of two,
+/// one slot per thread, all written before the call), left in slot 0 for every thread.
+#[cube]
+fn block_argmax(red_v: &mut SharedMemory<f32>, red_i: &mut SharedMemory<u32>) {
+    let tid = UNIT_POS_X as usize;
+    sync_cube();
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if tid < stride {
+            if before(red_v[tid + stride], red_i[tid + stride], red_v[tid], red_i[tid]) {
+                red_v[tid] = red_v[tid + stride];
+                red_i[tid] = red_i[tid + stride];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+}
+
 #[cube(launch_unchecked)]
 fn topk_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<f32>, v: usize, k: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
     let row = CUBE_POS_X as usize;
@@ -78,18 +97,7 @@ fn topk_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<f32>, v: usize, k: usiz
         }
         red_v[tid] = bv;
         red_i[tid] = bi;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if tid < stride {
-                if before(red_v[tid + stride], red_i[tid + stride], red_v[tid], red_i[tid]) {
-                    red_v[tid] = red_v[tid + stride];
-                    red_i[tid] = red_i[tid + stride];
-                }
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        block_argmax(&mut red_v, &mut red_i);
         pv = red_v[0];
         pi = red_i[0];
         if tid == 0 {
@@ -173,18 +181,7 @@ fn argmax_kernel<F: Float, N: Size>(x: &Tensor<Vector<F, N>>, out: &mut Tensor<i
     let mut red_i = SharedMemory::<u32>::new(threads);
     red_v[tid] = bv;
     red_i[tid] = bi;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            if before(red_v[tid + stride], red_i[tid + stride], red_v[tid], red_i[tid]) {
-                red_v[tid] = red_v[tid + stride];
-                red_i[tid] = red_i[tid + stride];
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    block_argmax(&mut red_v, &mut red_i);
     if tid == 0 {
         // A row of only NaN or -inf keeps the sentinel: report index 0.
         let mut best = red_i[0];

@@ -3,8 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, epilogue, load_x, locate, shared_len, slab_products, V2, V8};
-use crate::mma::TILE_N;
+use super::{b_regs, block_channels, epilogue, load_x, shared_len, slab_products, V2, V8};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -38,30 +37,8 @@ pub(super) fn dense_mma_kernel<F: Float>(
     let lane = UNIT_POS_X as usize % 32usize;
     let warp = UNIT_POS_X as usize / 32usize;
     let tok0 = CUBE_POS_X as usize * 8 * tt;
-    let (part, local) = locate(c1, c2);
-    let mut n = n0;
-    let mut first = 0usize;
-    if part == 1u32 {
-        n = n1;
-        first = n0;
-    } else if part == 2u32 {
-        n = n2;
-        first = n0 + n1;
-    }
-    let mut n_out = n0 + n1 + n2;
-    if comptime!(swiglu) {
-        n_out = n0;
-    }
-    let tiles_n = (n + TILE_N - 1) / TILE_N;
     let mut tiles = Array::<usize>::new(ct);
-    #[unroll]
-    for c in 0usize..ct {
-        if comptime!(swiglu) {
-            tiles[c] = local;
-        } else {
-            tiles[c] = local * ct + c;
-        }
-    }
+    let (part, n, first, n_out, tiles_n) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu);
 
     let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));

@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, epilogue, load_x, locate, pair, shared_len, slab_products, V2, V8, W4};
+use super::{b_regs, block_channels, epilogue, load_x, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -264,33 +264,10 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
-    let (part, local) = locate(c1, c2);
-    let mut n = n0;
-    let mut first = 0usize;
-    if part == 1u32 {
-        n = n1;
-        first = n0;
-    } else if part == 2u32 {
-        n = n2;
-        first = n0 + n1;
-    }
-    let mut n_out = n0 + n1 + n2;
-    if comptime!(swiglu) {
-        n_out = n0;
-    }
-    let tiles_n = (n + TILE_N - 1) / TILE_N;
+    let mut tiles = Array::<usize>::new(ct);
+    let (part, n, first, n_out, tiles_n) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu);
     let np = tiles_n * TILE_N;
     let np1 = ((n1 + TILE_N - 1) / TILE_N) * TILE_N;
-    // This block's channel tiles (swiglu: gate tile `local` of part 0 and up tile `local` of part 1).
-    let mut tiles = Array::<usize>::new(ct);
-    #[unroll]
-    for c in 0usize..ct {
-        if comptime!(swiglu) {
-            tiles[c] = local;
-        } else {
-            tiles[c] = local * ct + c;
-        }
-    }
 
     let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
