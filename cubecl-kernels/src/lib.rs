@@ -23,6 +23,7 @@ pub mod dense;
 pub mod fused;
 pub mod int4;
 pub mod mma;
+pub mod probe;
 pub mod topk;
 
 #[cfg(feature = "cube")]

@@ -11,12 +11,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::attention::{self, AttnMask};
 use hierspec_kernels::fused::{self, Input, Part, PartWeight};
 use hierspec_kernels::mma::MmaWeight;
+use hierspec_kernels::probe::{self, Probe};
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
 use hierspec_model::{Error, Result};
 
@@ -239,6 +240,16 @@ fn launch_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<LaunchReco
         out.push(r);
     };
     measure("burn elementwise (x * 1.0001)", &mut || drop(v.clone().mul_scalar(1.0001)));
+    // Near-empty kernels: what a launch costs by itself, per kind of buffer argument, and with a
+    // fresh output buffer.
+    let (a, o) = (v.clone().cast(DType::F32), v.clone().cast(DType::F32));
+    for p in Probe::ALL {
+        if probe::launch(p, &a, &o) {
+            measure(&format!("probe {p:?}"), &mut || {
+                probe::launch(p, &a, &o);
+            });
+        }
+    }
     let scalar = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: None }];
     measure("scalar int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &scalar, Input::Plain, None)));
     if let Some(p) = packed.as_ref() {

@@ -6,6 +6,7 @@ mod attention;
 mod fused;
 mod matmul;
 mod mma;
+mod probe;
 mod reduce;
 mod topk;
 
@@ -317,4 +318,19 @@ pub(crate) fn log_softmax_top_k<B: Backend>(logits: &Tensor<B, 2>, k: usize) -> 
         Some(back::<B, R, 2>(topk::log_softmax_top_k::<R>(float(logits), k)))
     }
     for_each_runtime!(run, B, logits, k)
+}
+
+/// One launch of a launch-cost probe (`crate::probe`); false off cubecl runtimes or off f32.
+pub(crate) fn probe<B: Backend>(probe: crate::probe::Probe, a: &Tensor<B, 1>, out: &Tensor<B, 1>) -> bool {
+    fn run<B: Backend, R: CubeRuntime>(probe: crate::probe::Probe, a: &Tensor<B, 1>, out: &Tensor<B, 1>) -> Option<bool> {
+        if a.dtype() != DType::F32 || out.dtype() != DType::F32 || a.dims()[0] < 4 || out.dims()[0] < 4 {
+            return None;
+        }
+        self::probe::launch::<R>(probe, &float(a), &float(out));
+        Some(true)
+    }
+    fn go<B: Backend>(probe: crate::probe::Probe, a: &Tensor<B, 1>, out: &Tensor<B, 1>) -> Option<bool> {
+        for_each_runtime!(run, B, probe, a, out)
+    }
+    go(probe, a, out).unwrap_or(false)
 }
