@@ -47,15 +47,33 @@ const KEYS_IN_FLIGHT: usize = 16;
 /// Keys per unrolled group of a warp's V loop (their loads in flight at once; divides 32).
 const UNROLL: usize = 16;
 
+/// Element strides of the kernel's views (buffers go in as flat arrays: a tensor argument would
+/// upload its shape and strides with every launch, ~3.5 us of host time on the H200).
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+struct Strides {
+    q_head: usize,
+    q_row: usize,
+    q_dim: usize,
+    k_head: usize,
+    k_row: usize,
+    k_dim: usize,
+    v_head: usize,
+    v_row: usize,
+    v_dim: usize,
+    vis_row: usize,
+    vis_col: usize,
+}
+
 #[cube(launch_unchecked)]
 fn tree_attention_kernel<F: Float>(
-    q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
-    visible: &Tensor<i32>,
-    out: &mut Tensor<F>,
-    part_acc: &mut Tensor<f32>,
-    part_ml: &mut Tensor<f32>,
+    q: &Array<F>,
+    k: &Array<F>,
+    v: &Array<F>,
+    visible: &Array<i32>,
+    out: &mut Array<F>,
+    part_acc: &mut Array<f32>,
+    part_ml: &mut Array<f32>,
+    strides: Strides,
     t: usize,
     cols: usize,
     group: usize,
@@ -85,7 +103,7 @@ fn tree_attention_kernel<F: Float>(
     let mut o_s = SharedMemory::<f32>::new(comptime!(threads / 32 * head_dim));
     let per_lane = comptime!(head_dim.div_ceil(32));
     if tid < head_dim {
-        q_s[tid] = f32::cast_from(q[h * q.stride(1) + i * q.stride(2) + tid * q.stride(3)]) * scale;
+        q_s[tid] = f32::cast_from(q[h * strides.q_head + i * strides.q_row + tid * strides.q_dim]) * scale;
     }
     sync_cube();
     // The lane's head dims of q (lane + 32 e), kept in registers for every key.
@@ -102,15 +120,15 @@ fn tree_attention_kernel<F: Float>(
     // Keys this row sees: the prefix, then its listed masked columns; this cube takes one segment.
     let mut keys = t;
     if comptime!(masked) {
-        keys = prefix + visible[i * visible.stride(0)] as usize;
+        keys = prefix + visible[i * strides.vis_row] as usize;
     }
     let seg_start = seg * SEGMENT;
     let mut seg_end = seg_start + SEGMENT;
     if seg_end > keys {
         seg_end = keys;
     }
-    let k_base = kv * k.stride(1);
-    let v_base = kv * v.stride(1);
+    let k_base = kv * strides.k_head;
+    let v_base = kv * strides.v_head;
     let mut m_run = f32::new(-1.0e30);
     let mut l_run = 0.0f32;
     let mut acc = 0.0f32;
@@ -125,7 +143,7 @@ fn tree_attention_kernel<F: Float>(
         let mut row = j;
         if comptime!(masked) {
             if seen && j >= prefix {
-                row = prefix + visible[i * visible.stride(0) + (1 + j - prefix) * visible.stride(1)] as usize;
+                row = prefix + visible[i * strides.vis_row + (1 + j - prefix) * strides.vis_col] as usize;
             }
         }
         // Slots past the chunk read key row 0 (always a key): their loads stay unconditional, so a
@@ -143,14 +161,14 @@ fn tree_attention_kernel<F: Float>(
             for u in 0..KEYS_IN_FLIGHT {
                 let slot = warp * 32 + r0 * KEYS_IN_FLIGHT + u;
                 let mut part = 0.0f32;
-                let base = k_base + r_s[slot] as usize * k.stride(2);
+                let base = k_base + r_s[slot] as usize * strides.k_row;
                 #[unroll]
                 for e in 0..per_lane {
                     let d = lane + e * 32;
                     if comptime!(head_dim % 32 == 0) {
-                        part += qv[e] * f32::cast_from(k[base + d * k.stride(3)]);
+                        part += qv[e] * f32::cast_from(k[base + d * strides.k_dim]);
                     } else if d < head_dim {
-                        part += qv[e] * f32::cast_from(k[base + d * k.stride(3)]);
+                        part += qv[e] * f32::cast_from(k[base + d * strides.k_dim]);
                     }
                 }
                 part_s[slot * 33 + lane] = part;
@@ -200,14 +218,14 @@ fn tree_attention_kernel<F: Float>(
             for u in 0..UNROLL {
                 let slot = warp * 32 + r0 * UNROLL + u;
                 let pw = p_s[slot];
-                let base = v_base + r_s[slot] as usize * v.stride(2);
+                let base = v_base + r_s[slot] as usize * strides.v_row;
                 #[unroll]
                 for e in 0..per_lane {
                     let d = lane + e * 32;
                     if comptime!(head_dim % 32 == 0) {
-                        ov[e] += pw * f32::cast_from(v[base + d * v.stride(3)]);
+                        ov[e] += pw * f32::cast_from(v[base + d * strides.v_dim]);
                     } else if d < head_dim {
-                        ov[e] += pw * f32::cast_from(v[base + d * v.stride(3)]);
+                        ov[e] += pw * f32::cast_from(v[base + d * strides.v_dim]);
                     }
                 }
             }
@@ -254,9 +272,9 @@ fn tree_attention_kernel<F: Float>(
 /// Merge each (row, head)'s segments in order: one thread per head dimension.
 #[cube(launch_unchecked)]
 fn merge_segments_kernel<F: Float>(
-    part_acc: &Tensor<f32>,
-    part_ml: &Tensor<f32>,
-    out: &mut Tensor<F>,
+    part_acc: &Array<f32>,
+    part_ml: &Array<f32>,
+    out: &mut Array<F>,
     segments: usize,
     #[comptime] head_dim: usize,
     #[define(F)] _dtype: StorageType,
@@ -310,6 +328,20 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let (part_acc, part_ml) = (scratch(units * if direct { 1 } else { hd }), scratch(units * 2));
     // Unmasked (one new row): the kernel never reads `visible`; q's buffer fills the slot.
     let visible = visible.map(|b| b.0).unwrap_or_else(|| q.clone());
+    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    let strides = StridesLaunch::new(
+        st(&q, 1),
+        st(&q, 2),
+        st(&q, 3),
+        st(&k, 1),
+        st(&k, 2),
+        st(&k, 3),
+        st(&v, 1),
+        st(&v, 2),
+        st(&v, 3),
+        if masked { st(&visible, 0) } else { 0 },
+        if masked { st(&visible, 1) } else { 0 },
+    );
     // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, list entries < 1 +
     // cols, partial slots < n * heads * segments.
     unsafe {
@@ -317,13 +349,14 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
             &client,
             CubeCount::Static(n as u32, heads as u32, segments as u32),
             CubeDim::new_1d(threads as u32),
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            visible.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            part_acc.clone().into_tensor_arg(),
-            part_ml.clone().into_tensor_arg(),
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            visible.into_array_arg(),
+            out.clone().into_array_arg(),
+            part_acc.clone().into_array_arg(),
+            part_ml.clone().into_array_arg(),
+            strides,
             t,
             cols,
             heads / kv_heads,
@@ -339,9 +372,9 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
                 &client,
                 CubeCount::Static((n * heads) as u32, 1, 1),
                 CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
-                part_acc.into_tensor_arg(),
-                part_ml.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
+                part_acc.into_array_arg(),
+                part_ml.into_array_arg(),
+                out.clone().into_array_arg(),
                 segments,
                 hd,
                 dtype.into(),

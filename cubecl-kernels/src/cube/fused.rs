@@ -13,9 +13,9 @@ const NORM_THREADS: usize = 256;
 /// before the weight multiplies it, as the reference (and HF) do.
 #[cube(launch_unchecked)]
 fn rms_norm_kernel<F: Float>(
-    x: &Tensor<F>,
-    w: &Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Array<F>,
+    w: &Array<F>,
+    out: &mut Array<F>,
     h: usize,
     eps: f32,
     #[comptime] threads: usize,
@@ -37,7 +37,7 @@ fn rms_norm_kernel<F: Float>(
     let mut j = tid;
     while j < h {
         let normed = F::cast_from(f32::cast_from(x[row * h + j]) / rms);
-        out[row * h + j] = F::cast_from(f32::cast_from(normed) * f32::cast_from(w[j * w.stride(0)]));
+        out[row * h + j] = F::cast_from(f32::cast_from(normed) * f32::cast_from(w[j]));
         j += threads;
     }
 }
@@ -47,9 +47,9 @@ fn rms_norm_kernel<F: Float>(
 /// H200 at h = 4096 (`docs/perf/pass.md`), 5% of a Llama-3-8B W4A16 step.
 #[cube(launch_unchecked)]
 fn rms_norm_vec_kernel<F: Float>(
-    x: &Tensor<Vector<F, Const<8>>>,
-    w: &Tensor<Vector<F, Const<8>>>,
-    out: &mut Tensor<Vector<F, Const<8>>>,
+    x: &Array<Vector<F, Const<8>>>,
+    w: &Array<Vector<F, Const<8>>>,
+    out: &mut Array<Vector<F, Const<8>>>,
     h8: usize,
     eps: f32,
     #[comptime] threads: usize,
@@ -93,17 +93,17 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
     let dtype = x.dtype;
     let x = into_contiguous(x);
     let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, h]), dtype);
+    let w = into_contiguous(w);
     if h % 8 == 0 {
-        let w = into_contiguous(w);
         // SAFETY: one cube per row, vectors bounded by h / 8; x, w and out are contiguous.
         unsafe {
             rms_norm_vec_kernel::launch_unchecked::<R>(
                 &x.client.clone(),
                 CubeCount::Static(m as u32, 1, 1),
                 CubeDim::new_1d(NORM_THREADS as u32),
-                x.into_tensor_arg(),
-                w.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
+                x.into_array_arg(),
+                w.into_array_arg(),
+                out.clone().into_array_arg(),
                 h / 8,
                 eps as f32,
                 NORM_THREADS,
@@ -118,9 +118,9 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
             &x.client.clone(),
             CubeCount::Static(m as u32, 1, 1),
             CubeDim::new_1d(NORM_THREADS as u32),
-            x.into_tensor_arg(),
-            w.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            w.into_array_arg(),
+            out.clone().into_array_arg(),
             h,
             eps as f32,
             NORM_THREADS,
@@ -130,18 +130,35 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
     out
 }
 
+/// Element strides of RoPE's table and cache views (buffers go in as flat arrays: a tensor argument
+/// would upload its shape and strides with every launch).
+#[derive(CubeLaunch, CubeType, Clone, Copy)]
+struct RopeStrides {
+    cos_row: usize,
+    cos_col: usize,
+    sin_row: usize,
+    sin_col: usize,
+    k_head: usize,
+    k_row: usize,
+    k_dim: usize,
+    v_head: usize,
+    v_row: usize,
+    v_dim: usize,
+}
+
 /// Row i of qkv [n, (heads + 2 kv_heads) hd] holds q heads, then k heads, then v heads. Cube (i, s):
 /// s < heads rotates q head s into q_out [heads, n, hd]; the next kv_heads rotate k heads into cache
 /// row start + i; the last kv_heads copy v. Thread d handles the pair (d, d + hd/2) (half-split RoPE).
 #[cube(launch_unchecked)]
 fn rope_qkv_kernel<F: Float>(
-    qkv: &Tensor<F>,
-    positions: &Tensor<i32>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    q_out: &mut Tensor<F>,
-    k_cache: &mut Tensor<F>,
-    v_cache: &mut Tensor<F>,
+    qkv: &Array<F>,
+    positions: &Array<i32>,
+    cos: &Array<F>,
+    sin: &Array<F>,
+    q_out: &mut Array<F>,
+    k_cache: &mut Array<F>,
+    v_cache: &mut Array<F>,
+    strides: RopeStrides,
     n: usize,
     heads: usize,
     kv_heads: usize,
@@ -158,8 +175,8 @@ fn rope_qkv_kernel<F: Float>(
     let x2 = f32::cast_from(qkv[base + d + half]);
     if s < heads + kv_heads {
         let p = positions[i] as usize;
-        let c = f32::cast_from(cos[p * cos.stride(0) + d * cos.stride(1)]);
-        let sn = f32::cast_from(sin[p * sin.stride(0) + d * sin.stride(1)]);
+        let c = f32::cast_from(cos[p * strides.cos_row + d * strides.cos_col]);
+        let sn = f32::cast_from(sin[p * strides.sin_row + d * strides.sin_col]);
         let y1 = x1 * c - x2 * sn;
         let y2 = x2 * c + x1 * sn;
         if s < heads {
@@ -167,14 +184,14 @@ fn rope_qkv_kernel<F: Float>(
             q_out[o + d] = F::cast_from(y1);
             q_out[o + d + half] = F::cast_from(y2);
         } else {
-            let r = (s - heads) * k_cache.stride(1) + (start + i) * k_cache.stride(2);
-            k_cache[r + d * k_cache.stride(3)] = F::cast_from(y1);
-            k_cache[r + (d + half) * k_cache.stride(3)] = F::cast_from(y2);
+            let r = (s - heads) * strides.k_head + (start + i) * strides.k_row;
+            k_cache[r + d * strides.k_dim] = F::cast_from(y1);
+            k_cache[r + (d + half) * strides.k_dim] = F::cast_from(y2);
         }
     } else {
-        let r = (s - heads - kv_heads) * v_cache.stride(1) + (start + i) * v_cache.stride(2);
-        v_cache[r + d * v_cache.stride(3)] = F::cast_from(x1);
-        v_cache[r + (d + half) * v_cache.stride(3)] = F::cast_from(x2);
+        let r = (s - heads - kv_heads) * strides.v_head + (start + i) * strides.v_row;
+        v_cache[r + d * strides.v_dim] = F::cast_from(x1);
+        v_cache[r + (d + half) * strides.v_dim] = F::cast_from(x2);
     }
 }
 
@@ -196,6 +213,20 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
     let dtype = qkv.dtype;
     let qkv = into_contiguous(qkv);
     let q = empty_device_contiguous_dtype::<R>(qkv.client.clone(), qkv.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    let positions = into_contiguous(positions);
+    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    let strides = RopeStridesLaunch::new(
+        st(&cos, 0),
+        st(&cos, 1),
+        st(&sin, 0),
+        st(&sin, 1),
+        st(&k_cache, 1),
+        st(&k_cache, 2),
+        st(&k_cache, 3),
+        st(&v_cache, 1),
+        st(&v_cache, 2),
+        st(&v_cache, 3),
+    );
     // SAFETY: rows < n, head slots < heads + 2 kv_heads, dims < hd; positions < max_positions and
     // start + n <= capacity are checked by the caller.
     unsafe {
@@ -203,13 +234,14 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
             &qkv.client.clone(),
             CubeCount::Static(n as u32, (heads + 2 * kv_heads) as u32, 1),
             CubeDim::new_1d((hd / 2) as u32),
-            qkv.into_tensor_arg(),
-            positions.into_tensor_arg(),
-            cos.into_tensor_arg(),
-            sin.into_tensor_arg(),
-            q.clone().into_tensor_arg(),
-            k_cache.into_tensor_arg(),
-            v_cache.into_tensor_arg(),
+            qkv.into_array_arg(),
+            positions.into_array_arg(),
+            cos.into_array_arg(),
+            sin.into_array_arg(),
+            q.clone().into_array_arg(),
+            k_cache.into_array_arg(),
+            v_cache.into_array_arg(),
+            strides,
             n,
             heads,
             kv_heads,

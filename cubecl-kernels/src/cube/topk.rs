@@ -41,7 +41,7 @@ fn block_argmax(red_v: &mut SharedMemory<f32>, red_i: &mut SharedMemory<u32>) {
 }
 
 #[cube(launch_unchecked)]
-fn topk_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<f32>, v: usize, k: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+fn topk_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, v: usize, k: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let base = row * v;
@@ -120,8 +120,8 @@ pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> C
             &x.client.clone(),
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(THREADS as u32),
-            x.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            out.clone().into_array_arg(),
             v,
             k,
             THREADS,
@@ -139,7 +139,7 @@ const ARGMAX_THREADS: usize = 1024;
 /// step and verifier compares), as i32. One cube per row; each thread keeps its best of
 /// `ARGMAX_UNROLL` vectors of `width` values per step, then the cube reduces the pairs.
 #[cube(launch_unchecked)]
-fn argmax_kernel<F: Float, N: Size>(x: &Tensor<Vector<F, N>>, out: &mut Tensor<i32>, vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+fn argmax_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<i32>, vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let width = x.vector_size();
@@ -205,9 +205,9 @@ pub(crate) fn argmax<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     // width 8, v % 8 == 0 keeps every row start aligned); one output per row.
     unsafe {
         if v % 8 == 0 {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, x.into_tensor_arg(), out.clone().into_tensor_arg(), v / 8, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, x.into_array_arg(), out.clone().into_array_arg(), v / 8, ARGMAX_THREADS, dtype.into())
         } else {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, x.into_tensor_arg(), out.clone().into_tensor_arg(), v, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, x.into_array_arg(), out.clone().into_array_arg(), v, ARGMAX_THREADS, dtype.into())
         }
     };
     out

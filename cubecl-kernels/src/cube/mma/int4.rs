@@ -19,10 +19,10 @@ use crate::mma::{TILE_N, UNIT_K};
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_span<F: Float>(
-    w_a: &Tensor<W4>,
-    aux_a: &Tensor<V2<F>>,
-    w_b: &Tensor<W4>,
-    aux_b: &Tensor<V2<F>>,
+    w_a: &Array<W4>,
+    aux_a: &Array<V2<F>>,
+    w_b: &Array<W4>,
+    aux_b: &Array<V2<F>>,
     wv: &mut Array<W4>,
     av: &mut Array<V2<F>>,
     tiles: &Array<usize>,
@@ -137,11 +137,11 @@ fn fold<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
-    x: &Tensor<V8<F>>,
-    w_a: &Tensor<W4>,
-    aux_a: &Tensor<V2<F>>,
-    w_b: &Tensor<W4>,
-    aux_b: &Tensor<V2<F>>,
+    x: &Array<V8<F>>,
+    w_a: &Array<W4>,
+    aux_a: &Array<V2<F>>,
+    w_b: &Array<W4>,
+    aux_b: &Array<V2<F>>,
     acc: &mut Array<V2<f32>>,
     emu: &mut SharedMemory<f32>,
     tiles: &Array<usize>,
@@ -227,18 +227,18 @@ fn int4_units<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn int4_mma_kernel<F: Float>(
-    x: &Tensor<V8<F>>,
-    w0: &Tensor<W4>,
-    w1: &Tensor<W4>,
-    w2: &Tensor<W4>,
-    aux0: &Tensor<V2<F>>,
-    aux1: &Tensor<V2<F>>,
-    aux2: &Tensor<V2<F>>,
-    b0: &Tensor<F>,
-    b1: &Tensor<F>,
-    b2: &Tensor<F>,
-    residual: &Tensor<F>,
-    out: &mut Tensor<F>,
+    x: &Array<V8<F>>,
+    w0: &Array<W4>,
+    w1: &Array<W4>,
+    w2: &Array<W4>,
+    aux0: &Array<V2<F>>,
+    aux1: &Array<V2<F>>,
+    aux2: &Array<V2<F>>,
+    b0: &Array<F>,
+    b1: &Array<F>,
+    b2: &Array<F>,
+    residual: &Array<F>,
+    out: &mut Array<F>,
     m: usize,
     k: usize,
     units: usize,
