@@ -1,50 +1,34 @@
 //! Tree attention, flash-decoding style. Each row's visible keys form one logical sequence: the
 //! prefix rows, then the row's listed masked columns (an unmasked single new row sees every row).
 //! That sequence is cut into segments of [`SEGMENT`] keys; one cube per (new row, query head,
-//! segment) runs an online softmax (running max and sum in f32) over its segment in chunks of its
-//! thread count, and a second kernel merges the segments in order. With one segment the first
-//! kernel writes the output itself (bit-identical to merging one segment with empty ones).
+//! segment) walks its segment in chunks of [`THREADS`] keys, and a second kernel merges the
+//! segments in order. With one segment the first kernel writes the output itself (bit-identical to
+//! merging one segment with empty ones).
 //!
-//! Chunks and segments are cut by position in the logical sequence, never by row index or row
-//! count: a tree node at depth d sums exactly what the single-row step at its position sums after
-//! its path was accepted, term for term and in the same order, so greedy verification is
-//! batch-invariant down to the last bit.
+//! In a chunk, warp w owns slots [32 w, 32 w + 32), one key per lane: the lane scores its key over
+//! every head dim (16-byte K loads), then the warp keeps its own online softmax (running max, sum
+//! and probability-weighted V, the lane holding head dims lane + 32 e), and the warps' states are
+//! merged in warp order at the end. Three barriers per chunk; the previous layout (every lane one head
+//! dim of 16 keys, partial sums transposed through shared memory, block-wide max and sum per chunk)
+//! cost ~20 barriers and 35 us per decode step on the H200 for 32 cubes (`docs/perf/decode.md`).
 //!
-//! In a chunk, warp w owns slots [32 w, 32 w + 32): for each key its 32 lanes read 32 consecutive
-//! head dims at a time (coalesced) into partial sums that the slot's thread adds up in lane order;
-//! then the warp sums its slots' probability-weighted V rows per head dim, and the warps' sums are
-//! added in warp order. (Each thread walking every key of the chunk for its head dim cost ~3,500
-//! dependent instructions per warp at a decode step: 48 us on the H200 for 32 cubes.)
-//! K/V are read through their strides: the cache views need no copy.
+//! Chunks, slots and segments are cut by position in the logical sequence, never by row index or
+//! row count: a tree node at depth d sums exactly what the single-row step at its position sums
+//! after its path was accepted, term for term and in the same order, so greedy verification is
+//! batch-invariant down to the last bit. K/V are read through their strides: the cache views need
+//! no copy.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
-use super::reduce::{block_max, block_sum};
-
 pub(crate) const MAX_HEAD_DIM: usize = 256;
-/// Threads per cube (and keys per chunk), the first that fits: 8 warps, so that a decode step's
-/// cubes (one per query head) keep two warps on each scheduler of their multiprocessor; else 4
-/// (lavapipe allows 32 KB of shared memory).
-const THREADS: [usize; 2] = [256, 128];
-
-/// Bytes of shared memory the kernel declares for `threads` threads and head dim `hd`.
-fn shared_bytes(threads: usize, hd: usize) -> usize {
-    4 * (threads * 33 + hd + 3 * threads + threads / 32 * hd)
-}
-
-/// The largest thread count whose shared memory fits the device (and CUDA's 48 KB without opt-in).
-/// Fixed per (device, head dim): chunking never depends on the rows verified.
-fn threads_for<R: CubeRuntime>(client: &ComputeClient<R>, hd: usize) -> usize {
-    let limit = client.properties().hardware.max_shared_memory_size.min(48 << 10);
-    THREADS.into_iter().find(|&t| t >= hd && shared_bytes(t, hd) <= limit).unwrap_or(THREADS[1].max(hd))
-}
-/// Keys per segment: a multiple of every thread count used (128, 256).
+/// Threads per cube, keys per chunk: a decode step up to 256 keys is one chunk. Fixed on every
+/// runtime (chunking must not depend on the rows verified).
+const THREADS: usize = 256;
+/// Keys per segment: a multiple of [`THREADS`].
 const SEGMENT: usize = 512;
-/// Keys scored together per warp (their loads in flight at once).
-const KEYS_IN_FLIGHT: usize = 16;
-/// Keys per unrolled group of a warp's V loop (their loads in flight at once; divides 32).
+/// Slots per unrolled group of a warp's V loop (their loads in flight at once; divides 32).
 const UNROLL: usize = 16;
 
 /// Element strides of the kernel's views (buffers go in as flat arrays: a tensor argument would
@@ -64,10 +48,11 @@ struct Strides {
     vis_col: usize,
 }
 
+/// K is read `N` values at a time (8 where rows are 16-byte aligned and dims contiguous, else 1).
 #[cube(launch_unchecked)]
-fn tree_attention_kernel<F: Float>(
+fn tree_attention_kernel<F: Float, N: Size>(
     q: &Array<F>,
-    k: &Array<F>,
+    k: &Array<Vector<F, N>>,
     v: &Array<F>,
     visible: &Array<i32>,
     out: &mut Array<F>,
@@ -79,7 +64,6 @@ fn tree_attention_kernel<F: Float>(
     group: usize,
     scale: f32,
     #[comptime] head_dim: usize,
-    #[comptime] threads: usize,
     #[comptime] masked: bool,
     #[comptime] direct: bool,
     #[define(F)] _dtype: StorageType,
@@ -94,28 +78,22 @@ fn tree_attention_kernel<F: Float>(
     let warp = tid / 32;
     let kv = h / group;
     let prefix = t - cols;
+    let width = k.vector_size();
+    let vecs = comptime!(head_dim / width);
+    let warps = comptime!(THREADS / 32);
+    let per_lane = comptime!(head_dim.div_ceil(32));
 
     let mut q_s = SharedMemory::<f32>::new(head_dim);
-    let mut part_s = SharedMemory::<f32>::new(comptime!(threads * 33));
-    let mut p_s = SharedMemory::<f32>::new(threads);
-    let mut r_s = SharedMemory::<u32>::new(threads);
-    let mut red = SharedMemory::<f32>::new(threads);
-    let mut o_s = SharedMemory::<f32>::new(comptime!(threads / 32 * head_dim));
-    let per_lane = comptime!(head_dim.div_ceil(32));
+    let mut sc = SharedMemory::<f32>::new(THREADS);
+    let mut p_s = SharedMemory::<f32>::new(THREADS);
+    let mut r_s = SharedMemory::<u32>::new(THREADS);
+    let mut wm = SharedMemory::<f32>::new(warps);
+    let mut wl = SharedMemory::<f32>::new(warps);
+    let mut wo = SharedMemory::<f32>::new(comptime!(warps * head_dim));
     if tid < head_dim {
         q_s[tid] = f32::cast_from(q[h * strides.q_head + i * strides.q_row + tid * strides.q_dim]) * scale;
     }
     sync_cube();
-    // The lane's head dims of q (lane + 32 e), kept in registers for every key.
-    let mut qv = Array::<f32>::new(per_lane);
-    #[unroll]
-    for e in 0..per_lane {
-        let d = lane + e * 32;
-        qv[e] = 0.0f32;
-        if d < head_dim {
-            qv[e] = q_s[d];
-        }
-    }
 
     // Keys this row sees: the prefix, then its listed masked columns; this cube takes one segment.
     let mut keys = t;
@@ -129,14 +107,19 @@ fn tree_attention_kernel<F: Float>(
     }
     let k_base = kv * strides.k_head;
     let v_base = kv * strides.v_head;
-    let mut m_run = f32::new(-1.0e30);
-    let mut l_run = 0.0f32;
-    let mut acc = 0.0f32;
+    // The warp's online softmax: running max, sum, and the lane's head dims of sum p v.
+    let mut m_w = f32::new(-1.0e30);
+    let mut l_w = 0.0f32;
+    let mut ov = Array::<f32>::new(per_lane);
+    #[unroll]
+    for e in 0..per_lane {
+        ov[e] = 0.0f32;
+    }
     let mut c0 = seg_start;
     while c0 < seg_end {
         let mut len = seg_end - c0;
-        if len > threads {
-            len = threads;
+        if len > THREADS {
+            len = THREADS;
         }
         let seen = tid < len;
         let j = c0 + tid;
@@ -146,78 +129,63 @@ fn tree_attention_kernel<F: Float>(
                 row = prefix + visible[i * strides.vis_row + (1 + j - prefix) * strides.vis_col] as usize;
             }
         }
-        // Slots past the chunk read key row 0 (always a key): their loads stay unconditional, so a
-        // warp's loads are all in flight together, and their score and probability are dropped.
+        // Slots past the chunk read key row 0 (always a key) and are dropped.
         if !seen {
             row = 0;
         }
         r_s[tid] = row as u32;
-        sync_cube();
 
-        // Scores: warp w takes slots [32 w, 32 w + 32); for each key its lanes read consecutive head
-        // dims (coalesced) into partial sums that the slot's thread adds up in lane order.
-        for r0 in 0..comptime!(32 / KEYS_IN_FLIGHT) {
+        // The lane's key, scored over every head dim in order.
+        let kb = (k_base + row * strides.k_row) / width;
+        let mut s = 0.0f32;
+        #[unroll]
+        for c in 0..vecs {
+            let kc = k[kb + c * strides.k_dim];
             #[unroll]
-            for u in 0..KEYS_IN_FLIGHT {
-                let slot = warp * 32 + r0 * KEYS_IN_FLIGHT + u;
-                let mut part = 0.0f32;
-                let base = k_base + r_s[slot] as usize * strides.k_row;
-                #[unroll]
-                for e in 0..per_lane {
-                    let d = lane + e * 32;
-                    if comptime!(head_dim % 32 == 0) {
-                        part += qv[e] * f32::cast_from(k[base + d * strides.k_dim]);
-                    } else if d < head_dim {
-                        part += qv[e] * f32::cast_from(k[base + d * strides.k_dim]);
-                    }
-                }
-                part_s[slot * 33 + lane] = part;
+            for e in 0..width {
+                s += q_s[c * width + e] * f32::cast_from(kc[e]);
             }
         }
-        sync_cube();
-        let mut s = f32::new(-1.0e30);
-        if seen {
-            let mut dot = 0.0f32;
-            #[unroll]
-            for l in 0..32usize {
-                dot += part_s[tid * 33 + l];
-            }
-            s = dot;
+        if !seen {
+            s = f32::new(-1.0e30);
         }
-
-        // Chunk maximum.
-        red[tid] = s;
-        block_max(&mut red);
-        let chunk_max = red[0];
+        sc[tid] = s;
         sync_cube();
 
-        let mut m_new = m_run;
+        // The warp's maximum over its 32 slots, then its probabilities under the new maximum.
+        let mut chunk_max = f32::new(-1.0e30);
+        #[unroll]
+        for u in 0..32usize {
+            let x = sc[warp * 32 + u];
+            if x > chunk_max {
+                chunk_max = x;
+            }
+        }
+        let mut m_new = m_w;
         if chunk_max > m_new {
             m_new = chunk_max;
         }
+        let rescale = (m_w - m_new).exp();
         let mut p = 0.0f32;
         if seen {
             p = (s - m_new).exp();
         }
         p_s[tid] = p;
-        red[tid] = p;
-        block_sum(&mut red);
-        let rescale = (m_run - m_new).exp();
-        l_run = l_run * rescale + red[0];
+        sync_cube();
 
-        // Probability-weighted V: warp w sums its own 32 slots in order for the lane's head dims
-        // (slots past `len` add 0 * key row 0, no change), then the warps' sums are added in warp
-        // order. Each warp walks 32 keys instead of each thread walking all of them.
-        let mut ov = Array::<f32>::new(per_lane);
+        // Probability-weighted V over the warp's 32 slots in order (slots past `len` add 0 * key row
+        // 0: no change); the sum of p in the same order.
+        let mut psum = 0.0f32;
         #[unroll]
         for e in 0..per_lane {
-            ov[e] = 0.0f32;
+            ov[e] = ov[e] * rescale;
         }
         for r0 in 0..comptime!(32 / UNROLL) {
             #[unroll]
             for u in 0..UNROLL {
                 let slot = warp * 32 + r0 * UNROLL + u;
                 let pw = p_s[slot];
+                psum += pw;
                 let base = v_base + r_s[slot] as usize * strides.v_row;
                 #[unroll]
                 for e in 0..per_lane {
@@ -230,41 +198,54 @@ fn tree_attention_kernel<F: Float>(
                 }
             }
         }
-        #[unroll]
-        for e in 0..per_lane {
-            let d = lane + e * 32;
-            if d < head_dim {
-                o_s[warp * head_dim + d] = ov[e];
-            }
-        }
+        l_w = l_w * rescale + psum;
+        m_w = m_new;
+        // The next chunk overwrites the slots.
         sync_cube();
-        if tid < head_dim {
-            let mut o = acc * rescale;
-            #[unroll]
-            for w in 0..comptime!(threads / 32) {
-                o += o_s[w * head_dim + tid];
-            }
-            acc = o;
-        }
-        m_run = m_new;
-        sync_cube();
-        c0 += threads;
+        c0 += THREADS;
     }
-    let unit = i * heads + h;
-    if comptime!(direct) {
-        if tid < head_dim {
+
+    // Merge the warps' states in warp order.
+    if lane == 0 {
+        wm[warp] = m_w;
+        wl[warp] = l_w;
+    }
+    #[unroll]
+    for e in 0..per_lane {
+        let d = lane + e * 32;
+        if d < head_dim {
+            wo[warp * head_dim + d] = ov[e];
+        }
+    }
+    sync_cube();
+    if tid < head_dim {
+        let mut m = f32::new(-1.0e30);
+        #[unroll]
+        for w in 0..warps {
+            if wm[w] > m {
+                m = wm[w];
+            }
+        }
+        let mut l = 0.0f32;
+        let mut o = 0.0f32;
+        #[unroll]
+        for w in 0..warps {
+            let f = (wm[w] - m).exp();
+            l += wl[w] * f;
+            o += wo[w * head_dim + tid] * f;
+        }
+        let unit = i * heads + h;
+        if comptime!(direct) {
             // Rows layout [n, heads, hd]: o_proj reads it as [n, heads * hd] with no transpose.
-            out[unit * head_dim + tid] = F::cast_from(acc / l_run);
-        }
-    } else {
-        // An empty segment (past this row's keys) leaves max -1e30, sum 0, acc 0: merged as nothing.
-        let slot = unit * segments + seg;
-        if tid < head_dim {
-            part_acc[slot * head_dim + tid] = acc;
-        }
-        if tid == 0 {
-            part_ml[slot * 2] = m_run;
-            part_ml[slot * 2 + 1] = l_run;
+            out[unit * head_dim + tid] = F::cast_from(o / l);
+        } else {
+            // An empty segment (past this row's keys) leaves max -1e30, sum 0, acc 0: merged as nothing.
+            let slot = unit * segments + seg;
+            part_acc[slot * head_dim + tid] = o;
+            if tid == 0 {
+                part_ml[slot * 2] = m;
+                part_ml[slot * 2 + 1] = l;
+            }
         }
     }
 }
@@ -316,7 +297,6 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     let dtype = q.dtype;
     let (client, device) = (q.client.clone(), q.device.clone());
     let out = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([1, n, heads, hd]), dtype);
-    let threads = threads_for::<R>(&client, hd);
     let masked = visible.is_some();
     let cols = visible.as_ref().map_or(0, |b| b.1);
     // A row sees at most t keys; rows seeing fewer leave their last segments empty.
@@ -329,13 +309,17 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     // Unmasked (one new row): the kernel never reads `visible`; q's buffer fills the slot.
     let visible = visible.map(|b| b.0).unwrap_or_else(|| q.clone());
     let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    // 16-byte K loads: head dims contiguous, every row start a multiple of 8 values from a 16-byte
+    // aligned buffer start.
+    let k_offset = k.handle.offset_start.unwrap_or(0) as usize;
+    let wide = hd % 8 == 0 && st(&k, 3) == 1 && st(&k, 2) % 8 == 0 && st(&k, 1) % 8 == 0 && k_offset % (8 * dtype.size()) == 0;
     let strides = StridesLaunch::new(
         st(&q, 1),
         st(&q, 2),
         st(&q, 3),
         st(&k, 1),
         st(&k, 2),
-        st(&k, 3),
+        if wide { 1 } else { st(&k, 3) },
         st(&v, 1),
         st(&v, 2),
         st(&v, 3),
@@ -343,12 +327,13 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
         if masked { st(&visible, 1) } else { 0 },
     );
     // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, list entries < 1 +
-    // cols, partial slots < n * heads * segments.
+    // cols, partial slots < n * heads * segments; wide K loads checked aligned above.
     unsafe {
         tree_attention_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static(n as u32, heads as u32, segments as u32),
-            CubeDim::new_1d(threads as u32),
+            CubeDim::new_1d(THREADS as u32),
+            if wide { 8 } else { 1 },
             q.into_array_arg(),
             k.into_array_arg(),
             v.into_array_arg(),
@@ -362,7 +347,6 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
             heads / kv_heads,
             1.0 / (hd as f32).sqrt(),
             hd,
-            threads,
             masked,
             direct,
             dtype.into(),
