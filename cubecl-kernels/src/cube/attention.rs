@@ -135,16 +135,26 @@ fn tree_attention_kernel<F: Float, N: Size>(
         }
         r_s[tid] = row as u32;
 
-        // The lane's key, scored over every head dim in order.
+        // The lane's key, scored over every head dim: one running sum per vector lane (independent
+        // chains), added up in lane order.
         let kb = (k_base + row * strides.k_row) / width;
-        let mut s = 0.0f32;
+        let mut dots = Array::<f32>::new(width);
+        #[unroll]
+        for e in 0..width {
+            dots[e] = 0.0f32;
+        }
         #[unroll]
         for c in 0..vecs {
             let kc = k[kb + c * strides.k_dim];
             #[unroll]
             for e in 0..width {
-                s += q_s[c * width + e] * f32::cast_from(kc[e]);
+                dots[e] += q_s[c * width + e] * f32::cast_from(kc[e]);
             }
+        }
+        let mut s = 0.0f32;
+        #[unroll]
+        for e in 0..width {
+            s += dots[e];
         }
         if !seen {
             s = f32::new(-1.0e30);
