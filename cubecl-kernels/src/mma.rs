@@ -41,10 +41,14 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
+#[cfg(feature = "cube")]
+use burn::module::ParamId;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
-use crate::int4::{Int4Weight, PACK, SYM_ZERO};
+use crate::int4::{Int4Weight, PACK};
+#[cfg(feature = "cube")]
+use crate::int4::SYM_ZERO;
 
 /// Output channels per tile (the mma's M).
 pub const TILE_N: usize = 16;
@@ -130,7 +134,10 @@ impl<B: Backend> MmaWeight<B> {
         #[cfg(feature = "cube")]
         return crate::cube::mma_pack_dense(w).map(|values| Self { words: None, aux: None, values: Some(Param::from_tensor(values)), k, n, group: 0 });
         #[cfg(not(feature = "cube"))]
-        None
+        {
+            let _ = n;
+            None
+        }
     }
 
     /// The packed form of an int4 weight, where the kernels will use it (else `None`).
@@ -162,6 +169,7 @@ fn wanted<B: Backend>(probe: &Tensor<B, 2>, k: usize, group: Option<usize>) -> b
 }
 
 /// (scale, offset) per (group, padded channel), the symmetric offset made explicit (-8 scale).
+#[cfg(feature = "cube")]
 fn aux<B: Backend>(q: &Int4Weight<B>) -> Tensor<B, 2> {
     let scales = q.scales.val();
     let offsets = match &q.offsets {
