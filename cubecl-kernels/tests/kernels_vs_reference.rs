@@ -303,3 +303,27 @@ fn argmax_kernel_matches_reference_and_takes_the_first_of_ties() {
         assert_eq!(want, host, "reference, n {n} v {v}");
     }
 }
+
+/// The launch-cost probes (`bench-kernels --launch-overhead`) measure real launches only if they run:
+/// each copies (or sums) element 0 of its inputs into its output, arrays and tensors alike, here read
+/// from a buffer that starts past the front of its allocation (a row slice), as the array
+/// arguments of the decode-path kernels do.
+#[test]
+fn launch_probes_run_and_write_their_inputs() {
+    use hierspec_kernels::probe::{self, Probe};
+    let device = device();
+    let whole = Tensor::<B, 1>::from_floats([9.0, 9.0, 9.0, 9.0, 1.5, 0.0, 0.0, 0.0], &device).cast(DType::F32);
+    let a = whole.slice([4..8]);
+    for p in Probe::ALL {
+        let out = Tensor::<B, 1>::zeros([4], &device).cast(DType::F32);
+        assert!(probe::launch(p, &a, &out), "{p:?} did not launch");
+        let got = out.into_data().iter::<f32>().next().unwrap();
+        let want = match p {
+            Probe::Array1 | Probe::Tensor1 => 1.5,
+            Probe::Array12 | Probe::Tensor12 => 16.5,
+            // These write a fresh buffer each launch: `out` stays untouched.
+            Probe::Array1Fresh | Probe::Tensor12Fresh => 0.0,
+        };
+        assert_eq!(got, want, "{p:?}");
+    }
+}
