@@ -1,5 +1,5 @@
 //! Block reductions over one cube's shared slots, shared by the kernels that reduce a row (RMSNorm,
-//! attention's online softmax, the drafters' top-k).
+//! the drafters' top-k). Attention keeps per-warp state instead (`attention.rs`).
 
 use cubecl::prelude::*;
 
