@@ -6,7 +6,7 @@
 #   times:  device time of the int4 product per (shape, M) under ncu, cold caches (median of 3)
 #   attn:   ncu sections of one decode-step tree attention launch (Llama-3-8B W4A16, cache ~130)
 #   ar:     every kernel of a short synthetic AR decode under ncu (device time per kernel name), for
-#           Llama-3-8B and Qwen2.5-Coder-1.5B W4A16: device time per token against the wall clock
+#           Llama-3-8B and Qwen2.5-Coder-1.5B W4A16, then the last decode step alone (scripts/ncu_last_step.py)
 set -u
 REV=${1:-unknown}; shift
 BIN=/root/bin
@@ -50,20 +50,8 @@ ar)
   for shape in ${AR:-llama3-8b qwen2.5-coder-1.5b}; do
     timeout 250 $NCU --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --log-file $OUT/ar-$shape.csv \
       $BIN/bench --synthetic $shape --int4 --device cuda --dtype bf16 --revision $REV --prompt-len 128 --new-tokens ${TOKENS:-8} --repeats 1 > /dev/null 2>&1
-    python3 - $OUT/ar-$shape.csv $shape <<'PY'
-import csv, sys, collections
-lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
-to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
-t = collections.defaultdict(float); c = collections.Counter()
-for r in csv.DictReader(lines):
-    if "gpu__time_duration" in r.get("Metric Name", ""):
-        name = r["Kernel Name"].split("(")[0][:60]
-        t[name] += float(r["Metric Value"].replace(",", "")) * to_us[r["Metric Unit"].strip()]; c[name] += 1
-print(f"## {sys.argv[2]}: {sum(c.values())} launches, {sum(t.values()):.0f} us device time in all")
-print("| kernel | launches | total us | us per launch |\n|---|---|---|---|")
-for name, v in sorted(t.items(), key=lambda kv: -kv[1]):
-    print(f"| {name} | {c[name]} | {v:.0f} | {v / c[name]:.2f} |")
-PY
+    python3 scripts/ncu_last_step.py $OUT/ar-$shape.csv --all $shape
+    python3 scripts/ncu_last_step.py $OUT/ar-$shape.csv
   done ;;
 esac
 echo "=== done $PART"
