@@ -167,10 +167,10 @@ fn pair<F: Float>(bits: i32, #[comptime] magic: i32) -> V2<F> {
     }
 }
 
-/// B registers of slab `s` for every token tile, from the lane's two x vectors per tile (`h = s / 2`
-/// picks the vector, `s % 2` its half): `b[2 i + r]`.
+/// B registers of slab `s` for every token tile, from the lane's two x vectors per tile at `xv[x0
+/// ..]` (`h = s / 2` picks the vector, `s % 2` its half): `b[2 i + r]`.
 #[cube]
-fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usize, #[comptime] s: usize) {
+fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usize, #[comptime] s: usize, #[comptime] x0: usize) {
     let h = comptime!(s / 2);
     let o0 = comptime!(4 * (s % 2));
     let o1 = comptime!(4 * (s % 2) + 1);
@@ -178,7 +178,7 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
     let o3 = comptime!(4 * (s % 2) + 3);
     #[unroll]
     for i in 0usize..tt {
-        let v = xv[2 * i + h];
+        let v = xv[x0 + 2 * i + h];
         let mut p = V2::<F>::new(F::new(0.0));
         p[0usize] = v[o0];
         p[1usize] = v[o1];
@@ -190,9 +190,10 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
     }
 }
 
-/// The lane's x vectors of unit `u` for `tt` token tiles (zero past M and K).
+/// The lane's x vectors of unit `u` for `tt` token tiles into `xv[x0 ..]` (zero past M and K).
 #[cube]
-fn load_x<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u: usize, #[comptime] tt: usize) {
+#[allow(clippy::too_many_arguments)]
+fn load_x<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u: usize, #[comptime] tt: usize, #[comptime] x0: usize) {
     let lane = UNIT_POS_X as usize % 32usize;
     let g = lane / 4;
     let t = lane % 4;
@@ -206,7 +207,7 @@ fn load_x<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usi
             if tok < m && kk < k {
                 v = x[(tok * k + kk) / 8];
             }
-            xv[2 * i + h] = v;
+            xv[x0 + 2 * i + h] = v;
         }
     }
 }
@@ -488,12 +489,26 @@ fn token_tiles(m: usize, emulate: bool) -> usize {
 /// tokens, where each tile's own work (conversions, mma) is small beside the per-unit work a block's
 /// tiles share (x loads, B registers, the group sums of x). A channel's sum does not depend on its
 /// block's other tiles, so this may depend on M.
+///
+/// At more tokens, x is what a block mostly reads: each lane loads 8 x vectors per unit for 32
+/// tokens against one weight vector, from L2, once per channel tile. `HIERSPEC_MMA_WIDE=2` puts two
+/// channel tiles in those blocks too, halving that traffic (default 1: being measured).
 fn channel_tiles(m: usize, spec: &MmaProduct) -> usize {
     if spec.swiglu || (spec.group.is_some() && m <= 8 && int4_pair()) {
         2
+    } else if spec.group.is_some() && m > 8 {
+        int4_wide()
     } else {
         1
     }
+}
+
+fn int4_wide() -> usize {
+    static WIDE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| match std::env::var("HIERSPEC_MMA_WIDE").ok().and_then(|v| v.parse().ok()) {
+        Some(2) => 2,
+        _ => 1,
+    })
 }
 
 /// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
@@ -510,6 +525,15 @@ fn int4_span() -> usize {
         Some(s @ (1 | 2 | 4)) => s,
         _ => 2,
     })
+}
+
+/// Whether the int4 product at M <= 8 loads each warp's next span while it multiplies the current one
+/// (`HIERSPEC_MMA_AHEAD=0`: no, to measure it). Only the load order changes, so results are the same
+/// bits either way and the choice may follow M. At more tokens the second register set (x for
+/// 8 tokens per tile) would not fit.
+fn int4_ahead(tt: usize) -> bool {
+    static AHEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    tt == 1 && *AHEAD.get_or_init(|| std::env::var("HIERSPEC_MMA_AHEAD").map_or(true, |v| v != "0"))
 }
 
 /// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
@@ -600,6 +624,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
+                    int4_ahead(tt),
                     dtype.into(),
                 )
             };

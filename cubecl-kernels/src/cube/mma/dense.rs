@@ -75,10 +75,10 @@ pub(super) fn dense_mma_kernel<F: Float>(
                 wv[c * 4 + s] = v;
             }
         }
-        load_x::<F>(x, &mut xv, tok0, m, k, u, tt);
+        load_x::<F>(x, &mut xv, tok0, m, k, u, tt, 0usize);
         #[unroll]
         for s in 0usize..4usize {
-            b_regs::<F>(&xv, &mut b, tt, s);
+            b_regs::<F>(&xv, &mut b, tt, s, 0usize);
             #[unroll]
             for c in 0usize..ct {
                 let v = wv[c * 4 + s];

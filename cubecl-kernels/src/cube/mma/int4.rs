@@ -132,8 +132,79 @@ fn fold<F: Float>(
     }
 }
 
+/// The products of one span (units u0 .. u0 + span) from its loaded weights `wv` and aux `av`, into
+/// `acc` (through `p`, `xs`). x comes from `xv` (loaded with the weights: `hoisted`) or is loaded here
+/// unit by unit.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn span_products<F: Float>(
+    x: &Array<V8<F>>,
+    wv: &Array<W4>,
+    av: &Array<V2<F>>,
+    xv: &mut Array<V8<F>>,
+    a: &mut Array<V2<F>>,
+    b: &mut Array<V2<F>>,
+    a_one: &Array<V2<F>>,
+    p: &mut Array<V2<f32>>,
+    xs: &mut Array<V2<f32>>,
+    acc: &mut Array<V2<f32>>,
+    emu: &mut SharedMemory<f32>,
+    tok0: usize,
+    m: usize,
+    k: usize,
+    u0: usize,
+    bias_q: f32,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] span: usize,
+    #[comptime] fold_len: usize,
+    #[comptime] magic: i32,
+    #[comptime] emulate: bool,
+    #[comptime] hoisted: bool,
+) {
+    let folds = comptime!(span * UNIT_K / fold_len);
+    #[unroll]
+    for j in 0usize..span {
+        let x0 = comptime!(if hoisted { j * tt * 2 } else { 0usize });
+        if comptime!(!hoisted) {
+            load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, 0usize);
+        }
+        #[unroll]
+        for s in 0usize..4usize {
+            b_regs::<F>(xv, b, tt, s, x0);
+            #[unroll]
+            for c in 0usize..ct {
+                let word = wv[c * span + j][s];
+                #[unroll]
+                for r in 0usize..4usize {
+                    a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
+                }
+            }
+            slab_products::<F>(a, b, a_one, p, xs, emu, ct, tt, true, emulate);
+            // Slabs 0-1 cover the unit's first 32 inputs, 2-3 the second: fold where a fold ends.
+            let done = comptime!(j * UNIT_K + 32 * (s / 2 + 1));
+            if comptime!(s % 2 == 1 && done % fold_len == 0) {
+                fold::<F>(acc, p, xs, av, bias_q, comptime!(done / fold_len - 1), folds, ct, tt);
+            }
+        }
+    }
+}
+
+/// The x vectors of a whole span (units u0 .. u0 + span), unit j at `xv[j * tt * 2 ..]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
+    #[unroll]
+    for j in 0usize..span {
+        load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2));
+    }
+}
+
 /// The warp's spans of K, in order (warp w: spans w, w + warps, ...): `acc` gets every unit's
-/// group-scaled products.
+/// group-scaled products. With `ahead`, two register sets alternate: the loads of the next span (its
+/// weights, aux and x) are issued before this span's products, so a warp keeps two spans of loads in
+/// flight instead of waiting out each span's memory latency. The arithmetic and its order are the
+/// same either way.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
@@ -163,6 +234,7 @@ fn int4_units<F: Float>(
     #[comptime] magic: i32,
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
+    #[comptime] ahead: bool,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
     let folds = comptime!(span * UNIT_K / fold_len);
@@ -191,35 +263,40 @@ fn int4_units<F: Float>(
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
     let mut wv = Array::<W4>::new(comptime!(ct * span));
-    let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
     let mut av = Array::<V2<F>>::new(comptime!(ct * folds * 2));
 
     let spans = (units + span - 1) / span;
+    // Equal for every warp of the cube (units past the end load as zeros), so the emulation's
+    // barriers stay matched.
     let iters = (spans + warps - 1) / warps;
-    for it in 0usize..iters {
-        let u0 = (warp + it * warps) * span;
+    if comptime!(ahead) {
+        let mut xv = Array::<V8<F>>::new(comptime!(span * tt * 2));
+        let mut wv2 = Array::<W4>::new(comptime!(ct * span));
+        let mut av2 = Array::<V2<F>>::new(comptime!(ct * folds * 2));
+        let mut xv2 = Array::<V8<F>>::new(comptime!(span * tt * 2));
+        let step = warps * span;
+        let mut u0 = warp * span;
         load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
-        #[unroll]
-        for j in 0usize..span {
-            load_x::<F>(x, &mut xv, tok0, m, k, u0 + j, tt);
-            #[unroll]
-            for s in 0usize..4usize {
-                b_regs::<F>(&xv, &mut b, tt, s);
-                #[unroll]
-                for c in 0usize..ct {
-                    let word = wv[c * span + j][s];
-                    #[unroll]
-                    for r in 0usize..4usize {
-                        a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
-                    }
-                }
-                slab_products::<F>(&a, &b, &a_one, &mut p, &mut xs, emu, ct, tt, true, emulate);
-                // Slabs 0-1 cover the unit's first 32 inputs, 2-3 the second: fold where a fold ends.
-                let done = comptime!(j * UNIT_K + 32 * (s / 2 + 1));
-                if comptime!(s % 2 == 1 && done % fold_len == 0) {
-                    fold::<F>(acc, &mut p, &mut xs, &av, bias_q, comptime!(done / fold_len - 1), folds, ct, tt);
-                }
+        load_x_span::<F>(x, &mut xv, tok0, m, k, u0, tt, span);
+        let mut it = 0usize;
+        while it < iters {
+            load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv2, &mut av2, tiles, tiles_n, np_a, np_b, u0 + step, units, groups, ct, span, group, fold_len, swiglu);
+            load_x_span::<F>(x, &mut xv2, tok0, m, k, u0 + step, tt, span);
+            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
+            if it + 1 < iters {
+                load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0 + 2 * step, units, groups, ct, span, group, fold_len, swiglu);
+                load_x_span::<F>(x, &mut xv, tok0, m, k, u0 + 2 * step, tt, span);
+                span_products::<F>(x, &wv2, &av2, &mut xv2, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0 + step, bias_q, ct, tt, span, fold_len, magic, emulate, true);
             }
+            u0 += 2 * step;
+            it += 2;
+        }
+    } else {
+        let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
+        for it in 0usize..iters {
+            let u0 = (warp + it * warps) * span;
+            load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
+            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false);
         }
     }
 }
@@ -261,6 +338,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] parts: usize,
+    #[comptime] ahead: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -278,15 +356,15 @@ pub(super) fn int4_mma_kernel<F: Float>(
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
-        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if comptime!(parts == 1) {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if part == 0u32 {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if part == 1u32 {
-        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if comptime!(parts == 3) {
-        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate);
+        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     }
 
     #[unroll]
