@@ -93,6 +93,22 @@ pub fn tensor_cores() -> TensorCores {
     }
 }
 
+static AHEAD: AtomicU8 = AtomicU8::new(0);
+
+/// Force the int4 product's load-ahead schedule at M <= 8 on (`Some(true)`) or off, or leave it to
+/// the launch policy (`None`). Process-wide. Results are the same bits either way (only the load
+/// order changes); tests use this to run both schedules whatever the shapes.
+pub fn set_int4_ahead(mode: Option<bool>) {
+    AHEAD.store(match mode { None => 0, Some(false) => 1, Some(true) => 2 }, Ordering::Relaxed);
+}
+
+pub fn int4_ahead_forced() -> Option<bool> {
+    match AHEAD.load(Ordering::Relaxed) {
+        0 => None,
+        v => Some(v == 2),
+    }
+}
+
 /// Whether the mma kernel accepts a product of this shape: K a multiple of 8 (x is read 8 values at a
 /// time), int4 groups a multiple of 32 or the whole row (scales are applied per 32 inputs at most).
 pub fn supports(k: usize, group: Option<usize>) -> bool {

@@ -132,3 +132,40 @@ fn mma_products_are_batch_invariant() {
         }
     }
 }
+
+/// The int4 product's two load orders at M <= 8 (next span loaded ahead, or not) give the same bits:
+/// the launch policy picks one per shape, so neither may change a logit. Covers one part, three parts
+/// of widths off the tiles, and gate|up with SwiGLU, at K of 1 to 11 spans per warp.
+#[test]
+fn int4_load_ahead_gives_the_same_bits() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(23);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    let run = |ahead: bool, f: &dyn Fn() -> Tensor<B, 2>| {
+        mma::set_int4_ahead(Some(ahead));
+        let out = rows(f());
+        mma::set_int4_ahead(None);
+        out
+    };
+    for (k, ns, g) in [(192, vec![40], 64), (704, vec![96, 33, 17], 32), (1408, vec![64, 64], 128)] {
+        let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, true, &device)).collect();
+        let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
+        let packed: Vec<MmaWeight<B>> = q.iter().map(|w| MmaWeight::int4(w).expect("packed")).collect();
+        let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
+        let down = int4_weight(&mut rng, ns[0], k, ns[0], true, &device);
+        let down_w = fused::PartWeight::Int4(&down);
+        let down_packed = MmaWeight::int4(&down).expect("packed");
+        let down_part = part(&down_w, &down_packed, None);
+        for m in [1, 3, 8] {
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let linear = || fused::linear(x.clone(), &parts, fused::Input::Plain, None);
+            assert_eq!(run(true, &linear), run(false, &linear), "linear k {k} ns {ns:?} m {m}");
+            if ns.len() == 2 {
+                let r = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                let mlp = || fused::swiglu_mlp(x.clone(), parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone());
+                assert_eq!(run(true, &mlp), run(false, &mlp), "swiglu mlp k {k} m {m}");
+            }
+        }
+    }
+}

@@ -17,6 +17,8 @@ use crate::mma::{TILE_N, UNIT_K};
 
 mod dense;
 mod int4;
+mod policy;
+use policy::{channel_tiles, fold_len, int4_ahead, int4_span, token_tiles, warps_for};
 use dense::dense_mma_kernel;
 use int4::int4_mma_kernel;
 
@@ -464,90 +466,6 @@ pub(crate) struct MmaProduct {
     pub emulate: bool,
 }
 
-/// Warps splitting K: as many as it takes to put ~32 warps on each of ~132 multiprocessors, from
-/// (K, N) alone so that a row's summation order never depends on M.
-fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
-    const TARGET_WARPS: usize = 132 * 32;
-    // The emulation keeps each warp's operands in shared memory: at most 4 warps fit.
-    let most = if emulate { 4 } else { 16 };
-    TARGET_WARPS.div_ceil(tiles.max(1)).clamp(1, most).min(units.max(1))
-}
-
-/// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
-/// re-read the weights, mostly from L2). The emulation takes one tile per block: lavapipe's compile
-/// time grows steeply with the state live across its barriers.
-fn token_tiles(m: usize, emulate: bool) -> usize {
-    match m {
-        _ if emulate => 1,
-        0..=8 => 1,
-        9..=16 => 2,
-        _ => 4,
-    }
-}
-
-/// Channel tiles per block: gate and up for a SwiGLU pair; two for an int4 product of at most 8
-/// tokens, where each tile's own work (conversions, mma) is small beside the per-unit work a block's
-/// tiles share (x loads, B registers, the group sums of x). A channel's sum does not depend on its
-/// block's other tiles, so this may depend on M.
-///
-/// At more tokens, x is what a block mostly reads: each lane loads 8 x vectors per unit for 32
-/// tokens against one weight vector, from L2, once per channel tile. `HIERSPEC_MMA_WIDE=2` puts two
-/// channel tiles in those blocks too, halving that traffic (default 1: being measured).
-fn channel_tiles(m: usize, spec: &MmaProduct) -> usize {
-    if spec.swiglu || (spec.group.is_some() && m <= 8 && int4_pair()) {
-        2
-    } else if spec.group.is_some() && m > 8 {
-        int4_wide()
-    } else {
-        1
-    }
-}
-
-fn int4_wide() -> usize {
-    static WIDE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| match std::env::var("HIERSPEC_MMA_WIDE").ok().and_then(|v| v.parse().ok()) {
-        Some(2) => 2,
-        _ => 1,
-    })
-}
-
-/// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
-fn int4_pair() -> bool {
-    static PAIR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PAIR.get_or_init(|| std::env::var("HIERSPEC_MMA_PAIR").map_or(true, |v| v != "0"))
-}
-
-/// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
-/// default 2). Fixed per process and chosen without M, so results stay batch-invariant.
-fn int4_span() -> usize {
-    static SPAN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SPAN.get_or_init(|| match std::env::var("HIERSPEC_MMA_SPAN").ok().and_then(|v| v.parse().ok()) {
-        Some(s @ (1 | 2 | 4)) => s,
-        _ => 2,
-    })
-}
-
-/// Whether the int4 product at M <= 8 loads each warp's next span while it multiplies the current one
-/// (`HIERSPEC_MMA_AHEAD=0`: no, to measure it). Only the load order changes, so results are the same
-/// bits either way and the choice may follow M. At more tokens the second register set (x for
-/// 8 tokens per tile) would not fit.
-fn int4_ahead(tt: usize) -> bool {
-    static AHEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    tt == 1 && *AHEAD.get_or_init(|| std::env::var("HIERSPEC_MMA_AHEAD").map_or(true, |v| v != "0"))
-}
-
-/// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
-/// the whole row), else one unit, else half a unit (groups of 32).
-fn fold_len(group: usize, k: usize, span: usize) -> usize {
-    if group >= k || group % (span * UNIT_K) == 0 {
-        span * UNIT_K
-    } else if group % UNIT_K == 0 {
-        UNIT_K
-    } else {
-        UNIT_K / 2
-    }
-}
-
 pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
@@ -560,11 +478,11 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let units = k.div_ceil(UNIT_K);
     let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(TILE_N)).collect();
     let tt = token_tiles(m, spec.emulate);
-    let ct = channel_tiles(m, &spec);
-    let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
-    let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
     let span = if spec.group.is_some() { int4_span() } else { 1 };
     let warps = warps_for(units.div_ceil(span), tiles.iter().sum(), spec.emulate);
+    let ct = channel_tiles(m, &spec, warps);
+    let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
+    let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
     let count = CubeCount::Static(m.div_ceil(8 * tt) as u32, (c2 + blocks[2usize]) as u32, 1);
     let dim = CubeDim::new_1d((warps * 32) as u32);
     let has_bias = parts.iter().all(|p| p.bias.is_some());
@@ -624,7 +542,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
-                    int4_ahead(tt),
+                    int4_ahead(tt, warps),
                     dtype.into(),
                 )
             };

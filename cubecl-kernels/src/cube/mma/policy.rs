@@ -1,0 +1,112 @@
+//! Launch shape of the tensor-core products: warps per block, token and channel tiles, the int4
+//! span, fold length and load order. Everything that decides how a row is summed (warps, span, fold)
+//! depends on (K, N) alone, so results stay batch-invariant; the rest only moves work between blocks
+//! or changes load order.
+
+use super::MmaProduct;
+use crate::mma::UNIT_K;
+
+/// Warps splitting K: as many as it takes to put ~32 warps on each of ~132 multiprocessors, from
+/// (K, N) alone so that a row's summation order never depends on M.
+pub(super) fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
+    const TARGET_WARPS: usize = 132 * 32;
+    // The emulation keeps each warp's operands in shared memory: at most 4 warps fit.
+    let most = if emulate { 4 } else { 16 };
+    TARGET_WARPS.div_ceil(tiles.max(1)).clamp(1, most).min(units.max(1))
+}
+
+/// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
+/// re-read the weights, mostly from L2). The emulation takes one tile per block: lavapipe's compile
+/// time grows steeply with the state live across its barriers.
+pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
+    match m {
+        _ if emulate => 1,
+        0..=8 => 1,
+        9..=16 => 2,
+        _ => 4,
+    }
+}
+
+/// Channel tiles per block: gate and up for a SwiGLU pair; two for an int4 product of at most 8
+/// tokens, where each tile's own work (conversions, mma) is small beside the per-unit work a block's
+/// tiles share (x loads, B registers, the group sums of x). A channel's sum does not depend on its
+/// block's other tiles, so this may depend on M.
+///
+/// Above 16 tokens x is what a block mostly reads: each lane loads 8 x vectors per unit (32 tokens)
+/// against one weight vector, from L2, once per channel tile; two tiles per block halve that. On the
+/// H200 (`docs/perf/int4-matmul.md`, 0ad7d3f) that took M = 64 from 50 to 35 us (8b.qkv) and from 477
+/// to 307 us (70b.down), where blocks have >= 4 warps; with 1-3 warps (many channel tiles: 8b and
+/// 70b gate|up as one product) it was slower (172 -> 216 us), and at M = 16 it was mixed.
+/// `HIERSPEC_MMA_WIDE=1|2` forces one or two tiles there (to measure).
+pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize {
+    if spec.swiglu || (spec.group.is_some() && m <= 8 && int4_pair()) {
+        return 2;
+    }
+    if spec.group.is_none() || m <= 16 {
+        return 1;
+    }
+    match env_choice("HIERSPEC_MMA_WIDE") {
+        Some(w @ (1 | 2)) => w,
+        _ if warps >= 4 => 2,
+        _ => 1,
+    }
+}
+
+/// A numeric environment override of a kernel choice, read once per process.
+fn env_choice(name: &'static str) -> Option<usize> {
+    static CACHE: std::sync::Mutex<Vec<(&'static str, Option<usize>)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, v)) = cache.iter().find(|(n, _)| *n == name) {
+        return v;
+    }
+    let v = std::env::var(name).ok().and_then(|v| v.parse().ok());
+    cache.push((name, v));
+    v
+}
+
+/// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
+fn int4_pair() -> bool {
+    env_choice("HIERSPEC_MMA_PAIR") != Some(0)
+}
+
+/// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
+/// default 2). Fixed per process and chosen without M, so results stay batch-invariant.
+pub(super) fn int4_span() -> usize {
+    match env_choice("HIERSPEC_MMA_SPAN") {
+        Some(s @ (1 | 2 | 4)) => s,
+        _ => 2,
+    }
+}
+
+/// Whether the int4 product at M <= 8 loads each warp's next span while it multiplies the current
+/// one. Only the load order changes, so results are the same bits either way. On the H200 (0ad7d3f)
+/// it helped where blocks have 1-3 warps (gate|up: 37.7 -> 35.4 us at 8B, 121 -> 111 us at 70B),
+/// whose occupancy the block limit caps anyway, and cost 5-17% where blocks have 8-16 warps (the
+/// second register set lowers their occupancy). `HIERSPEC_MMA_AHEAD=0|1` forces it off or on
+/// ([`crate::mma::set_int4_ahead`] before both).
+pub(super) fn int4_ahead(tt: usize, warps: usize) -> bool {
+    if tt != 1 {
+        return false;
+    }
+    if let Some(forced) = crate::mma::int4_ahead_forced() {
+        return forced;
+    }
+    match env_choice("HIERSPEC_MMA_AHEAD") {
+        Some(0) => false,
+        Some(_) => true,
+        None => warps <= 3,
+    }
+}
+
+/// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
+/// the whole row), else one unit, else half a unit (groups of 32).
+pub(super) fn fold_len(group: usize, k: usize, span: usize) -> usize {
+    if group >= k || group % (span * UNIT_K) == 0 {
+        span * UNIT_K
+    } else if group % UNIT_K == 0 {
+        UNIT_K
+    } else {
+        UNIT_K / 2
+    }
+}
+
