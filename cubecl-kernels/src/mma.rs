@@ -97,7 +97,8 @@ static AHEAD: AtomicU8 = AtomicU8::new(0);
 
 /// Force the int4 product's load-ahead schedule at M <= 8 on (`Some(true)`) or off, or leave it to
 /// the launch policy (`None`). Process-wide. Results are the same bits either way (only the load
-/// order changes); tests use this to run both schedules whatever the shapes.
+/// order changes); tests use this to run both schedules whatever the shapes. The emulation
+/// ([`TensorCores::Emulate`]) never loads ahead, forced or not.
 pub fn set_int4_ahead(mode: Option<bool>) {
     AHEAD.store(match mode { None => 0, Some(false) => 1, Some(true) => 2 }, Ordering::Relaxed);
 }

@@ -135,11 +135,16 @@ fn mma_products_are_batch_invariant() {
 
 /// The int4 product's two load orders at M <= 8 (next span loaded ahead, or not) give the same bits:
 /// the launch policy picks one per shape, so neither may change a logit. Covers one part, three parts
-/// of widths off the tiles, and gate|up with SwiGLU, at K of 1 to 11 spans per warp.
+/// of widths off the tiles, and gate|up with SwiGLU, at K of 1 to 11 spans per warp. On tensor cores
+/// only: the emulation has one load order.
 #[test]
 fn int4_load_ahead_gives_the_same_bits() {
     let device = device();
-    mode(&device);
+    if mode(&device) == TensorCores::Emulate {
+        // The emulation never loads ahead (lavapipe cannot compile it in reasonable time).
+        eprintln!("int4_load_ahead_gives_the_same_bits: tensor cores needed (the emulation has one load order)");
+        return;
+    }
     let mut rng = StdRng::seed_from_u64(23);
     let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
     let run = |ahead: bool, f: &dyn Fn() -> Tensor<B, 2>| {

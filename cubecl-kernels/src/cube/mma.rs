@@ -542,7 +542,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
-                    int4_ahead(tt, warps),
+                    int4_ahead(tt, warps, spec.emulate),
                     dtype.into(),
                 )
             };

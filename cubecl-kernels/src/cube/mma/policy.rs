@@ -84,8 +84,12 @@ pub(super) fn int4_span() -> usize {
 /// whose occupancy the block limit caps anyway, and cost 5-17% where blocks have 8-16 warps (the
 /// second register set lowers their occupancy). `HIERSPEC_MMA_AHEAD=0|1` forces it off or on
 /// ([`crate::mma::set_int4_ahead`] before both).
-pub(super) fn int4_ahead(tt: usize, warps: usize) -> bool {
-    if tt != 1 {
+///
+/// Never under emulation: with two register sets live across the emulated slab's barriers, lavapipe
+/// spent over 20 minutes compiling one test's kernels (the emulation checks the arithmetic, which is
+/// the same in both orders; `int4_load_ahead_gives_the_same_bits` checks the order on CUDA).
+pub(super) fn int4_ahead(tt: usize, warps: usize, emulate: bool) -> bool {
+    if tt != 1 || emulate {
         return false;
     }
     if let Some(forced) = crate::mma::int4_ahead_forced() {
