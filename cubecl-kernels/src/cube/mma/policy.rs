@@ -18,17 +18,11 @@ pub(super) fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
 /// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
 /// re-read the weights, mostly from L2). The emulation takes one tile per block: lavapipe's compile
 /// time grows steeply with the state live across its barriers.
-///
-/// `HIERSPEC_MMA_TOKENS=64` lets one block hold 64 tokens (8 tiles) above 32: the weights are then
-/// read and converted once for all of them, at the price of twice the accumulator registers (being
-/// measured). A token's sum does not depend on its block's other tokens, so either is exact.
 pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
     match m {
         _ if emulate => 1,
         0..=8 => 1,
         9..=16 => 2,
-        17..=32 => 4,
-        _ if env_choice("HIERSPEC_MMA_TOKENS") == Some(64) => 8,
         _ => 4,
     }
 }
