@@ -3,6 +3,8 @@
 //! depends on (K, N) alone, so results stay batch-invariant; the rest only moves work between blocks
 //! or changes load order.
 
+use std::sync::OnceLock;
+
 use super::MmaProduct;
 use crate::mma::UNIT_K;
 
@@ -45,34 +47,33 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize 
     if spec.group.is_none() || m <= 16 {
         return 1;
     }
-    match env_choice("HIERSPEC_MMA_WIDE") {
+    match env_choice(&WIDE, "HIERSPEC_MMA_WIDE") {
         Some(w @ (1 | 2)) => w,
         _ if warps >= 4 => 2,
         _ => 1,
     }
 }
 
-/// A numeric environment override of a kernel choice, read once per process.
-fn env_choice(name: &'static str) -> Option<usize> {
-    static CACHE: std::sync::Mutex<Vec<(&'static str, Option<usize>)>> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, v)) = cache.iter().find(|(n, _)| *n == name) {
-        return v;
-    }
-    let v = std::env::var(name).ok().and_then(|v| v.parse().ok());
-    cache.push((name, v));
-    v
+/// A numeric environment override of a kernel choice, read once per process into `cell` (lock-free
+/// afterwards: this runs on every product launch).
+fn env_choice(cell: &'static OnceLock<Option<usize>>, name: &str) -> Option<usize> {
+    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()))
 }
+
+static WIDE: OnceLock<Option<usize>> = OnceLock::new();
+static PAIR: OnceLock<Option<usize>> = OnceLock::new();
+static SPAN: OnceLock<Option<usize>> = OnceLock::new();
+static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
 
 /// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
 fn int4_pair() -> bool {
-    env_choice("HIERSPEC_MMA_PAIR") != Some(0)
+    env_choice(&PAIR, "HIERSPEC_MMA_PAIR") != Some(0)
 }
 
 /// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
 /// default 2). Fixed per process and chosen without M, so results stay batch-invariant.
 pub(super) fn int4_span() -> usize {
-    match env_choice("HIERSPEC_MMA_SPAN") {
+    match env_choice(&SPAN, "HIERSPEC_MMA_SPAN") {
         Some(s @ (1 | 2 | 4)) => s,
         _ => 2,
     }
@@ -95,7 +96,7 @@ pub(super) fn int4_ahead(tt: usize, warps: usize, emulate: bool) -> bool {
     if let Some(forced) = crate::mma::int4_ahead_forced() {
         return forced;
     }
-    match env_choice("HIERSPEC_MMA_AHEAD") {
+    match env_choice(&AHEAD, "HIERSPEC_MMA_AHEAD") {
         Some(0) => false,
         Some(_) => true,
         None => warps <= 3,
