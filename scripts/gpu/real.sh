@@ -11,7 +11,10 @@ REV=${1:-unknown}; PART=${2:-bench}
 BIN=/root/bin; M=/root/hscache/models
 CATS=${CATS:-coding,translation,summarization,qa,math_reasoning,rag}
 NEW=${NEW:-128}; PER=${PER:-1}; DTYPE=${DTYPE:-bf16}; METHODS=${METHODS:-ar,sd,hier}
-mkdir -p $BIN && xz -dc .dev/gpu/bench.xz > $BIN/bench && chmod +x $BIN/bench
+HEAD05=${HEAD05:-artifacts/heads/qwen2.5-coder-0.5b}
+# The binary from this call's carry, else the one an earlier call (heads.sh setup) left in $BIN.
+mkdir -p $BIN && if [ -f .dev/gpu/bench.xz ]; then xz -dc .dev/gpu/bench.xz > $BIN/bench && chmod +x $BIN/bench; fi
+[ -f .dev/gpu/question.jsonl ] || { mkdir -p .dev/gpu && cp /root/work/question.jsonl .dev/gpu/; }
 exec > >(tee -a "$OUT/log-$PART.txt") 2>&1
 echo "revision $REV, date $(date -u +%F), part $PART, categories $CATS, $PER each, $NEW new tokens"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -19,7 +22,7 @@ case $PART in
 bench)
   timeout 570 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $PER --categories $CATS --turns 1 \
     --max-new-tokens $NEW --device cuda --dtype $DTYPE --model $M/qwen2.5-coder-1.5b.gguf --quant rtn \
-    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle artifacts/heads/qwen2.5-coder-0.5b --methods $METHODS \
+    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 --methods $METHODS \
     --revision $REV --json $OUT/real-$DTYPE.json --markdown $OUT/real-$DTYPE.md --svg $OUT/real-$DTYPE.svg 2>&1 \
     | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error" ;;
 hf)
