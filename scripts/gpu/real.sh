@@ -12,6 +12,8 @@ BIN=/root/bin; M=/root/hscache/models
 CATS=${CATS:-coding,translation,summarization,qa,math_reasoning,rag}
 NEW=${NEW:-128}; PER=${PER:-1}; DTYPE=${DTYPE:-bf16}; METHODS=${METHODS:-ar,sd,hier}
 HEAD05=${HEAD05:-artifacts/heads/qwen2.5-coder-0.5b}
+# The target's own head, for `eagle` (METHODS=ar,sd,eagle,hier).
+HEAD15=${HEAD15:-artifacts/heads/qwen2.5-coder-1.5b-w4a16}; EAGLE_ARG=""; [ -d "$HEAD15" ] && EAGLE_ARG="--eagle $HEAD15"
 # The binary from this call's carry, else the one an earlier call (heads.sh setup) left in $BIN.
 mkdir -p $BIN && if [ -f .dev/gpu/bench.xz ]; then xz -dc .dev/gpu/bench.xz > $BIN/bench && chmod +x $BIN/bench; fi
 [ -f .dev/gpu/question.jsonl ] || { mkdir -p .dev/gpu && cp /root/work/question.jsonl .dev/gpu/; }
@@ -22,7 +24,7 @@ case $PART in
 bench)
   timeout 570 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $PER --categories $CATS --turns 1 \
     --max-new-tokens $NEW --device cuda --dtype $DTYPE --model $M/qwen2.5-coder-1.5b.gguf --quant rtn \
-    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 --methods $METHODS \
+    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 $EAGLE_ARG --methods $METHODS \
     --revision $REV --json $OUT/real-$DTYPE.json --markdown $OUT/real-$DTYPE.md --svg $OUT/real-$DTYPE.svg 2>&1 \
     | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error" ;;
 hf)
