@@ -345,7 +345,7 @@ impl<B: Backend> Llama<B> {
             }
             let w = src.tensor(&format!("{name}.weight"))?;
             match quant {
-                Some(q) => Linear::from_torch_rtn(name, w, b, (d_in, d_out), q, device),
+                Some(q) => Linear::from_torch_rtn(name, w, b, (d_in, d_out), &sibling_spec(src, name, d_in, q), device),
                 None => Linear::from_torch(name, w, b, d_in, d_out, device),
             }
         };
@@ -385,4 +385,23 @@ impl<B: Backend> Llama<B> {
             rope: Rope::new(cfg, max_positions, device),
         })
     }
+}
+
+/// The RTN settings for `name` when the source stores some of the layers it is fused with (q|k|v,
+/// gate|up) as int4 already: their group, so that the fused product keeps one group and runs as one
+/// launch. (A Q4_K_M GGUF stores v_proj as Q6_K in some layers and q, k as Q4_K: with v at group 128
+/// and q, k at 32, q|k|v fell back to three products, a concatenation and the bias adds.)
+fn sibling_spec(src: &dyn WeightSource, name: &str, d_in: usize, q: &QuantSpec) -> QuantSpec {
+    let Some((prefix, proj)) = name.rsplit_once('.') else { return *q };
+    let siblings: &[&str] = match proj {
+        "q_proj" | "k_proj" | "v_proj" => &["q_proj", "k_proj", "v_proj"],
+        "gate_proj" | "up_proj" => &["gate_proj", "up_proj"],
+        _ => &[],
+    };
+    siblings
+        .iter()
+        .filter(|s| **s != proj)
+        .find_map(|s| src.int4_group(&format!("{prefix}.{s}")))
+        .filter(|g| d_in % g == 0)
+        .map_or(*q, |group| QuantSpec { group, ..*q })
 }

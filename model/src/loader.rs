@@ -139,6 +139,9 @@ impl WeightSource for HfRef<'_> {
     fn int4(&self, name: &str) -> Result<Option<crate::quantized::QuantTensor>> {
         self.0.int4(name)
     }
+    fn int4_group(&self, name: &str) -> Option<usize> {
+        self.0.int4_group(name)
+    }
 }
 
 /// The model config from GGUF metadata (`{arch}.*` keys); tensor presence decides biases and tying.

@@ -248,15 +248,23 @@ pub fn to_gptq(name: &str, h: &HostInt4) -> Result<GptqTensors> {
 
 /// GGUF Q4_0 / Q4_1 / Q4_K data of a weight with `n` rows (outputs) of `k` values (inputs) as group-32
 /// int4; None for other types (they dequantize and requantize).
+/// Input rows per scale of the GGUF blocks [`from_gguf`] maps onto int4 (Q4_K's sub-blocks too).
+pub const GGUF_INT4_GROUP: usize = 32;
+
+/// `Some(GGUF_INT4_GROUP)` for the GGUF types [`from_gguf`] keeps as int4.
+pub fn gguf_int4_group(ty: GgmlType) -> Option<usize> {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K).then_some(GGUF_INT4_GROUP)
+}
+
 pub fn from_gguf(name: &str, ty: GgmlType, raw: &[u8], k: usize, n: usize) -> Result<Option<HostInt4>> {
-    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K) {
+    if gguf_int4_group(ty).is_none() {
         return Ok(None);
     }
     let (be, bb) = ty.block();
     if k % be != 0 || raw.len() != k / be * bb * n {
         return Err(Error::Gguf(format!("{name}: {ty:?} data of {} bytes for {n} rows of {k}", raw.len())));
     }
-    let groups = k / 32;
+    let groups = k / GGUF_INT4_GROUP;
     let mut q = vec![0u8; k * n];
     let mut scales = vec![0f32; groups * n];
     let mut offsets = vec![0f32; groups * n];

@@ -24,6 +24,11 @@ pub trait WeightSource {
     fn int4(&self, _name: &str) -> Result<Option<QuantTensor>> {
         Ok(None)
     }
+    /// The group size [`WeightSource::int4`] would give `name`, without converting it; None where the
+    /// layer is not stored as int4 (or the source cannot tell cheaply).
+    fn int4_group(&self, _name: &str) -> Option<usize> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -129,6 +134,10 @@ impl WeightSource for GgufSource<'_> {
             host = quantized::permute_columns(&host, &order);
         }
         Ok(Some(QuantTensor { host, perm: None }))
+    }
+    fn int4_group(&self, name: &str) -> Option<usize> {
+        let info = gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g))?;
+        (self.native_int4 && quantized::gguf_int4_group(info.dtype).is_some()).then_some(quantized::GGUF_INT4_GROUP)
     }
 }
 

@@ -147,6 +147,42 @@ fn gguf_q4_blocks_load_as_int4_and_generate_like_the_dequantized_model() {
 }
 
 #[test]
+fn gguf_mixed_blocks_requantize_to_their_fused_siblings_group() {
+    // Qwen2.5-Coder-1.5B's Q4_K_M GGUF stores v_proj as Q6_K in some layers, beside q and k in Q4_K
+    // (kept as int4, group 32). q|k|v runs as one product only if every part has one group, so the
+    // requantized part takes its native siblings' 32 instead of the default 128. (The 0.5B's GGUF
+    // mixes types across layers but never inside a fused set.)
+    use hierspec_model::gguf::GgufFile;
+    use hierspec_model::nn::LinearWeight;
+    let alias = "qwen2.5-coder-1.5b";
+    let path = loader::resolve(alias).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let device = device();
+    let m = loader::load_with::<B>(alias, &LoadOptions { max_context: 64, quant: Some(QuantSpec::default()) }, &device).unwrap();
+    let group = |l: &hierspec_model::nn::Linear<B>| match &l.weight {
+        LinearWeight::Int4(w) => w.q.group,
+        LinearWeight::Dense(_) => panic!("a decoder linear layer stayed dense under --quant"),
+    };
+    let native = |i: usize, g: &str| hierspec_model::quantized::gguf_int4_group(file.tensors[&format!("blk.{i}.{g}.weight")].dtype).is_some();
+    let mut mixed = 0;
+    for (i, l) in m.model.layers.iter().enumerate() {
+        let (a, p) = (&l.self_attn, &l.mlp);
+        let sets = [
+            (vec![group(&a.q_proj), group(&a.k_proj), group(&a.v_proj)], ["attn_q", "attn_k", "attn_v"].map(|g| native(i, g)).to_vec()),
+            (vec![group(&p.gate_proj), group(&p.up_proj)], ["ffn_gate", "ffn_up"].map(|g| native(i, g)).to_vec()),
+        ];
+        for (groups, natives) in sets {
+            assert!(groups.iter().all(|g| *g == groups[0]), "layer {i}: fused parts in groups {groups:?}");
+            let expect = if natives.iter().any(|n| *n) { 32 } else { 128 };
+            assert_eq!(groups[0], expect, "layer {i}: natives {natives:?}");
+            mixed += usize::from(natives.iter().any(|n| *n) && !natives.iter().all(|n| *n));
+        }
+    }
+    eprintln!("{alias}: {mixed} fused sets mix int4 and requantized blocks");
+    assert!(mixed > 0, "the fixture no longer mixes block types: this test checks nothing");
+}
+
+#[test]
 fn eagle_head_from_pytorch_bin_equals_safetensors() {
     let device = device();
     // The base the fixture head was written for (scripts/make_eagle_bin_fixture.py).
