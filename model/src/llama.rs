@@ -391,7 +391,11 @@ impl<B: Backend> Llama<B> {
 /// gate|up) as int4 already: their group, so that the fused product keeps one group and runs as one
 /// launch. (A Q4_K_M GGUF stores v_proj as Q6_K in some layers and q, k as Q4_K: with v at group 128
 /// and q, k at 32, q|k|v fell back to three products, a concatenation and the bias adds.)
+/// `HIERSPEC_GGUF_SIBLING_GROUP=0` turns this off (to measure what it buys).
 fn sibling_spec(src: &dyn WeightSource, name: &str, d_in: usize, q: &QuantSpec) -> QuantSpec {
+    if std::env::var("HIERSPEC_GGUF_SIBLING_GROUP").is_ok_and(|v| v == "0") {
+        return *q;
+    }
     let Some((prefix, proj)) = name.rsplit_once('.') else { return *q };
     let siblings: &[&str] = match proj {
         "q_proj" | "k_proj" | "v_proj" => &["q_proj", "k_proj", "v_proj"],

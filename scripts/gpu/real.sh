@@ -5,7 +5,7 @@
 # turn 1, greedy; and the transformers peer (AR and assisted generation, bf16) on the same prompts.
 # Expects .dev/gpu/{bench.xz,question.jsonl}, .dev/wheels/gguf-*.whl, artifacts/heads/qwen2.5-coder-0.5b,
 # the GGUFs under /root/hscache/models (scripts/gpu/upload_chunk.sh), and $OUT.
-# Usage: bash scripts/gpu/real.sh <revision> <part>; parts: bench | hf
+# Usage: bash scripts/gpu/real.sh <revision> <part>; parts: bench | hf (TAG=x names the bench files real-<dtype>x.*)
 set -u
 REV=${1:-unknown}; PART=${2:-bench}
 BIN=/root/bin; M=/root/hscache/models
@@ -25,7 +25,7 @@ bench)
   timeout 570 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $PER --categories $CATS --turns 1 \
     --max-new-tokens $NEW --device cuda --dtype $DTYPE --model $M/qwen2.5-coder-1.5b.gguf --quant rtn \
     --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 $EAGLE_ARG --methods $METHODS \
-    --revision $REV --json $OUT/real-$DTYPE.json --markdown $OUT/real-$DTYPE.md --svg $OUT/real-$DTYPE.svg 2>&1 \
+    --revision $REV --json $OUT/real-$DTYPE${TAG:-}.json --markdown $OUT/real-$DTYPE${TAG:-}.md --svg $OUT/real-$DTYPE${TAG:-}.svg 2>&1 \
     | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error" ;;
 hf)
   pip install --no-deps --no-index --target /root/py .dev/wheels/gguf-*.whl > /dev/null 2>&1
