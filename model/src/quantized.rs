@@ -246,8 +246,6 @@ pub fn to_gptq(name: &str, h: &HostInt4) -> Result<GptqTensors> {
     })
 }
 
-/// GGUF Q4_0 / Q4_1 / Q4_K data of a weight with `n` rows (outputs) of `k` values (inputs) as group-32
-/// int4; None for other types (they dequantize and requantize).
 /// Input rows per scale of the GGUF blocks [`from_gguf`] maps onto int4 (Q4_K's sub-blocks too).
 pub const GGUF_INT4_GROUP: usize = 32;
 
@@ -256,6 +254,8 @@ pub fn gguf_int4_group(ty: GgmlType) -> Option<usize> {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K).then_some(GGUF_INT4_GROUP)
 }
 
+/// GGUF Q4_0 / Q4_1 / Q4_K data of a weight with `n` rows (outputs) of `k` values (inputs) as group-32
+/// int4; None for other types (they dequantize and requantize).
 pub fn from_gguf(name: &str, ty: GgmlType, raw: &[u8], k: usize, n: usize) -> Result<Option<HostInt4>> {
     if gguf_int4_group(ty).is_none() {
         return Ok(None);

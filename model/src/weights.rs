@@ -137,7 +137,7 @@ impl WeightSource for GgufSource<'_> {
     }
     fn int4_group(&self, name: &str) -> Option<usize> {
         let info = gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g))?;
-        (self.native_int4 && quantized::gguf_int4_group(info.dtype).is_some()).then_some(quantized::GGUF_INT4_GROUP)
+        quantized::gguf_int4_group(info.dtype).filter(|_| self.native_int4)
     }
 }
 
