@@ -116,7 +116,7 @@ impl WeightSource for GgufSource<'_> {
         if !self.native_int4 {
             return Ok(None);
         }
-        let Some(info) = gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g)) else {
+        let Some(info) = self.weight_info(name) else {
             return Ok(None);
         };
         let [n, k] = info.shape[..] else { return Ok(None) };
@@ -136,8 +136,14 @@ impl WeightSource for GgufSource<'_> {
         Ok(Some(QuantTensor { host, perm: None }))
     }
     fn int4_group(&self, name: &str) -> Option<usize> {
-        let info = gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g))?;
-        quantized::gguf_int4_group(info.dtype).filter(|_| self.native_int4)
+        quantized::gguf_int4_group(self.weight_info(name)?.dtype).filter(|_| self.native_int4)
+    }
+}
+
+impl GgufSource<'_> {
+    /// The GGUF tensor holding linear layer `name`'s weight (`name` without `.weight`).
+    fn weight_info(&self, name: &str) -> Option<&crate::gguf::TensorInfo> {
+        gguf_name(&format!("{name}.weight")).and_then(|g| self.file.tensors.get(&g))
     }
 }
 

@@ -83,8 +83,8 @@ pub(super) fn int4_span() -> usize {
 /// one. Only the load order changes, so results are the same bits either way. On the H200 (0ad7d3f)
 /// it helped where blocks have 1-3 warps (gate|up: 37.7 -> 35.4 us at 8B, 121 -> 111 us at 70B:
 /// many small blocks, each warp streaming many spans), although its 128 registers per thread hold
-/// those at ~23% occupancy (ncu, 0d70086); where blocks have 8-16 warps it cost 5-17%. `HIERSPEC_MMA_AHEAD=0|1` forces it off or on
-/// ([`crate::mma::set_int4_ahead`] before both).
+/// those at ~23% occupancy (ncu, 0d70086); where blocks have 8-16 warps it cost 5-17%.
+/// `HIERSPEC_MMA_AHEAD=0|1` forces it off or on ([`crate::mma::set_int4_ahead`] before both).
 ///
 /// Never under emulation: with two register sets live across the emulated slab's barriers, lavapipe
 /// spent over 20 minutes compiling one test's kernels (the emulation checks the arithmetic, which is
