@@ -173,6 +173,37 @@ fn saved_head_reloads_bit_identically() {
 }
 
 #[test]
+fn a_saved_head_continues_training_where_it_stopped() {
+    // `train-eagle --init`: a head saved after 40 steps and loaded for training again starts at its
+    // saved loss (not a random head's), takes gradients, and goes on lowering the loss.
+    let dir = tmp("init");
+    let (cfg, base) = tiny_base(3);
+    let data = base_data(&base, &cfg, &dir, "train", 4, 12, 5);
+    let head_cfg = EagleConfig::for_base(&cfg);
+    let frozen_inner = Frozen::from_base(&base);
+    let frozen = frozen_inner.clone().lift::<AD>();
+    let tc = no_noise(TrainConfig { epochs: 40.0, batch: 4, max_len: 12, lr: 3e-3, warmup: 0.05, ..Default::default() });
+    let random = EagleHead::<AD>::random(&head_cfg, 64, 6, &device()).unwrap();
+    let at_random = evaluate(&random.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
+    let first = train(random, &head_cfg, &frozen, &data, &tc, &dir.join("a"), &limits(1000), &mut |_, _| {}).unwrap();
+    let trained = evaluate(&first.head.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
+    let saved = tmp("init-head");
+    save_head(&first.head.valid(), &head_cfg, &saved, StoreDtype::F32, 1 << 30).unwrap();
+
+    let (loaded, _) = load_head::<AD>(&saved, &cfg, 64, &device()).unwrap();
+    let reloaded = evaluate(&loaded.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
+    assert!((reloaded.loss - trained.loss).abs() <= 1e-5 * trained.loss.abs(), "reloaded loss {} vs saved {}", reloaded.loss, trained.loss);
+    assert!(trained.loss < at_random.loss - 0.1, "the first run did not train: {} -> {}", at_random.loss, trained.loss);
+    let mut losses = Vec::new();
+    let second = train(loaded, &head_cfg, &frozen, &data, &tc, &dir.join("b"), &limits(1000), &mut |_, m: &Metrics| losses.push(m.loss)).unwrap();
+    let continued = evaluate(&second.head.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
+    eprintln!("loss: random {:.4}, after 40 steps {:.4}, reloaded {:.4}, after 40 more {:.4}", at_random.loss, trained.loss, reloaded.loss, continued.loss);
+    // The continued run's first step starts from the saved head's loss, well below a random head's.
+    assert!((losses[0] - trained.loss).abs() < 0.5 * (at_random.loss - trained.loss), "first continued step at {} (saved {}, random {})", losses[0], trained.loss, at_random.loss);
+    assert!(continued.loss < trained.loss, "continued training did not lower the loss: {} -> {}", trained.loss, continued.loss);
+}
+
+#[test]
 fn killed_run_resumes_from_its_checkpoint() {
     let dir = tmp("resume");
     let (cfg, base) = tiny_base(2);
@@ -270,6 +301,7 @@ fn self_distillation_data_are_the_models_own_answers() {
         base: "smollm2-135m".into(),
         quant: "none".into(),
         corpus: "test".into(),
+        skip_conversations: 0,
         max_conversations: None,
         answers: Answers::Self_,
         answer_tokens: 12,

@@ -35,6 +35,9 @@ pub struct DataSpec {
     pub base: String,
     pub quant: String,
     pub corpus: String,
+    /// Conversations skipped at the start of the corpora (a continued head trains on new ones).
+    #[serde(default)]
+    pub skip_conversations: usize,
     pub max_conversations: Option<usize>,
     pub answers: Answers,
     pub answer_tokens: usize,

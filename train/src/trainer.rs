@@ -262,7 +262,7 @@ pub struct RunLimits {
     pub max_steps: Option<usize>,
     pub time_limit: Option<std::time::Duration>,
     /// Shorten the schedule (fewer total steps, so warm-up and cosine decay complete) to what fits
-    /// in this time, from the speed of the first steps. The shortened total is saved with the
+    /// in this time, from the measured speed ([`ScheduleFit`]). The fitted total is saved with the
     /// checkpoint, so a resumed run keeps it.
     pub fit_to: Option<std::time::Duration>,
     pub log_every: usize,
@@ -347,24 +347,14 @@ pub fn train<B: AutodiffBackend>(
     let mut window = Metrics::default();
     let mut rows_seen = 0.0;
     let mut order: (usize, Vec<usize>) = (usize::MAX, Vec::new());
-    // Speed is measured over steps 3..13 of a fresh run (the first ones compile kernels).
-    let mut timing: Option<Instant> = None;
+    // A resumed run keeps the total its checkpoint saved.
+    let mut fit = limits.fit_to.filter(|_| first == 0).map(|budget| ScheduleFit::new(budget, total));
     while state.step < total {
-        if let (Some(fit), 0) = (limits.fit_to, first) {
-            if state.step == 3 {
-                timing = Some(Instant::now());
-            }
-            if let (13, Some(t)) = (state.step, timing) {
-                let per_step = t.elapsed().as_secs_f64() / 10.0;
-                let left = fit.as_secs_f64() - start.elapsed().as_secs_f64();
-                let fits = state.step + (0.95 * left / per_step).max(0.0) as usize;
-                if fits < total {
-                    bar.suspend(|| eprintln!("train: {per_step:.3} s/step, {total} steps shortened to {fits} to fit {:.0} s", fit.as_secs_f64()));
-                    total = fits.max(state.step);
-                    state.total = total;
-                    bar.set_length(total as u64);
-                }
-            }
+        if let Some(new_total) = fit.as_mut().and_then(|f| f.update(state.step, total, start.elapsed().as_secs_f64())) {
+            bar.suspend(|| eprintln!("train: step {}, {} steps refitted to {new_total} to fit the time budget", state.step, total));
+            total = new_total;
+            state.total = total;
+            bar.set_length(total as u64);
         }
         if state.step >= total {
             break;
@@ -412,6 +402,48 @@ pub fn train<B: AutodiffBackend>(
     Ok(TrainResult { head, step: state.step, total, losses: state.losses, rows_seen })
 }
 
+/// Fits a schedule to a time budget from the measured speed: first over steps 3..13 (the first
+/// steps compile and tune kernels), then again every [`ScheduleFit::EVERY`] steps through the first
+/// half of the time budget, from the speed since the previous fit. One early measure was not enough on
+/// the H200: with another head training on the same GPU and kernels still being tuned, steps 3..13
+/// ran several times slower than the rest and cut a schedule to 59 steps (`docs/perf/real.md`,
+/// session 12). So a fitted schedule may grow again, never past its full length.
+pub struct ScheduleFit {
+    budget: f64,
+    full: usize,
+    mark: Option<(usize, Instant)>,
+}
+
+impl ScheduleFit {
+    pub const EVERY: usize = 50;
+
+    pub fn new(budget: std::time::Duration, full: usize) -> Self {
+        Self { budget: budget.as_secs_f64(), full, mark: None }
+    }
+
+    /// Called before step `step` runs, `elapsed` seconds into the run: the new total, when it changes.
+    pub fn update(&mut self, step: usize, total: usize, elapsed: f64) -> Option<usize> {
+        self.update_at(step, total, elapsed, Instant::now())
+    }
+
+    fn update_at(&mut self, step: usize, total: usize, elapsed: f64, now: Instant) -> Option<usize> {
+        if step == 3 {
+            self.mark = Some((3, now));
+            return None;
+        }
+        let (from, t0) = self.mark?;
+        let due = step == 13 || (step > 13 && step % Self::EVERY == 0 && 2.0 * elapsed <= self.budget);
+        if !due || step <= from {
+            return None;
+        }
+        let per_step = now.duration_since(t0).as_secs_f64() / (step - from) as f64;
+        self.mark = Some((step, now));
+        let left = (self.budget - elapsed).max(0.0);
+        let fits = (step + (0.95 * left / per_step.max(1e-9)) as usize).clamp(step, self.full);
+        (fits != total).then_some(fits)
+    }
+}
+
 /// Head, optimizer and state, each written to a temporary name and renamed: a run killed while
 /// saving leaves the previous checkpoint whole.
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<EagleHead<B>, B>>(head: &EagleHead<B>, optim: &O, state: &State, dir: &Path) -> Result<()> {
@@ -433,4 +465,56 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<EagleHead<B>, B>>(head: &Eag
 /// The directory a run's checkpoints go to.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Steps at `slow` s each until `until`, then at `fast` s: the totals the fit sets, step by step.
+    fn run(budget: f64, full: usize, slow: f64, fast: f64, until: usize) -> Vec<(usize, usize)> {
+        let mut fit = ScheduleFit::new(Duration::from_secs_f64(budget), full);
+        let t0 = Instant::now();
+        let (mut total, mut elapsed, mut changes) = (full, 0.0, Vec::new());
+        let mut step = 0;
+        while step < total {
+            if let Some(t) = fit.update_at(step, total, elapsed, t0 + Duration::from_secs_f64(elapsed)) {
+                assert!(t >= step && t <= full, "total {t} at step {step}");
+                total = t;
+                changes.push((step, t));
+            }
+            elapsed += if step < until { slow } else { fast };
+            step += 1;
+        }
+        changes
+    }
+
+    #[test]
+    fn a_steady_speed_fits_the_budget() {
+        // 1 s per step, 100 s: ~95 steps fit of 1000 (later fits only move the 5% margin).
+        let changes = run(100.0, 1000, 1.0, 1.0, 0);
+        assert_eq!(changes[0].0, 13);
+        assert!(changes.iter().all(|&(_, t)| (90..=100).contains(&t)), "{changes:?}");
+    }
+
+    #[test]
+    fn a_slow_start_shrinks_the_schedule_and_the_later_speed_grows_it_back() {
+        // 5 s per step until step 13 (a shared GPU, kernels being tuned), then 0.5 s: the first fit
+        // cuts the schedule hard; the next ones give back what the faster steps make room for.
+        let changes = run(300.0, 10_000, 5.0, 0.5, 13);
+        let first = changes[0];
+        assert_eq!(first.0, 13);
+        assert!(first.1 < 70, "{changes:?}");
+        let last = *changes.last().unwrap();
+        assert!(last.1 > 300, "the schedule never grew back: {changes:?}");
+        // 65 s went to the first 13 steps; the rest runs at 0.5 s: ~13 + 0.95 * 235 / 0.5 at most.
+        assert!(last.1 <= 13 + 470, "{changes:?}");
+    }
+
+    #[test]
+    fn a_fit_never_outgrows_the_full_schedule() {
+        let changes = run(1000.0, 200, 0.1, 0.1, 0);
+        assert!(changes.is_empty(), "{changes:?}");
+    }
 }

@@ -19,7 +19,7 @@ use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method};
 use hierspec::specbench::{self, RunSpec};
 use hierspec_model::checkpoint::StoreDtype;
-use hierspec_model::eagle::save_head;
+use hierspec_model::eagle::{load_head, save_head};
 use hierspec_model::loader::{self, LoadOptions};
 use hierspec_model::{EagleConfig, EagleHead, Error, Result};
 use hierspec_speculative::SamplingParams;
@@ -51,7 +51,14 @@ struct Args {
     /// problems, {"text"}); repeat or comma-separate for several.
     #[arg(long, value_delimiter = ',', required = true)]
     corpus: Vec<PathBuf>,
-    /// Use the first N conversations of the corpora, in order.
+    /// Skip the first N conversations of the corpora (continue a head, `--init`, on new ones).
+    #[arg(long, default_value_t = 0)]
+    skip_conversations: usize,
+    /// Start from this trained head (its directory) instead of random weights; the optimizer and
+    /// schedule start afresh.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Use the first N conversations of the corpora (after --skip-conversations), in order.
     #[arg(long)]
     max_conversations: Option<usize>,
     #[arg(long, value_enum, default_value_t = AnswerSource::Corpus)]
@@ -152,6 +159,9 @@ struct Report {
     model: String,
     quant: String,
     conversations: usize,
+    skipped_conversations: usize,
+    /// The head training started from (`--init`), if not random.
+    init: Option<String>,
     train_tokens: usize,
     held_out_tokens: usize,
     /// Passes over the training sequences actually made.
@@ -210,8 +220,9 @@ impl BackendJob for Args {
         let base = loader::load_with::<B>(&self.engine.model, &LoadOptions { max_context: self.engine.max_context.max(self.max_len), quant }, &device)?;
 
         let mut convs = Vec::new();
+        let wanted = self.max_conversations.map(|m| m + self.skip_conversations);
         for c in &self.corpus {
-            let left = self.max_conversations.map(|m| m.saturating_sub(convs.len()));
+            let left = wanted.map(|m| m.saturating_sub(convs.len()));
             if left == Some(0) {
                 break;
             }
@@ -221,10 +232,15 @@ impl BackendJob for Args {
             };
             convs.extend(read_corpus(&path, left)?);
         }
+        if convs.len() <= self.skip_conversations {
+            return Err(Error::Setting(format!("--skip-conversations {} leaves none of the corpora's {} conversations", self.skip_conversations, convs.len())));
+        }
+        convs.drain(..self.skip_conversations);
         let spec = DataSpec {
             base: base.source.display().to_string(),
             quant: quant_name(&self.engine),
             corpus: self.corpus.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect::<Vec<_>>().join(","),
+            skip_conversations: self.skip_conversations,
             max_conversations: self.max_conversations,
             answers: match self.answers {
                 AnswerSource::Corpus => Answers::Corpus,
@@ -248,6 +264,8 @@ impl BackendJob for Args {
             model: self.engine.model.clone(),
             quant: spec.quant.clone(),
             conversations: manifest.conversations,
+            skipped_conversations: self.skip_conversations,
+            init: self.init.as_ref().map(|p| p.display().to_string()),
             train_tokens: manifest.train_tokens,
             held_out_tokens: manifest.eval_tokens,
             epochs: self.epochs,
@@ -270,7 +288,17 @@ impl BackendJob for Args {
         }
 
         let t0 = Instant::now();
-        let head = EagleHead::<Autodiff<B>>::random(&head_cfg, self.max_len, self.engine.seed, &device)?;
+        let head = match &self.init {
+            Some(dir) => {
+                let (head, cfg) = load_head::<Autodiff<B>>(dir, &base.config, self.max_len, &device)?;
+                if cfg != head_cfg {
+                    return Err(Error::Setting(format!("--init {}: a head of another shape ({cfg:?}; this base makes {head_cfg:?})", dir.display())));
+                }
+                eprintln!("train: starting from the head in {}", dir.display());
+                head
+            }
+            None => EagleHead::<Autodiff<B>>::random(&head_cfg, self.max_len, self.engine.seed, &device)?,
+        };
         let frozen = Frozen::from_base(&base.model);
         let limits = RunLimits {
             checkpoint_every: self.checkpoint_every,
