@@ -196,10 +196,13 @@ pub fn run<B: Backend>(engine: &Engine<B>, questions: &[Question], spec: &RunSpe
         }
         bar.suspend(|| eprintln!("warm-up {}: {:.1} s", m.name(), t.elapsed().as_secs_f64()));
     }
+    // The phase profile (HIERSPEC_PROFILE) covers the timed runs only.
+    hierspec_speculative::profile::reset();
     let mut records = Vec::new();
     for (qi, q) in questions.iter().enumerate() {
         for &m in spec.methods {
             bar.set_message(format!("{} {}", q.category, m.name()));
+            hierspec_speculative::profile::scope(m.name());
             let mut sampler = Sampler::new(SamplingParams { seed: spec.params.seed + qi as u64, ..spec.params })?;
             let mut messages: Vec<(&str, String)> = Vec::new();
             for (turn, user) in q.turns.iter().take(spec.turns).enumerate() {

@@ -7,6 +7,8 @@
 # Usage: bash scripts/gpu/heads.sh <revision> <part> [model]; parts: setup | data | train | tau | fetch
 #   | background (data, then train, detached: later calls, e.g. model uploads, run meanwhile) | status
 #   model: 05 (Qwen2.5-Coder-0.5B, bf16 weights) or 15w (Qwen2.5-Coder-1.5B W4A16 RTN g128)
+#   INIT=<head dir in the checkout> continues that head (copied to /root/work/init-<name> by
+#   `background`); SKIP=N skips the corpus' first N conversations (the ones INIT was trained on).
 set -u
 REV=${1:-unknown}; PART=${2:-setup}; WHICH=${3:-05}
 BIN=/root/bin; M=/root/hscache/models; W=/root/work
@@ -20,7 +22,9 @@ esac
 # One command line for every part: the checkpoint and data are reused when the settings match.
 TE="$BIN/train-eagle --model $MODEL $EXTRA --corpus $W/sharegpt-6000.json --max-conversations 6000
   --max-len 1024 --batch 4 --lr 6e-4 --warmup 0.03 --epochs 2 --eval-every 50 --eval-seqs 64
-  --checkpoint-every 100 --log-every 25 --device cuda --dtype f32 --out $W/heads/$NAME --revision $REV"
+  --checkpoint-every 100 --log-every 25 --device cuda --dtype f32 --out $W/heads/$NAME --revision $REV
+  --skip-conversations ${SKIP:-0}"
+[ -d $W/init-$NAME ] && TE="$TE --init $W/init-$NAME"
 case $PART in
 setup)
   for f in .dev/gpu/*.xz; do xz -dc "$f" > $W/$(basename "$f" .xz); done
@@ -40,6 +44,7 @@ background)
   # setsid: the training outlives this call; its output goes to $W/bg-$NAME.log.
   # This call's $OUT is gone when it returns: the detached parts write theirs to $W/bgout.
   mkdir -p $W/bgout
+  if [ -n "${INIT:-}" ]; then rm -rf $W/init-$NAME && cp -r "$INIT" $W/init-$NAME; fi
   # The checkout may be replaced by the next call's copy: run a copy of this script.
   cp "$0" $W/heads.sh
   OUT=$W/bgout setsid nohup bash -c "bash $W/heads.sh $REV data $WHICH; bash $W/heads.sh $REV train $WHICH; echo finished" \

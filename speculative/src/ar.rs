@@ -134,10 +134,10 @@ pub fn generate<B: Backend>(
     stats.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
+    let device = target.device();
     while !em.emit(id) {
-        let logits = target.forward(&[id], LogitsFor::Last);
+        id = crate::profile::phase::<B, _>("ar.step", &device, || read_id(sampler.sample(target.forward(&[id], LogitsFor::Last).reshape([config.vocab_size]))));
         stats.target_forwards += 1;
-        id = read_id(sampler.sample(logits.reshape([config.vocab_size])));
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = em.out.len();

@@ -13,6 +13,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, Result};
 
 use crate::ar::tokens_tensor;
+use crate::profile::phase;
 use crate::tree::{build_tree, DraftTree, FrontierNode, Proposal, TreeConfig};
 
 pub trait TreeDrafter<B: Backend> {
@@ -108,17 +109,20 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
             if start + n > self.cache.capacity() {
                 return Err(Error::Setting("EAGLE head cache is full".into()));
             }
-            let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
-            let h = feats.dims()[1];
-            let embeds = self.base.embed(tokens_tensor(&self.pending_tokens, &device));
-            let out = self.head.forward(embeds, feats.reshape([1, n, h]), Llama::<B>::positions(start, n, &device), &mut self.cache, None);
+            let out = phase::<B, _>("draft.catch_up", &device, || {
+                let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
+                let h = feats.dims()[1];
+                let embeds = self.base.embed(tokens_tensor(&self.pending_tokens, &device));
+                self.head.forward(embeds, feats.reshape([1, n, h]), Llama::<B>::positions(start, n, &device), &mut self.cache, None)
+            });
+            let h = out.dims()[2];
             self.forwards += 1;
             self.last = Some(out.slice([0..1, n - 1..n, 0..h]).reshape([1, h]));
             self.pending_tokens.clear();
         }
         let last = self.last.clone().ok_or_else(|| Error::Setting("EAGLE drafter: nothing observed yet".into()))?;
         let committed = self.cache.len();
-        let first = top_k_rows(self.base, last.clone(), cfg.top_k).remove(0);
+        let first = phase::<B, _>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0);
 
         // Tree levels: each frontier node's input is (its parent's predicted feature, its token) at
         // position committed + depth - 1; it sees the committed rows and the rows of its ancestors.
@@ -135,37 +139,39 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
             if start + f > cache.capacity() {
                 return Err(Error::Setting("EAGLE head cache is full".into()));
             }
-            let feats: Vec<Tensor<B, 2>> = nodes
-                .iter()
-                .map(|nd| nd.parent.map_or_else(|| last.clone(), |p| out_of[&p].clone()))
-                .collect();
-            let h = feats[0].dims()[1];
-            let feats = Tensor::cat(feats, 0).reshape([1, f, h]);
-            let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
-            let embeds = base.embed(tokens_tensor(&tokens, &device));
-            let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
-            let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [f]), &device);
-            // Mask over the draft rows [committed, start + f).
-            let cols = start + f - committed;
-            let mut allowed = vec![false; f * cols];
-            for (i, nd) in nodes.iter().enumerate() {
-                parent_of.insert(nd.history, nd.parent);
-                allowed[i * cols + (start - committed) + i] = true;
-                let mut a = nd.parent;
-                while let Some(p) = a {
-                    allowed[i * cols + row_of[&p] - committed] = true;
-                    a = parent_of[&p];
+            let h = last.dims()[1];
+            let (embeds, feats, positions, mask) = phase::<B, _>("draft.level_inputs", &device, || {
+                let feats: Vec<Tensor<B, 2>> = nodes
+                    .iter()
+                    .map(|nd| nd.parent.map_or_else(|| last.clone(), |p| out_of[&p].clone()))
+                    .collect();
+                let feats = Tensor::cat(feats, 0).reshape([1, f, h]);
+                let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
+                let embeds = base.embed(tokens_tensor(&tokens, &device));
+                let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
+                let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [f]), &device);
+                // Mask over the draft rows [committed, start + f).
+                let cols = start + f - committed;
+                let mut allowed = vec![false; f * cols];
+                for (i, nd) in nodes.iter().enumerate() {
+                    parent_of.insert(nd.history, nd.parent);
+                    allowed[i * cols + (start - committed) + i] = true;
+                    let mut a = nd.parent;
+                    while let Some(p) = a {
+                        allowed[i * cols + row_of[&p] - committed] = true;
+                        a = parent_of[&p];
+                    }
                 }
-            }
-            let mask = AttnMask::new(committed, f, cols, &allowed, &device);
-            let out = head.forward(embeds, feats, positions, cache, Some(&mask));
+                (embeds, feats, positions, AttnMask::new(committed, f, cols, &allowed, &device))
+            });
+            let out = phase::<B, _>("draft.level_forward", &device, || head.forward(embeds, feats, positions, cache, Some(&mask)));
             forwards += 1;
             let out = out.reshape([f, h]);
             for (i, nd) in nodes.iter().enumerate() {
                 row_of.insert(nd.history, start + i);
                 out_of.insert(nd.history, out.clone().slice([i..i + 1, 0..h]));
             }
-            Ok(top_k_rows(base, out, cfg.top_k))
+            Ok(phase::<B, _>("draft.top_k", &device, || top_k_rows(base, out, cfg.top_k)))
         });
         self.forwards += forwards;
         // Draft rows are scratch: the committed rows stay, the rest is overwritten next time.

@@ -23,6 +23,7 @@ use hierspec_model::{Error, LogitsFor, Result};
 
 use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
 use crate::drafter::{observe_prompt, TreeDrafter};
+use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::sd::{check_same_vocab, Model};
 use crate::tree::TreeConfig;
@@ -125,12 +126,13 @@ pub fn generate_hier<B: Backend>(
 
         // Resync D and E to b ++ s[..j], with t = next as the newest token.
         let tm = Instant::now();
+        let device = mid.device();
         if j < s.len() {
             mid.cache.truncate(l + 1 + j);
             drafter.truncate(l + j);
             drafter.observe(Tensor::cat(features, 0).slice([j..j + 1]), &[next])?;
         } else {
-            let (_, f) = mid.forward_features(&s[j - 1..j]);
+            let (_, f) = phase::<B, _>("hier.catch_up", &device, || mid.forward_features(&s[j - 1..j]));
             stats.intermediate_forwards += 1;
             drafter.observe(f, &[next])?;
         }

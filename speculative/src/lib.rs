@@ -7,6 +7,7 @@ pub mod ar;
 pub mod drafter;
 pub mod eagle;
 pub mod hier;
+pub mod profile;
 pub mod sampling;
 pub mod sd;
 pub mod tree;

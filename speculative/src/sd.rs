@@ -17,6 +17,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
 use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::verify::Runner;
 
@@ -84,22 +85,25 @@ pub fn generate_sd<B: Backend>(
         // Draft: catch up on unseen tokens (the pending one at least), then propose.
         let k = draft_len.min(em.remaining());
         let unseen: Vec<u32> = prompt.iter().chain(&em.out).skip(drf.cache.len()).copied().collect();
-        let mut logits = drf.forward(&unseen, LogitsFor::Last);
+        let device = drf.device();
+        let mut logits = phase::<B, _>("sd.draft_forward", &device, || drf.forward(&unseen, LogitsFor::Last));
         let mut drafts = Vec::with_capacity(k);
         let mut q = Vec::new();
         loop {
-            let t = if sampler.is_greedy() {
-                read_id(hierspec_kernels::topk::argmax(logits))
-            } else {
-                let probs = sampler.probs(logits);
-                q.push(probs.clone());
-                read_id(sampler.draw(probs.reshape([vocab])))
-            };
+            let t = phase::<B, _>("sd.draft_pick", &device, || {
+                if sampler.is_greedy() {
+                    read_id(hierspec_kernels::topk::argmax(logits))
+                } else {
+                    let probs = sampler.probs(logits);
+                    q.push(probs.clone());
+                    read_id(sampler.draw(probs.reshape([vocab])))
+                }
+            });
             drafts.push(t);
             if drafts.len() == k {
                 break;
             }
-            logits = drf.forward(&[t], LogitsFor::Last);
+            logits = phase::<B, _>("sd.draft_forward", &device, || drf.forward(&[t], LogitsFor::Last));
         }
         stats.draft_forwards += k;
         stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;

@@ -8,6 +8,7 @@ use hierspec_model::{AttnMask, Error, ForwardOutput, KvCache, Llama, LlamaConfig
 
 use crate::accept::{accept_sequence_greedy, accept_sequence_sampled, accept_tree_greedy, accept_tree_sampled};
 use crate::ar::tokens_tensor;
+use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::tree::DraftTree;
 
@@ -80,20 +81,23 @@ impl<B: Backend> Runner<'_, B> {
     /// Verify a tree rooted at the newest token (not yet in the cache) and compact the cache to the
     /// accepted path: afterwards it holds the root and the accepted drafts.
     pub fn verify_tree(&mut self, tree: &DraftTree, sampler: &mut Sampler) -> Result<TreeVerdict<B>> {
-        let l = self.cache.len();
-        let (logits, features) = self.forward_tree(tree);
-        let (acc, probs) = if sampler.is_greedy() {
-            (accept_tree_greedy(logits, tree), None)
-        } else {
-            let p = sampler.probs(logits);
-            (accept_tree_sampled(p.clone(), tree, sampler), Some(p))
-        };
+        let (l, device) = (self.cache.len(), self.device());
+        let (logits, features) = phase::<B, _>("tree.forward", &device, || self.forward_tree(tree));
+        let (acc, probs) = phase::<B, _>("tree.accept", &device, || {
+            if sampler.is_greedy() {
+                (accept_tree_greedy(logits, tree), None)
+            } else {
+                let p = sampler.probs(logits);
+                (accept_tree_sampled(p.clone(), tree, sampler), Some(p))
+            }
+        });
         let rows: Vec<usize> = acc.path.iter().map(|&i| l + i).collect();
-        self.cache.keep_rows(l, &rows)?;
+        phase::<B, _>("tree.keep_rows", &device, || self.cache.keep_rows(l, &rows))?;
         let idx: Vec<i64> = acc.path.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [acc.path.len()]), &self.device());
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [acc.path.len()]), &device);
         let tokens = acc.path[1..].iter().map(|&i| tree.tokens[i]).chain(std::iter::once(acc.bonus)).collect();
-        Ok(TreeVerdict { features: features.select(0, idx.clone()), probs: probs.map(|p| p.select(0, idx)), path: acc.path, next: acc.bonus, tokens })
+        let (features, probs) = phase::<B, _>("tree.select", &device, || (features.select(0, idx.clone()), probs.map(|p| p.select(0, idx))));
+        Ok(TreeVerdict { features, probs, path: acc.path, next: acc.bonus, tokens })
     }
 
     /// Verify `[pending] ++ draft` causally (the actual draft length, no padding) and truncate the
@@ -102,13 +106,16 @@ impl<B: Backend> Runner<'_, B> {
     pub fn verify_sequence(&mut self, pending: u32, draft: &[u32], q: Option<Tensor<B, 2>>, sampler: &mut Sampler) -> Result<(usize, u32)> {
         let l = self.cache.len();
         let input: Vec<u32> = std::iter::once(pending).chain(draft.iter().copied()).collect();
-        let logits = self.forward(&input, LogitsFor::All);
-        let (j, next) = if sampler.is_greedy() {
-            accept_sequence_greedy(logits, draft)
-        } else {
-            let q = q.ok_or_else(|| Error::Setting("sampled verification needs the draft distributions".into()))?;
-            accept_sequence_sampled(sampler.probs(logits), q, draft, sampler)
-        };
+        let device = self.device();
+        let logits = phase::<B, _>("seq.forward", &device, || self.forward(&input, LogitsFor::All));
+        let (j, next) = phase::<B, _>("seq.accept", &device, || {
+            if sampler.is_greedy() {
+                Ok(accept_sequence_greedy(logits, draft))
+            } else {
+                let q = q.ok_or_else(|| Error::Setting("sampled verification needs the draft distributions".into()))?;
+                Ok::<_, Error>(accept_sequence_sampled(sampler.probs(logits), q, draft, sampler))
+            }
+        })?;
         self.cache.truncate(l + 1 + j);
         Ok((j, next))
     }

@@ -172,6 +172,7 @@ impl Args {
             model_id: &self.engine.model,
         };
         let records = specbench::run(&engine, &questions, &spec)?;
+        eprint!("{}", hierspec_speculative::profile::report());
         let e = &self.engine;
         Ok(SpecBenchReport {
             revision: self.revision.clone(),
