@@ -248,8 +248,16 @@ fn attention_rows_is_attention_transposed() {
 fn log_softmax_top_k_kernel_matches_reference() {
     let device = device();
     let exact_f32 = Tensor::<B, 1>::zeros([1], &device).dtype() == DType::F32;
-    for (n, v, k) in [(1, 5003, 10), (3, 70001, 16), (10, 151936, 10), (2, 40, 1)] {
-        let x = Tensor::<B, 2>::random([n, v], Distribution::Normal(0.0, 4.0), &device);
+    // Rows of one chunk (2048 columns) or many, a last chunk of 2 columns with k = 12 (chunks with
+    // fewer than k columns), a 152k vocabulary; row 0 of each holds its maximum three times, in
+    // different chunks (ties go to the lower id, across chunks too).
+    for (n, v, k) in [(1, 5003, 10), (3, 70001, 16), (10, 151936, 10), (2, 40, 1), (2, 2050, 12), (1, 4101, 5)] {
+        let mut x = Tensor::<B, 2>::random([n, v], Distribution::Normal(0.0, 4.0), &device);
+        let top = x.clone().max().into_scalar().elem::<f32>() + 1.0;
+        let dtype = x.dtype();
+        for c in [v - 1, v / 2, 3] {
+            x = x.slice_assign([0..1, c..c + 1], Tensor::full([1, 1], top, (&device, dtype)));
+        }
         let got = hierspec_kernels::topk::log_softmax_top_k(x.clone(), k);
         // The arbiter is the host in f64 (burn's own log_softmax on lavapipe was off by 0.06 at
         // 70,001 columns): log-softmax, then a sort by (value desc, id asc).

@@ -312,7 +312,8 @@ pub(crate) fn argmax<B: Backend>(x: &Tensor<B, 2>) -> Option<Tensor<B, 1, Int>> 
 /// [n, 2k] f32: each row's top-k log-probs, then their ids.
 pub(crate) fn log_softmax_top_k<B: Backend>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {
     fn run<B: Backend, R: CubeRuntime>(logits: &Tensor<B, 2>, k: usize) -> Option<Tensor<B, 2>> {
-        if !supported(logits.dtype()) {
+        let [_, v] = logits.dims();
+        if !supported(logits.dtype()) || v.div_ceil(topk::CHUNK) * k > topk::MERGE_CAP {
             return None;
         }
         Some(back::<B, R, 2>(topk::log_softmax_top_k::<R>(float(logits), k)))

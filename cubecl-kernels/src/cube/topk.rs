@@ -1,7 +1,8 @@
-//! Top-k of a row's log-softmax in one launch: one cube per row finds the row's max and log-sum-exp,
-//! then k rounds of a block argmax, each round skipping what earlier rounds took (order: value
+//! Top-k of a row's log-softmax in two launches: cubes over chunks of the row find each chunk's max,
+//! sum of exp and top-k; one cube per row merges them into the log-sum-exp and the row's top-k. Each
+//! top-k is k rounds of a block argmax, each round skipping what earlier rounds took (order: value
 //! descending, index ascending on ties, as repeated argmax). Writes [n, 2k] f32: the k log-probs,
-//! then the k token ids (exact in f32 below 2^24).
+//! then the k token ids (exact in f32 below 2^24). Also the greedy steps' argmax.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
@@ -40,49 +41,39 @@ fn block_argmax(red_v: &mut SharedMemory<f32>, red_i: &mut SharedMemory<u32>) {
     }
 }
 
-#[cube(launch_unchecked)]
-fn topk_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, v: usize, k: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
-    let row = CUBE_POS_X as usize;
+/// Columns of a row per cube in the first pass, staged in shared memory (8 per thread).
+pub(crate) const CHUNK: usize = 2048;
+/// Most candidates (chunks x k) the merge stages: k <= 27 at a 152k vocabulary.
+pub(crate) const MERGE_CAP: usize = 2048;
+
+/// k rounds of a block argmax over the (value, id) pairs `vals/ids[0..len)`, each round skipping
+/// what earlier rounds took; round r's pair goes to `out[v_at + r]` (value - `shift`) and
+/// `out[i_at + r]` (id). Fewer than k pairs leave the sentinel (-3e38, v).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    vals: &SharedMemory<f32>,
+    ids: &SharedMemory<u32>,
+    len: usize,
+    v: usize,
+    k: usize,
+    shift: f32,
+    out: &mut Array<f32>,
+    v_at: usize,
+    i_at: usize,
+    #[comptime] threads: usize,
+) {
     let tid = UNIT_POS_X as usize;
-    let base = row * v;
     let mut red_v = SharedMemory::<f32>::new(threads);
     let mut red_i = SharedMemory::<u32>::new(threads);
-
-    // Row max, then the sum of exp(x - max): the log-sum-exp in f32.
-    let mut m = f32::new(-3.0e38);
-    let mut j = tid;
-    while j < v {
-        let xv = f32::cast_from(x[base + j]);
-        if xv > m {
-            m = xv;
-        }
-        j += threads;
-    }
-    red_v[tid] = m;
-    block_max(&mut red_v);
-    let row_max = red_v[0];
-    sync_cube();
-    let mut s = 0.0f32;
-    let mut j = tid;
-    while j < v {
-        s += (f32::cast_from(x[base + j]) - row_max).exp();
-        j += threads;
-    }
-    red_v[tid] = s;
-    block_sum(&mut red_v);
-    let lse = row_max + red_v[0].ln();
-    sync_cube();
-
-    // k rounds of argmax over what the earlier rounds left.
     let mut pv = f32::new(0.0);
     let mut pi = 0u32;
     for r in 0..k {
         let mut bv = f32::new(-3.0e38);
         let mut bi = u32::cast_from(v);
         let mut j = tid;
-        while j < v {
-            let xv = f32::cast_from(x[base + j]);
-            let ju = u32::cast_from(j);
+        while j < len {
+            let (xv, ju) = (vals[j], ids[j]);
             let mut eligible = r == 0;
             if !eligible {
                 eligible = before(pv, pi, xv, ju);
@@ -101,31 +92,150 @@ fn topk_kernel<F: Float>(x: &Array<F>, out: &mut Array<f32>, v: usize, k: usize,
         pv = red_v[0];
         pi = red_i[0];
         if tid == 0 {
-            out[row * 2 * k + r] = pv - lse;
-            out[row * 2 * k + k + r] = f32::cast_from(pi);
+            out[v_at + r] = pv - shift;
+            out[i_at + r] = f32::cast_from(pi);
         }
         sync_cube();
     }
 }
 
-/// x [n, v] -> [n, 2k] f32 (log-probs, then ids). k <= v.
+/// The cube's max and sum of exp(x - max) over `pairs[0..len)` of (max, sum) (a chunk's values are
+/// the pairs (x, 1)): the log-sum-exp's two parts, for every thread.
+#[cube]
+fn max_and_sum(maxes: &SharedMemory<f32>, sums: &SharedMemory<f32>, len: usize, #[comptime] threads: usize) -> (f32, f32) {
+    let tid = UNIT_POS_X as usize;
+    let mut red = SharedMemory::<f32>::new(threads);
+    let mut m = f32::new(-3.0e38);
+    let mut j = tid;
+    while j < len {
+        if maxes[j] > m {
+            m = maxes[j];
+        }
+        j += threads;
+    }
+    red[tid] = m;
+    block_max(&mut red);
+    let top = red[0];
+    sync_cube();
+    let mut s = 0.0f32;
+    let mut j = tid;
+    while j < len {
+        s += sums[j] * (maxes[j] - top).exp();
+        j += threads;
+    }
+    red[tid] = s;
+    block_sum(&mut red);
+    let total = red[0];
+    sync_cube();
+    (top, total)
+}
+
+/// First pass, cube (chunk c, row): the chunk's (max, sum of exp(x - max)) into `stats`, and its own
+/// top-k into `cand` (per slot: k values, then k ids). A pair in the row's top-k is in its chunk's
+/// top-k (the order is total), so the second pass only merges candidates.
+#[cube(launch_unchecked)]
+fn topk_chunk_kernel<F: Float>(x: &Array<F>, stats: &mut Array<f32>, cand: &mut Array<f32>, v: usize, k: usize, chunks: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+    let (c, row, tid) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, UNIT_POS_X as usize);
+    let start = c * CHUNK;
+    let mut len = v - start;
+    if len > CHUNK {
+        len = CHUNK;
+    }
+    let mut vals = SharedMemory::<f32>::new(CHUNK);
+    let mut ids = SharedMemory::<u32>::new(CHUNK);
+    let mut ones = SharedMemory::<f32>::new(CHUNK);
+    let mut j = tid;
+    while j < len {
+        vals[j] = f32::cast_from(x[row * v + start + j]);
+        ids[j] = u32::cast_from(start + j);
+        ones[j] = 1.0;
+        j += threads;
+    }
+    sync_cube();
+    let (m, s) = max_and_sum(&vals, &ones, len, threads);
+    let slot = row * chunks + c;
+    if tid == 0 {
+        stats[slot * 2] = m;
+        stats[slot * 2 + 1] = s;
+    }
+    rounds(&vals, &ids, len, v, k, 0.0, cand, slot * 2 * k, slot * 2 * k + k, threads);
+}
+
+/// Second pass, one cube per row: the row's log-sum-exp from its chunks' (max, sum) pairs, then the
+/// top-k of their candidates. Writes [n, 2k]: log-probs, then ids.
+#[cube(launch_unchecked)]
+fn topk_merge_kernel(stats: &Array<f32>, cand: &Array<f32>, out: &mut Array<f32>, v: usize, k: usize, chunks: usize, #[comptime] threads: usize) {
+    let (row, tid) = (CUBE_POS_X as usize, UNIT_POS_X as usize);
+    let first = row * chunks;
+    let mut maxes = SharedMemory::<f32>::new(MERGE_CAP);
+    let mut sums = SharedMemory::<f32>::new(MERGE_CAP);
+    let mut j = tid;
+    while j < chunks {
+        maxes[j] = stats[(first + j) * 2];
+        sums[j] = stats[(first + j) * 2 + 1];
+        j += threads;
+    }
+    sync_cube();
+    let (m, s) = max_and_sum(&maxes, &sums, chunks, threads);
+    let lse = m + s.ln();
+    // The candidates, chunk by chunk, into the same slots.
+    let cands = chunks * k;
+    let mut ids = SharedMemory::<u32>::new(MERGE_CAP);
+    let mut j = tid;
+    while j < cands {
+        let (slot, r) = (first + j / k, j % k);
+        maxes[j] = cand[slot * 2 * k + r];
+        ids[j] = u32::cast_from(cand[slot * 2 * k + k + r]);
+        j += threads;
+    }
+    sync_cube();
+    rounds(&maxes, &ids, cands, v, k, lse, out, row * 2 * k, row * 2 * k + k, threads);
+}
+
+/// x [n, v] -> [n, 2k] f32 (log-probs, then ids). k <= v, v < 2^24 (ids exact in f32), and
+/// ceil(v / CHUNK) k <= [`MERGE_CAP`] (the caller checks).
+///
+/// Two launches: chunks of [`CHUNK`] columns, one cube each, then one cube per row merging the
+/// chunks. The single-cube version (one cube per row, scanning a 152k row 12 times) took ~510 us
+/// per launch on the H200 under ncu (`docs/perf/real.md`, session 13): one multiprocessor per row,
+/// latency-bound, once per tree level of every draft.
 pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> CubeTensor<R> {
     let [n, v] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([n, 2 * k]), DType::F32);
-    // SAFETY: one cube per row; columns bounded by v, outputs by 2k per row.
+    let chunks = v.div_ceil(CHUNK);
+    let (client, device) = (x.client.clone(), x.device.clone());
+    let stats = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([n * chunks * 2]), DType::F32);
+    let cand = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([n * chunks * 2 * k]), DType::F32);
+    let out = empty_device_contiguous_dtype::<R>(client.clone(), device, Shape::new([n, 2 * k]), DType::F32);
+    // SAFETY: cube (c, row) reads columns [c CHUNK, min((c + 1) CHUNK, v)) of its row and writes its
+    // slot's 2 stats and 2k candidates; a row's merge cube reads its chunks' slots (chunks k <=
+    // MERGE_CAP staged) and writes its 2k outputs.
     unsafe {
-        topk_kernel::launch_unchecked::<R>(
-            &x.client.clone(),
-            CubeCount::Static(n as u32, 1, 1),
+        topk_chunk_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(chunks as u32, n as u32, 1),
             CubeDim::new_1d(THREADS as u32),
             x.into_array_arg(),
+            stats.clone().into_array_arg(),
+            cand.clone().into_array_arg(),
+            v,
+            k,
+            chunks,
+            THREADS,
+            dtype.into(),
+        );
+        topk_merge_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(THREADS as u32),
+            stats.into_array_arg(),
+            cand.into_array_arg(),
             out.clone().into_array_arg(),
             v,
             k,
+            chunks,
             THREADS,
-            dtype.into(),
         )
     };
     out
