@@ -1,11 +1,10 @@
 //! Acceptance rules (method.md, "Verifying a tree" and "Verifying a sequence"), greedy and sampled.
 //! Each takes the verifier's logits or warped probabilities and returns what was accepted and the
-//! verifier's own next token. The work stays on the device; a handful of numbers comes back: two
-//! integers for greedy, the candidates' probabilities for sampling.
+//! verifier's own next token. The logits stay on the device; a handful of numbers comes back: each
+//! row's argmax for greedy (the walk over them is on the host), the candidates' probabilities for
+//! sampling.
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
-
-use hierspec_model::nn::matmul::matmul;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::ar::read_id;
 use crate::sampling::{Fault, Sampler};
@@ -20,53 +19,47 @@ pub struct TreeAccept {
 }
 
 /// Greedy tree acceptance (method.md): node i is valid when its token is the verifier's argmax at
-/// its parent and all its ancestors are valid; the deepest valid node ends the accepted path. On the
-/// device: one gather for the parents' argmax, one ancestor-matrix product to count invalid
-/// ancestors, one argmax over depth-weighted validity; two integers come back.
+/// its parent and all its ancestors are valid; the deepest valid node (the first of the deepest)
+/// ends the accepted path. One argmax launch and one read of the n row choices; the walk is on the
+/// host (parents precede their children).
+///
+/// The walk was on the device before (a gather of the parents' choices, an ancestor-matrix product,
+/// a depth-weighted argmax: five uploads and ~12 launches for two integers). It read fewer bytes
+/// but cost ~0.6 ms per tree on the H200 in host launch time (`docs/perf/real.md`, session 13),
+/// where reading n integers instead of two costs nothing measurable.
 pub fn accept_tree_greedy<B: Backend>(logits: Tensor<B, 2>, tree: &DraftTree) -> TreeAccept {
-    let n = tree.len();
-    let device = logits.device();
-    let argmax = hierspec_kernels::topk::argmax(logits);
-    let host_int = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device);
-    let host_f32 = |v: Vec<f32>, shape: [usize; 2]| Tensor::<B, 2>::from_data(TensorData::new(v, shape), (&device, DType::F32));
-    let parents = host_int(tree.parents.iter().map(|p| p.unwrap_or(0) as i64).collect());
-    let tokens = host_int(tree.tokens.iter().map(|&t| t as i64).collect());
-    // 1 where a non-root node's token differs from the verifier's choice at its parent.
-    let not_root = host_f32((0..n).map(|i| if i == 0 { 0.0 } else { 1.0 }).collect(), [n, 1]);
-    let mismatch = argmax.clone().select(0, parents).not_equal(tokens).float().cast(DType::F32).reshape([n, 1]) * not_root;
-    let ancestors = host_f32(tree.ancestor_mask().iter().map(|&a| if a { 1.0 } else { 0.0 }).collect(), [n, n]);
-    let bad = matmul(ancestors, mismatch); // [n, 1]: invalid nodes on the path root..i
-    let depth = host_f32(tree.depths.iter().map(|&d| (d + 1) as f32).collect(), [n, 1]);
-    let best = (bad.equal_elem(0.0).float().cast(DType::F32) * depth).reshape([n]).argmax(0);
-    let bonus = argmax.select(0, best.clone());
-    let both: Vec<i64> = Tensor::cat(vec![best, bonus], 0).into_data().iter::<i64>().collect();
-    let mut path = vec![both[0] as usize];
+    let choice = read_ids(hierspec_kernels::topk::argmax(logits));
+    let mut valid = vec![false; tree.len()];
+    let mut best = 0;
+    for i in 0..tree.len() {
+        valid[i] = match tree.parents[i] {
+            None => i == 0,
+            Some(p) => valid[p] && choice[p] == tree.tokens[i],
+        };
+        if valid[i] && tree.depths[i] > tree.depths[best] {
+            best = i;
+        }
+    }
+    let mut path = vec![best];
     while let Some(p) = tree.parents[*path.last().unwrap()] {
         path.push(p);
     }
     path.reverse();
-    TreeAccept { path, bonus: both[1] as u32 }
+    TreeAccept { path, bonus: choice[best] }
 }
 
 /// Greedy sequence acceptance. `logits` [K + 1, vocab] are the verifier's outputs after the pending
 /// token and after each of the K draft tokens. Returns (accepted drafts j, the verifier's token after
-/// them). Computed on the device; one read of two integers.
+/// them). One argmax launch and one read of the K + 1 choices (as [`accept_tree_greedy`]).
 pub fn accept_sequence_greedy<B: Backend>(logits: Tensor<B, 2>, draft: &[u32]) -> (usize, u32) {
-    let k = draft.len();
-    let argmax = hierspec_kernels::topk::argmax(logits);
-    let device = argmax.device();
-    let accepted = if k == 0 {
-        Tensor::<B, 1, Int>::zeros([1], &device)
-    } else {
-        let d: Vec<i64> = draft.iter().map(|&t| t as i64).collect();
-        let d = Tensor::<B, 1, Int>::from_data(TensorData::new(d, [k]), &device);
-        // Count the leading matches: positions where no mismatch has happened yet.
-        let mismatches = argmax.clone().slice([0..k]).not_equal(d).int().cumsum(0);
-        mismatches.equal_elem(0).int().sum()
-    };
-    let next = argmax.select(0, accepted.clone());
-    let both: Vec<i64> = Tensor::cat(vec![accepted, next], 0).into_data().iter::<i64>().collect();
-    (both[0] as usize, both[1] as u32)
+    let choice = read_ids(hierspec_kernels::topk::argmax(logits));
+    let j = draft.iter().zip(&choice).take_while(|(d, c)| d == c).count();
+    (j, choice[j])
+}
+
+/// The ids of an int tensor, on the host.
+fn read_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<u32> {
+    ids.into_data().iter::<i64>().map(|v| v as u32).collect()
 }
 
 /// Sampled tree acceptance (the multi-candidate rule): walk from the root; at node u with the
