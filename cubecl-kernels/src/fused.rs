@@ -7,6 +7,8 @@
 //!   o_proj and down_proj with the residual add, down_proj staging `silu(gate) * up` itself.
 //! - [`rope_qkv`]: RoPE on q and k straight from the q|k|v row, k and v written into the KV cache.
 //! - [`crate::attention::attention_rows`]: attention writing o_proj's input layout.
+//! - [`keep_rows`]: the KV-cache compaction after a tree verification, k and v of a layer in one
+//!   launch (was four: a select and a slice_assign each).
 
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
@@ -248,4 +250,25 @@ pub fn reference_rope_qkv<B: Backend>(
     k_cache.inplace(|c| c.slice_assign(rows.clone(), k));
     v_cache.inplace(|c| c.slice_assign(rows, v));
     q
+}
+
+/// Move cache rows `rows` (ascending, `rows[i] >= start + i`, within the cache) to rows
+/// [start, start + n) of k and v ([b, kv_heads, capacity, hd]), in every head: the compaction of one
+/// layer after a tree verification keeps the accepted path. One launch on cubecl runtimes.
+pub fn keep_rows<B: Backend>(k: &mut Tensor<B, 4>, v: &mut Tensor<B, 4>, start: usize, rows: &Tensor<B, 1, Int>) {
+    #[cfg(feature = "cube")]
+    if crate::cube::keep_rows(k, v, rows, start) {
+        return;
+    }
+    reference_keep_rows(k, v, start, rows)
+}
+
+pub fn reference_keep_rows<B: Backend>(k: &mut Tensor<B, 4>, v: &mut Tensor<B, 4>, start: usize, rows: &Tensor<B, 1, Int>) {
+    let n = rows.dims()[0];
+    let [b, h, _, d] = k.dims();
+    let dst = [0..b, 0..h, start..start + n, 0..d];
+    let kept_k = k.clone().select(2, rows.clone());
+    let kept_v = v.clone().select(2, rows.clone());
+    k.inplace(|c| c.slice_assign(dst.clone(), kept_k));
+    v.inplace(|c| c.slice_assign(dst, kept_v));
 }

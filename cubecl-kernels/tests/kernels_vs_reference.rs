@@ -335,3 +335,28 @@ fn launch_probes_run_and_write_their_inputs() {
         assert_eq!(got, want, "{p:?}");
     }
 }
+
+#[test]
+fn keep_rows_kernel_matches_reference() {
+    let device = device();
+    // (heads, capacity, head_dim, start, rows): a path after a prefix, the path of a deep tree, and
+    // rows that are each other's sources and destinations (row 1 -> 0, 2 -> 1, 3 -> 2: in place, the
+    // order decides), an odd head_dim.
+    let cases: [(usize, usize, usize, usize, &[usize]); 4] =
+        [(3, 40, 24, 10, &[10, 13, 17, 30]), (2, 64, 64, 0, &[1, 2, 3]), (1, 9, 7, 4, &[4, 5, 8]), (4, 130, 128, 100, &[100, 101, 115, 127, 129])];
+    for (h, cap, d, start, rows) in cases {
+        let k0 = Tensor::<B, 4>::random([1, h, cap, d], Distribution::Normal(0.0, 1.0), &device);
+        let v0 = Tensor::<B, 4>::random([1, h, cap, d], Distribution::Normal(0.0, 1.0), &device);
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(idx, [rows.len()]), &device);
+        // Fresh buffers each (the kernel writes in place).
+        let copy = |t: &Tensor<B, 4>| Tensor::<B, 4>::from_data(t.to_data(), &device);
+        let (mut k, mut v) = (copy(&k0), copy(&v0));
+        fused::keep_rows(&mut k, &mut v, start, &idx);
+        let (mut rk, mut rv) = (copy(&k0), copy(&v0));
+        fused::reference_keep_rows(&mut rk, &mut rv, start, &idx);
+        let kept = |t: Tensor<B, 4>| t.slice([0..1, 0..h, 0..start + rows.len(), 0..d]).into_data().iter::<f32>().collect::<Vec<_>>();
+        assert_eq!(kept(k), kept(rk), "k: heads {h} capacity {cap} head_dim {d} start {start} rows {rows:?}");
+        assert_eq!(kept(v), kept(rv), "v: heads {h} capacity {cap} head_dim {d} start {start} rows {rows:?}");
+    }
+}

@@ -60,12 +60,7 @@ impl<B: Backend> KvCache<B> {
             let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &self.layers[0].k.device());
             for layer in &mut self.layers {
-                let [b, h, _, d] = layer.k.dims();
-                let dst = [0..b, 0..h, start..start + rows.len(), 0..d];
-                let k = layer.k.clone().select(2, idx.clone());
-                let v = layer.v.clone().select(2, idx.clone());
-                layer.k.inplace(|c| c.slice_assign(dst.clone(), k));
-                layer.v.inplace(|c| c.slice_assign(dst, v));
+                hierspec_kernels::fused::keep_rows(&mut layer.k, &mut layer.v, start, &idx);
             }
         }
         self.len = start + rows.len();

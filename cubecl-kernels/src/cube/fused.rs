@@ -1,5 +1,6 @@
-//! The decoder layer's small fused steps: RMSNorm (one cube per row) and RoPE on the q and k heads of
-//! a fused q|k|v row with k and v written straight into the KV cache (one cube per row and head).
+//! The decoder layer's small fused steps: RMSNorm (one cube per row), RoPE on the q and k heads of
+//! a fused q|k|v row with k and v written straight into the KV cache (one cube per row and head),
+//! and the cache compaction after a tree verification (one launch per layer).
 
 use burn::tensor::Shape;
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
@@ -251,4 +252,64 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
         )
     };
     q
+}
+
+/// The KV-cache compaction after a tree verification, one layer's k and v in one launch: row
+/// `rows[i]` moves to row `start + i` in every head. Cube h, thread d: element d of head h, for the
+/// rows in ascending order. That order makes the move safe in place: `rows[i] >= start + i`, and a
+/// row is read before any later step writes it.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn keep_rows_kernel<F: Float>(
+    k: &mut Array<F>,
+    v: &mut Array<F>,
+    rows: &Array<i32>,
+    n: usize,
+    start: usize,
+    k_head: usize,
+    k_row: usize,
+    k_dim: usize,
+    v_head: usize,
+    v_row: usize,
+    v_dim: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let h = CUBE_POS_X as usize;
+    let d = UNIT_POS_X as usize;
+    for i in 0..n {
+        let src = rows[i] as usize;
+        k[h * k_head + (start + i) * k_row + d * k_dim] = k[h * k_head + src * k_row + d * k_dim];
+        v[h * v_head + (start + i) * v_row + d * v_dim] = v[h * v_head + src * v_row + d * v_dim];
+    }
+}
+
+/// k, v [1, heads, capacity, hd] in place; rows [n] i32, ascending, each >= start + its index and
+/// < capacity; hd <= 1024 (the caller checks).
+pub(crate) fn keep_rows<R: CubeRuntime>(k: CubeTensor<R>, v: CubeTensor<R>, rows: CubeTensor<R>, start: usize) {
+    let [_, heads, _, hd] = k.meta.shape().dims::<4>();
+    let n = rows.meta.shape().dims::<1>()[0];
+    let dtype = k.dtype;
+    let rows = into_contiguous(rows);
+    let (ks, vs) = (k.meta.strides().to_vec(), v.meta.strides().to_vec());
+    let client = k.client.clone();
+    // SAFETY: heads and hd bound the cube and thread indices; rows are < capacity (caller).
+    unsafe {
+        keep_rows_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(heads as u32, 1, 1),
+            CubeDim::new_1d(hd as u32),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            rows.into_array_arg(),
+            n,
+            start,
+            ks[1],
+            ks[2],
+            ks[3],
+            vs[1],
+            vs[2],
+            vs[3],
+            dtype.into(),
+        )
+    };
 }

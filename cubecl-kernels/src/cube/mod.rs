@@ -268,6 +268,24 @@ pub(crate) fn rope_qkv<B: Backend>(
     for_each_runtime!(run, B, qkv, positions, cos, sin, layout, k_cache, v_cache, start)
 }
 
+/// In-place KV-cache compaction of one layer (see [`crate::fused::keep_rows`]); false where the
+/// kernel does not apply (another backend, batch > 1, mixed dtypes, head_dim > 1024).
+pub(crate) fn keep_rows<B: Backend>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, rows: &Tensor<B, 1, Int>, start: usize) -> bool {
+    fn run<B: Backend, R: CubeRuntime>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, rows: &Tensor<B, 1, Int>, start: usize) -> Option<bool> {
+        let [b, _, _, hd] = k.dims();
+        if b != 1 || v.dims() != k.dims() || !supported(k.dtype()) || v.dtype() != k.dtype() || hd > 1024 {
+            return None;
+        }
+        let rows = int::<B, R, 1>(rows).filter(|r| r.dtype == DType::I32)?;
+        fused::keep_rows::<R>(float(k), float(v), rows, start);
+        Some(true)
+    }
+    fn go<B: Backend>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, rows: &Tensor<B, 1, Int>, start: usize) -> Option<bool> {
+        for_each_runtime!(run, B, k, v, rows, start)
+    }
+    go(k, v, rows, start).unwrap_or(false)
+}
+
 /// Keys are rows [0, t) of k and v. Returns [1, n, heads, hd].
 pub(crate) fn attention<B: Backend>(
     q: &Tensor<B, 4>,
