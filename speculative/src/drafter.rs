@@ -127,8 +127,10 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
         // Tree levels: each frontier node's input is (its parent's predicted feature, its token) at
         // position committed + depth - 1; it sees the committed rows and the rows of its ancestors.
         let mut row_of: HashMap<usize, usize> = HashMap::new(); // history index -> head cache row
-        let mut out_of: HashMap<usize, Tensor<B, 2>> = HashMap::new(); // history index -> f^ [1, H]
         let mut parent_of: HashMap<usize, Option<usize>> = HashMap::new();
+        // The previous level's predictions f^ [f, H], and each of its nodes' row there: a level's
+        // parents are the previous level's nodes, so one gather builds its input features.
+        let mut prev: Option<(Tensor<B, 2>, HashMap<usize, usize>)> = None;
         let head = self.head;
         let base = self.base;
         let cache = &mut self.cache;
@@ -141,11 +143,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
             }
             let h = last.dims()[1];
             let (embeds, feats, positions, mask) = phase::<B, _>("draft.level_inputs", &device, || {
-                let feats: Vec<Tensor<B, 2>> = nodes
-                    .iter()
-                    .map(|nd| nd.parent.map_or_else(|| last.clone(), |p| out_of[&p].clone()))
-                    .collect();
-                let feats = Tensor::cat(feats, 0).reshape([1, f, h]);
+                let feats = parent_features(&last, prev.as_ref(), nodes, &device)?.reshape([1, f, h]);
                 let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
                 let embeds = base.embed(tokens_tensor(&tokens, &device));
                 let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
@@ -162,15 +160,15 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
                         a = parent_of[&p];
                     }
                 }
-                (embeds, feats, positions, AttnMask::new(committed, f, cols, &allowed, &device))
-            });
+                Ok::<_, Error>((embeds, feats, positions, AttnMask::new(committed, f, cols, &allowed, &device)))
+            })?;
             let out = phase::<B, _>("draft.level_forward", &device, || head.forward(embeds, feats, positions, cache, Some(&mask)));
             forwards += 1;
             let out = out.reshape([f, h]);
             for (i, nd) in nodes.iter().enumerate() {
                 row_of.insert(nd.history, start + i);
-                out_of.insert(nd.history, out.clone().slice([i..i + 1, 0..h]));
             }
+            prev = Some((out.clone(), nodes.iter().enumerate().map(|(i, nd)| (nd.history, i)).collect()));
             Ok(phase::<B, _>("draft.top_k", &device, || top_k_rows(base, out, cfg.top_k)))
         });
         self.forwards += forwards;
@@ -182,6 +180,23 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
     fn forwards(&self) -> usize {
         self.forwards
     }
+}
+
+/// The input features of a level's nodes [f, H]: the root's predicted feature `last` [1, H] for
+/// level-1 nodes, else their parents' rows of the previous level's predictions, in one gather (the
+/// per-node slices and their concatenation were ~2 launches per node).
+fn parent_features<B: Backend>(last: &Tensor<B, 2>, prev: Option<&(Tensor<B, 2>, HashMap<usize, usize>)>, nodes: &[FrontierNode], device: &B::Device) -> Result<Tensor<B, 2>> {
+    if nodes.iter().all(|nd| nd.parent.is_none()) {
+        return Ok(last.clone().repeat_dim(0, nodes.len()));
+    }
+    let (out, rows) = prev.ok_or_else(|| Error::Setting("EAGLE drafter: a frontier node's parent was never expanded".into()))?;
+    let idx = nodes
+        .iter()
+        .map(|nd| nd.parent.and_then(|p| rows.get(&p)).map(|&r| r as i64))
+        .collect::<Option<Vec<i64>>>()
+        .ok_or_else(|| Error::Setting("EAGLE drafter: a frontier node's parent is not in the previous level".into()))?;
+    let n = idx.len();
+    Ok(out.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), device)))
 }
 
 /// The base lm_head's log-softmax top-k over features [n, H]: per row, (token, log-probability).
