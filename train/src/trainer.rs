@@ -403,11 +403,12 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Fits a schedule to a time budget from the measured speed: first over steps 3..13 (the first
-/// steps compile and tune kernels), then again every [`ScheduleFit::EVERY`] steps through the first
-/// half of the time budget, from the speed since the previous fit. One early measure was not enough on
-/// the H200: with another head training on the same GPU and kernels still being tuned, steps 3..13
-/// ran several times slower than the rest and cut a schedule to 59 steps (`docs/perf/real.md`,
-/// session 12). So a fitted schedule may grow again, never past its full length.
+/// steps compile and tune kernels), then again every [`ScheduleFit::EVERY`] steps while less than
+/// half of the (fitted) schedule has run, from the speed since the previous fit. One early measure
+/// was not enough on the H200: with another head training on the same GPU and kernels still being
+/// tuned, steps 3..13 ran several times slower than the rest and cut schedules to 59 and 63 steps
+/// (`docs/perf/real.md`, sessions 12 and 13). So a fitted schedule may grow again (the learning rate
+/// then rises back along the longer cosine), never past its full length.
 pub struct ScheduleFit {
     budget: f64,
     full: usize,
@@ -415,7 +416,7 @@ pub struct ScheduleFit {
 }
 
 impl ScheduleFit {
-    pub const EVERY: usize = 50;
+    pub const EVERY: usize = 10;
 
     pub fn new(budget: std::time::Duration, full: usize) -> Self {
         Self { budget: budget.as_secs_f64(), full, mark: None }
@@ -432,7 +433,7 @@ impl ScheduleFit {
             return None;
         }
         let (from, t0) = self.mark?;
-        let due = step == 13 || (step > 13 && step % Self::EVERY == 0 && 2.0 * elapsed <= self.budget);
+        let due = step == 13 || (step > 13 && step % Self::EVERY == 0 && 2 * step <= total);
         if !due || step <= from {
             return None;
         }
