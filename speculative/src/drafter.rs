@@ -2,11 +2,13 @@
 //! the verifier's features; `OracleDrafter` (tests) proposes a known greedy continuation, so the
 //! verifier must accept every level of it. Both are driven through `TreeDrafter`:
 //!   observe(features, next tokens)  pairs (f_t, token t+1) for positions the drafter has not seen
+//!   catch_up()                      run the observed pairs now (the prompt's, during the prefill)
 //!   draft(root)                     a tree rooted at the newest token (the verifier's pending one)
 //!   truncate(len)                   forget positions >= len (re-sync after a rejection upstream)
 
 use std::collections::HashMap;
 
+use hierspec_kernels::dense::SMALL_M_MAX;
 use hierspec_kernels::topk::log_softmax_top_k;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
@@ -20,6 +22,12 @@ pub trait TreeDrafter<B: Backend> {
     /// Pairs for the next positions: the verifier's final-norm features [n, H] at positions
     /// t..t+n and the token at each position + 1.
     fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()>;
+    /// Run the observed pairs through the drafter now rather than at the next `draft` (which
+    /// otherwise does it first). The prefill calls it so that a drafter's pass over the prompt is
+    /// timed as prefill, not as the first decode round.
+    fn catch_up(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Forget every position >= `len`.
     fn truncate(&mut self, len: usize);
     /// A tree rooted at `root`, the newest token (the last `next_tokens` entry observed).
@@ -29,10 +37,14 @@ pub trait TreeDrafter<B: Backend> {
 }
 
 /// After the prefill: the pairs (f_t, token t+1) of every prompt position (the prompt shifted by
-/// one, then the first generated token).
+/// one, then the first generated token), run through the drafter before returning (the device
+/// work included), so that the prefill's time covers the drafter's prompt pass.
 pub fn observe_prompt<B: Backend>(drafter: &mut dyn TreeDrafter<B>, features: Tensor<B, 2>, prompt: &[u32], first: u32) -> Result<()> {
+    let device = features.device();
     let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
-    drafter.observe(features, &next)
+    drafter.observe(features, &next)?;
+    drafter.catch_up()?;
+    B::sync(&device).map_err(|e| Error::Setting(format!("device sync after the drafter's prompt pass: {e:?}")))
 }
 
 /// An EAGLE head drafting for `base` (whose embedding and lm_head it uses).
@@ -70,6 +82,14 @@ impl<'a, B: Backend> EagleDrafter<'a, B> {
     }
 }
 
+impl<B: Backend> EagleDrafter<'_, B> {
+    /// The head's prediction f^ at the newest position run so far [1, H] (the next tree's root
+    /// feature), or `None` before the first catch-up.
+    pub fn last_feature(&self) -> Option<Tensor<B, 2>> {
+        self.last.clone()
+    }
+}
+
 impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
     fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()> {
         if features.dims()[0] != next_tokens.len() {
@@ -99,27 +119,43 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
         self.pending_tokens.truncate(keep);
     }
 
+    /// The pending pairs, causal at their own positions, in chunks of at most [`SMALL_M_MAX`] rows
+    /// (a prompt's pass then takes the small-M kernels, like the models' prefill, not burn's
+    /// autotuned matmul at a new shape per prompt length); keeps the newest row's prediction.
+    fn catch_up(&mut self) -> Result<()> {
+        if self.pending_tokens.is_empty() {
+            return Ok(());
+        }
+        let device = self.base.embed_tokens.device();
+        let n = self.pending_tokens.len();
+        let start = self.cache.len();
+        if start + n > self.cache.capacity() {
+            return Err(Error::Setting("EAGLE head cache is full".into()));
+        }
+        let out = phase::<B, _>("draft.catch_up", &device, || {
+            let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
+            let h = feats.dims()[1];
+            let mut out = None;
+            for s in (0..n).step_by(SMALL_M_MAX) {
+                let e = (s + SMALL_M_MAX).min(n);
+                let embeds = self.base.embed(tokens_tensor(&self.pending_tokens[s..e], &device));
+                let f = feats.clone().slice([s..e]).reshape([1, e - s, h]);
+                out = Some(self.head.forward(embeds, f, Llama::<B>::positions(start + s, e - s, &device), &mut self.cache, None));
+            }
+            out.expect("n > 0")
+        });
+        // One pass, however many chunks a prompt takes (the count is per decode round).
+        self.forwards += 1;
+        let [_, rows, h] = out.dims();
+        self.last = Some(out.slice([0..1, rows - 1..rows, 0..h]).reshape([1, h]));
+        self.pending_tokens.clear();
+        Ok(())
+    }
+
     fn draft(&mut self, root: u32, cfg: &TreeConfig) -> Result<DraftTree> {
         cfg.validate()?;
         let device = self.base.embed_tokens.device();
-        // Catch up: run the observed pairs (causal, at their own positions) and keep the newest row.
-        if !self.pending_tokens.is_empty() {
-            let n = self.pending_tokens.len();
-            let start = self.cache.len();
-            if start + n > self.cache.capacity() {
-                return Err(Error::Setting("EAGLE head cache is full".into()));
-            }
-            let out = phase::<B, _>("draft.catch_up", &device, || {
-                let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
-                let h = feats.dims()[1];
-                let embeds = self.base.embed(tokens_tensor(&self.pending_tokens, &device));
-                self.head.forward(embeds, feats.reshape([1, n, h]), Llama::<B>::positions(start, n, &device), &mut self.cache, None)
-            });
-            let h = out.dims()[2];
-            self.forwards += 1;
-            self.last = Some(out.slice([0..1, n - 1..n, 0..h]).reshape([1, h]));
-            self.pending_tokens.clear();
-        }
+        self.catch_up()?;
         let last = self.last.clone().ok_or_else(|| Error::Setting("EAGLE drafter: nothing observed yet".into()))?;
         let committed = self.cache.len();
         let first = phase::<B, _>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0);
