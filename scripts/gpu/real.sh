@@ -5,7 +5,9 @@
 # turn 1, greedy; and the transformers peer (AR and assisted generation, bf16) on the same prompts.
 # Expects .dev/gpu/{bench.xz,question.jsonl}, .dev/wheels/gguf-*.whl, artifacts/heads/qwen2.5-coder-0.5b,
 # the GGUFs under /root/hscache/models (scripts/gpu/upload_chunk.sh), and $OUT.
-# Usage: bash scripts/gpu/real.sh <revision> <part>; parts: bench | hf (TAG=x names the bench files real-<dtype>x.*)
+# Usage: bash scripts/gpu/real.sh <revision> <part>; parts: bench | hf | sweep (TAG=x names the bench files real-<dtype>x.*)
+#   sweep: `hier` alone under each of the ';'-separated argument sets in $SWEEP (tree shape, draft length),
+#          one process each; prints each run's overall row (compare with the bench part's `ar`).
 set -u
 REV=${1:-unknown}; PART=${2:-bench}
 BIN=/root/bin; M=/root/hscache/models
@@ -27,6 +29,15 @@ bench)
     --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 $EAGLE_ARG --methods $METHODS \
     --revision $REV --json $OUT/real-$DTYPE${TAG:-}.json --markdown $OUT/real-$DTYPE${TAG:-}.md --svg $OUT/real-$DTYPE${TAG:-}.svg 2>&1 \
     | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error" ;;
+sweep)
+  IFS=';' read -ra SETS <<< "${SWEEP:---min-draft-len 4;--min-draft-len 8;--tree-depth 2 --tree-nodes 20}"
+  for i in "${!SETS[@]}"; do
+    echo "--- hier ${SETS[$i]}"
+    timeout 200 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $PER --categories $CATS --turns 1 \
+      --max-new-tokens $NEW --device cuda --dtype $DTYPE --model $M/qwen2.5-coder-1.5b.gguf --quant rtn \
+      --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 --methods hier ${SETS[$i]} \
+      --revision $REV --json $OUT/sweep-$i.json 2>&1 | tr '\r' '\n' | grep -E "^\| overall|error"
+  done ;;
 hf)
   pip install --no-deps --no-index --target /root/py .dev/wheels/gguf-*.whl > /dev/null 2>&1
   PYTHONPATH=/root/py PYTHONUNBUFFERED=1 timeout 570 python3 scripts/hf_real_speed.py --target $M/qwen2.5-coder-1.5b.gguf \

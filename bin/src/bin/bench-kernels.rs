@@ -250,6 +250,25 @@ fn launch_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<LaunchReco
             });
         }
     }
+    // A host read of a result (what every speculative round does a few times): one launch, then
+    // 4 bytes read back, right away and after 300 us of host work (time the device thread may
+    // spend idle; subtract the 300 us).
+    let read_back = |o: &Tensor<B, 1>| drop(o.clone().slice([0..1]).into_data());
+    if probe::launch(Probe::Array1, &a, &o) {
+        measure("round trip: a probe launch, then a 4-byte read", &mut || {
+            probe::launch(Probe::Array1, &a, &o);
+            read_back(&o);
+        });
+        measure("round trip after 300 us of host work (includes the 300 us)", &mut || {
+            let t = Instant::now();
+            while t.elapsed().as_micros() < 300 {
+                std::hint::spin_loop();
+            }
+            probe::launch(Probe::Array1, &a, &o);
+            read_back(&o);
+        });
+    }
+    measure("sync with nothing queued", &mut || B::sync(device).expect("sync"));
     let scalar = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: None }];
     measure("scalar int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &scalar, Input::Plain, None)));
     if let Some(p) = packed.as_ref() {
