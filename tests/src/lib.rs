@@ -32,6 +32,15 @@ pub fn device() -> Device {
     device
 }
 
+/// burn's backends seed one process-wide RNG (`B::seed`), and the tests of one file run on parallel
+/// threads: a test whose random weights or draws must come out the same (a seed replayed, a run
+/// resumed, a fixed model under a statistical test) holds this guard while it draws, so that no
+/// other test draws in between.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn test_dtype() -> DType {
     match std::env::var("HIERSPEC_TEST_DTYPE").as_deref() {
         Ok("bf16") => DType::BF16,

@@ -13,7 +13,7 @@ use hierspec_model::checkpoint::StoreDtype;
 use hierspec_model::eagle::{load_head, save_head};
 use hierspec_model::weights::{SafetensorsSource, WeightSource};
 use hierspec_model::{EagleConfig, EagleHead, KvCache, Llama, LlamaConfig};
-use hierspec_tests::{device, tiny_llama, B};
+use hierspec_tests::{device, rng_lock, tiny_llama, B};
 use hierspec_train::data::{features, ShardWriter};
 use hierspec_train::trainer::{evaluate, train, Frozen, Metrics, RunLimits, TrainConfig};
 use hierspec_train::Dataset;
@@ -58,6 +58,7 @@ fn tiny_base(seed: u64) -> (LlamaConfig, Llama<B>) {
 
 #[test]
 fn training_lowers_the_loss_on_a_fixed_batch() {
+    let _rng = rng_lock();
     let dir = tmp("fixed");
     let (cfg, base) = tiny_base(1);
     let data = base_data(&base, &cfg, &dir, "train", 4, 12, 7);
@@ -80,6 +81,7 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
 
 #[test]
 fn head_learns_a_known_function() {
+    let _rng = rng_lock();
     // Features are a fixed table of the token, f_t = G[x_t], and the lm_head maps G[x] back to x: the
     // head must learn x_{t+1} -> G[x_{t+1}] from the embedding of x_{t+1}.
     let (v, h) = (32, 64);
@@ -135,6 +137,7 @@ const NAMES: [&str; 11] = [
 
 #[test]
 fn saved_head_reloads_bit_identically() {
+    let _rng = rng_lock();
     // Wide enough that the MLP weights (128 x 640 f32 = 320 KiB) exceed a 200 KiB file: they are
     // written in parts, across several files.
     let cfg = LlamaConfig { hidden_size: 128, intermediate_size: 640, head_dim: 32, attention_bias: true, ..tiny_llama(48, 1) };
@@ -174,6 +177,7 @@ fn saved_head_reloads_bit_identically() {
 
 #[test]
 fn a_saved_head_continues_training_where_it_stopped() {
+    let _rng = rng_lock();
     // `train-eagle --init`: a head saved after 40 steps and loaded for training again starts at its
     // saved loss (not a random head's), takes gradients, and goes on lowering the loss.
     let dir = tmp("init");
@@ -205,6 +209,7 @@ fn a_saved_head_continues_training_where_it_stopped() {
 
 #[test]
 fn killed_run_resumes_from_its_checkpoint() {
+    let _rng = rng_lock();
     let dir = tmp("resume");
     let (cfg, base) = tiny_base(2);
     let data = base_data(&base, &cfg, &dir, "train", 8, 10, 3);
@@ -242,6 +247,7 @@ fn killed_run_resumes_from_its_checkpoint() {
 
 #[test]
 fn impossible_training_settings_are_errors() {
+    let _rng = rng_lock();
     let dir = tmp("settings");
     let (cfg, base) = tiny_base(3);
     let data = base_data(&base, &cfg, &dir, "train", 4, 8, 5);
