@@ -120,6 +120,11 @@ pub struct Summary {
     pub new_tokens: usize,
     /// Mean of the per-turn decode tokens/s.
     pub tok_s: f64,
+    /// Mean prefill per turn (timed apart from the decode: the prompt's forward, and for `eagle` and
+    /// `hier` the head's pass over it), ms.
+    pub prefill_ms: f64,
+    /// Decode time over all turns, s.
+    pub decode_s: f64,
     /// Emitted tokens per target forward over all turns (bonus counted).
     pub tau: f64,
     pub inner_tau: f64,
@@ -146,6 +151,8 @@ pub fn summarize(category: &str, method: Method, recs: &[&Record], ar_tok_s: Opt
         turns: recs.len(),
         new_tokens: emitted as usize,
         tok_s,
+        prefill_ms: sum(&|r| r.prefill_ms) / n,
+        decode_s: sum(&|r| r.decode_ms) / 1e3,
         tau: decoded / sum(&|r| r.target_forwards as f64).max(1.0),
         inner_tau: if inner_rounds > 0.0 { sum(&|r| r.inner_tokens as f64) / inner_rounds } else { 0.0 },
         target_forwards_per_token: sum(&|r| r.target_forwards as f64) / emitted,
@@ -312,11 +319,11 @@ pub fn summaries(records: &[Record], methods: &[Method]) -> Vec<Summary> {
 /// The markdown table of `summaries`.
 pub fn table(summaries: &[Summary]) -> String {
     let mut s = String::from(
-        "| category | method | turns | tokens | tok/s | speedup vs ar | tau (bonus counted) | inner tau | target fwd/token | intermediate fwd/token | drafter fwd/token | mismatches vs ar |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| category | method | turns | tokens | tok/s | speedup vs ar | tau (bonus counted) | inner tau | target fwd/token | intermediate fwd/token | drafter fwd/token | prefill ms / turn | decode s | mismatches vs ar |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for x in summaries {
         s += &format!(
-            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.3} | {:.3} | {:.3} | {} |\n",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} | {} |\n",
             x.category,
             x.method.name(),
             x.turns,
@@ -328,6 +335,8 @@ pub fn table(summaries: &[Summary]) -> String {
             x.target_forwards_per_token,
             x.intermediate_forwards_per_token,
             x.head_forwards_per_token,
+            x.prefill_ms,
+            x.decode_s,
             x.mismatches
         );
     }
@@ -400,6 +409,8 @@ mod tests {
             turns: 1,
             new_tokens: 10,
             tok_s: speedup,
+            prefill_ms: 1.0,
+            decode_s: 1.0,
             tau: 1.0,
             inner_tau: 0.0,
             target_forwards_per_token: 1.0,
@@ -447,6 +458,16 @@ mod tests {
         assert_eq!(svg.matches("<rect x=").count(), 2 + 1, "two bars and one legend swatch");
         assert!(svg.contains("qa hier: 2.50x") && svg.contains("rag hier: 0.50x"));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn table_rows_have_a_cell_per_column() {
+        let t = table(&[summary("qa", Method::Ar, 1.0), summary("qa", Method::Hier, 2.5)]);
+        let cells = |line: &str| line.matches('|').count();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].contains("prefill ms / turn") && lines[0].contains("decode s"));
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{t}");
     }
 
     #[test]
