@@ -80,9 +80,7 @@ impl<'a, B: Backend> EagleDrafter<'a, B> {
             forwards: 0,
         })
     }
-}
 
-impl<B: Backend> EagleDrafter<'_, B> {
     /// The head's prediction f^ at the newest position run so far [1, H] (the next tree's root
     /// feature), or `None` before the first catch-up.
     pub fn last_feature(&self) -> Option<Tensor<B, 2>> {
