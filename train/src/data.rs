@@ -303,12 +303,12 @@ pub fn make_data<B: Backend>(base: &LoadedModel<B>, convs: &[Conversation], spec
         bar.inc(1);
         let t0 = std::time::Instant::now();
         let seq = match spec.answers {
-            Answers::Corpus => tokenize(&base.tokenizer, conv, max_len)?,
-            Answers::Self_ => match self_answer(base, conv, spec, max_len, &mut sampler)? {
-                Some(s) => s,
-                None => continue,
-            },
+            Answers::Corpus => Some(tokenize(&base.tokenizer, conv, max_len)?),
+            Answers::Self_ => self_answer(base, conv, spec, max_len, &mut sampler)?,
         };
+        // Counted for the conversations left out below too (an answer is the costly part).
+        t_tok += t0.elapsed().as_secs_f64();
+        let Some(seq) = seq else { continue };
         if seq.ids.len() < 2 || !seq.assistant.iter().any(|&a| a) && spec.answers == Answers::Self_ {
             continue;
         }
@@ -317,7 +317,6 @@ pub fn make_data<B: Backend>(base: &LoadedModel<B>, convs: &[Conversation], spec
         let t2 = std::time::Instant::now();
         let w = if (i + 1) % spec.eval_every == 0 { &mut eval } else { &mut train };
         w.push(&seq.ids, &seq.assistant, &f)?;
-        t_tok += (t1 - t0).as_secs_f64();
         t_fwd += (t2 - t1).as_secs_f64();
         t_write += t2.elapsed().as_secs_f64();
         bar.set_message(format!("{} tokens", train.total_tokens + eval.total_tokens));
