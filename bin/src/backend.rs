@@ -46,7 +46,25 @@ fn init<B: burn::tensor::backend::Backend>(device: &B::Device, precision: Precis
         .map_err(|e| Error::Setting(format!("--dtype {precision:?} on this device: {e:?}")))
 }
 
+/// How cubecl hands device work to the GPU driver in this process, from `CUBECL_DEVICE_HANDLE`
+/// (our cubecl-common patch, `third_party/cubecl-common/src/device/handle/switch.rs`):
+/// `channel` (unset: upstream's batching device thread) or `direct` (on the calling thread).
+pub fn device_handle() -> Result<&'static str> {
+    match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
+        Err(_) | Ok("") | Ok("channel") | Ok("direct") => {}
+        Ok(other) => {
+            return Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel` or `direct`")))
+        }
+    }
+    use cubecl_common::device_handle::{handle_mode, HandleMode};
+    Ok(match handle_mode() {
+        HandleMode::Channel => "channel",
+        HandleMode::Direct => "direct",
+    })
+}
+
 pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -> Result<J::Output> {
+    device_handle()?;
     match kind {
         #[cfg(feature = "cpu")]
         DeviceKind::Cpu => {

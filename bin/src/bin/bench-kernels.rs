@@ -106,6 +106,8 @@ struct LaunchRecord {
 #[derive(serde::Serialize)]
 struct Report {
     device: String,
+    /// `channel` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
+    device_handle: &'static str,
     dtype: Precision,
     revision: String,
     date: String,
@@ -290,8 +292,10 @@ impl BackendJob for Args {
         if self.samples == 0 || self.calls == 0 || ms.iter().any(|&m| m == 0) {
             return Err(Error::Setting("--samples, --calls and every M must be >= 1".into()));
         }
+        let handle = hierspec::backend::device_handle()?;
         let empty = |attention, launches| Report {
             device: format!("{:?}", self.device),
+            device_handle: handle,
             dtype: self.dtype,
             revision: self.revision.clone(),
             date: String::new(),
@@ -351,6 +355,7 @@ impl BackendJob for Args {
         }
         Ok(Report {
             device: format!("{:?}", self.device),
+            device_handle: handle,
             dtype: self.dtype,
             revision: self.revision.clone(),
             date: String::new(),

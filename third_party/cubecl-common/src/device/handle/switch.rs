@@ -1,0 +1,104 @@
+//! hierspec patch (not upstream): pick the device handle at run time.
+//!
+//! Upstream cubecl 0.10 always hands server work to a device thread through a batching channel
+//! (`channel.rs`): the thread takes tasks only in full buffers of 32 or when a blocking call
+//! flushes the rest, and it sleeps in 150 us steps once idle. A phase of a few launches followed
+//! by a read therefore starts only at the read. `CUBECL_DEVICE_HANDLE=direct` runs each task on
+//! the calling thread instead (the re-entrant mutex handle upstream uses without threads), so a
+//! launch reaches the driver when it is made. Unset or `channel` keeps upstream's behaviour.
+
+use super::{CallError, DeviceHandleSpec, ServiceCreationError, channel, reentrant};
+use crate::device::{DeviceId, DeviceService, ServerUtilitiesHandle};
+use std::sync::OnceLock;
+
+/// How server tasks reach the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleMode {
+    /// Upstream: a device thread fed by a batching channel.
+    Channel,
+    /// Every task runs on the calling thread, under a re-entrant lock.
+    Direct,
+}
+
+/// The mode of this process, read once from `CUBECL_DEVICE_HANDLE` (`channel` | `direct`).
+///
+/// # Panics
+/// On any other value: a typo must not silently measure the wrong mode.
+pub fn handle_mode() -> HandleMode {
+    static MODE: OnceLock<HandleMode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
+        Err(_) | Ok("") | Ok("channel") => HandleMode::Channel,
+        Ok("direct") => HandleMode::Direct,
+        Ok(other) => panic!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel` or `direct`"),
+    })
+}
+
+pub enum SwitchDeviceHandle<S: DeviceService> {
+    Channel(channel::ChannelDeviceHandle<S>),
+    Direct(reentrant::ReentrantMutexDeviceHandle<S>),
+}
+
+impl<S: DeviceService> Clone for SwitchDeviceHandle<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Channel(h) => Self::Channel(h.clone()),
+            Self::Direct(h) => Self::Direct(h.clone()),
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $h:ident => $e:expr) => {
+        match $self {
+            SwitchDeviceHandle::Channel($h) => $e,
+            SwitchDeviceHandle::Direct($h) => $e,
+        }
+    };
+}
+
+impl<S: DeviceService> DeviceHandleSpec<S> for SwitchDeviceHandle<S> {
+    // Only collective operations read this (they refuse a blocking handle); one process uses
+    // one mode, so the channel's answer is kept and direct mode is for single-device work.
+    const BLOCKING: bool = false;
+
+    fn insert(device_id: DeviceId, service: S) -> Result<Self, ServiceCreationError> {
+        Ok(match handle_mode() {
+            HandleMode::Channel => Self::Channel(DeviceHandleSpec::insert(device_id, service)?),
+            HandleMode::Direct => Self::Direct(DeviceHandleSpec::insert(device_id, service)?),
+        })
+    }
+
+    fn new(device_id: DeviceId) -> Self {
+        match handle_mode() {
+            HandleMode::Channel => Self::Channel(DeviceHandleSpec::new(device_id)),
+            HandleMode::Direct => Self::Direct(DeviceHandleSpec::new(device_id)),
+        }
+    }
+
+    fn device_id(&self) -> DeviceId {
+        each!(self, h => h.device_id())
+    }
+
+    fn utilities(&self) -> ServerUtilitiesHandle {
+        each!(self, h => h.utilities())
+    }
+
+    fn flush_queue(&self) {
+        each!(self, h => h.flush_queue())
+    }
+
+    fn submit_blocking<'a, R: Send, T: FnOnce(&mut S) -> R + Send + 'a>(
+        &self,
+        task: T,
+    ) -> Result<R, CallError> {
+        each!(self, h => h.submit_blocking(task))
+    }
+
+    fn submit<T: FnOnce(&mut S) + Send + 'static>(&self, task: T) {
+        each!(self, h => h.submit(task))
+    }
+
+    fn exclusive<R: Send, T: FnOnce() -> R + Send>(&self, task: T) -> Result<R, CallError> {
+        each!(self, h => h.exclusive(task))
+    }
+}
