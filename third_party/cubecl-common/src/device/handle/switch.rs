@@ -71,7 +71,13 @@ impl<S: DeviceService> DeviceHandleSpec<S> for SwitchDeviceHandle<S> {
     fn new(device_id: DeviceId) -> Self {
         match handle_mode() {
             HandleMode::Channel => Self::Channel(DeviceHandleSpec::new(device_id)),
-            HandleMode::Direct => Self::Direct(DeviceHandleSpec::new(device_id)),
+            HandleMode::Direct => {
+                let h: reentrant::ReentrantMutexDeviceHandle<S> = DeviceHandleSpec::new(device_id);
+                // The channel handle creates the service in `new`; the re-entrant one only on
+                // first use, and `utilities()` (which `ComputeClient::load` calls first) needs it.
+                let _ = h.submit_blocking(|_| ());
+                Self::Direct(h)
+            }
         }
     }
 
