@@ -48,17 +48,19 @@ fn init<B: burn::tensor::backend::Backend>(device: &B::Device, precision: Precis
 
 /// How cubecl hands device work to the GPU driver in this process, from `CUBECL_DEVICE_HANDLE`
 /// (our cubecl-common patch, `third_party/cubecl-common/src/device/handle/switch.rs`):
-/// `channel` (unset: upstream's batching device thread) or `direct` (on the calling thread).
+/// `channel` (unset: upstream's batching device thread), `queue` (a device thread given each task
+/// at once) or `direct` (on the calling thread).
 pub fn device_handle() -> Result<&'static str> {
     match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
-        Err(_) | Ok("") | Ok("channel") | Ok("direct") => {}
+        Err(_) | Ok("") | Ok("channel") | Ok("queue") | Ok("direct") => {}
         Ok(other) => {
-            return Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel` or `direct`")))
+            return Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`")))
         }
     }
     use cubecl_common::device_handle::{handle_mode, HandleMode};
     Ok(match handle_mode() {
         HandleMode::Channel => "channel",
+        HandleMode::Queue => "queue",
         HandleMode::Direct => "direct",
     })
 }

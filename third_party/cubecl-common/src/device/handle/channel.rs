@@ -14,11 +14,9 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
 };
 
-use custom_channel::DeviceClient;
-
-// For debugging and benchmarking.
-//
-// use normal_channel::DeviceClient;
+// hierspec patch: the client is upstream's batching channel, or (`CUBECL_DEVICE_HANDLE=queue`)
+// a task-per-message queue with a spinning receiver; see `switch.rs`.
+use switched_client::DeviceClient;
 
 /// A handle to a specific device context.
 ///
@@ -501,6 +499,49 @@ mod task {
     }
 }
 
+/// hierspec patch: one client type for both channels, picked by [`super::handle_mode`] when the
+/// device thread starts (once per process, so every handle of a device agrees).
+mod switched_client {
+    use super::{RunnerId, custom_channel, normal_channel};
+    use crate::device::handle::{CallError, switch::{HandleMode, handle_mode}};
+
+    #[derive(Clone)]
+    pub enum DeviceClient {
+        Batch(custom_channel::DeviceClient),
+        Queue(normal_channel::DeviceClient),
+    }
+
+    impl DeviceClient {
+        pub fn runner_id(&self) -> &RunnerId {
+            match self {
+                Self::Batch(c) => c.runner_id(),
+                Self::Queue(c) => c.runner_id(),
+            }
+        }
+
+        pub fn new<I: FnOnce() + Send + 'static>(runner_id: RunnerId, init: I) -> Self {
+            match handle_mode() {
+                HandleMode::Queue => Self::Queue(normal_channel::DeviceClient::new(runner_id, init)),
+                _ => Self::Batch(custom_channel::DeviceClient::new(runner_id, init)),
+            }
+        }
+
+        pub fn enqueue<F: FnOnce() + Send + 'static>(&self, func: F) -> Result<(), CallError> {
+            match self {
+                Self::Batch(c) => c.enqueue(func),
+                Self::Queue(c) => c.enqueue(func),
+            }
+        }
+
+        pub fn flush(&self) {
+            match self {
+                Self::Batch(c) => c.flush(),
+                Self::Queue(c) => c.flush(),
+            }
+        }
+    }
+}
+
 /// A normal channel implementation, use for debugging.
 #[allow(dead_code)]
 mod normal_channel {
@@ -540,9 +581,27 @@ mod normal_channel {
 
             std::thread::spawn(move || {
                 init();
+                // hierspec patch: spin on the queue for a while before blocking, so that a task
+                // enqueued while the thread is between tasks does not wait for a futex wake-up.
+                const SPINS: u32 = 1 << 16;
+                let mut idle = 0u32;
                 loop {
-                    if let Ok(item) = recv.recv() {
-                        item()
+                    match recv.try_recv() {
+                        Ok(item) => {
+                            item();
+                            idle = 0;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) if idle < SPINS => {
+                            idle += 1;
+                            core::hint::spin_loop();
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            if let Ok(item) = recv.recv() {
+                                item();
+                            }
+                            idle = 0;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                     }
                 }
             });

@@ -5,7 +5,9 @@
 //! flushes the rest, and it sleeps in 150 us steps once idle. A phase of a few launches followed
 //! by a read therefore starts only at the read. `CUBECL_DEVICE_HANDLE=direct` runs each task on
 //! the calling thread instead (the re-entrant mutex handle upstream uses without threads), so a
-//! launch reaches the driver when it is made. Unset or `channel` keeps upstream's behaviour.
+//! launch reaches the driver when it is made, but the caller also does all of the server's work.
+//! `queue` keeps a device thread and hands it each task at once. Unset or `channel` keeps
+//! upstream's behaviour.
 
 use super::{CallError, DeviceHandleSpec, ServiceCreationError, channel, reentrant};
 use crate::device::{DeviceId, DeviceService, ServerUtilitiesHandle};
@@ -16,11 +18,14 @@ use std::sync::OnceLock;
 pub enum HandleMode {
     /// Upstream: a device thread fed by a batching channel.
     Channel,
+    /// A device thread fed one task per message (upstream's `normal_channel`, with a spinning
+    /// receiver): launches overlap the caller's work as with `Channel`, without waiting for a batch.
+    Queue,
     /// Every task runs on the calling thread, under a re-entrant lock.
     Direct,
 }
 
-/// The mode of this process, read once from `CUBECL_DEVICE_HANDLE` (`channel` | `direct`).
+/// The mode of this process, read once from `CUBECL_DEVICE_HANDLE` (`channel` | `queue` | `direct`).
 ///
 /// # Panics
 /// On any other value: a typo must not silently measure the wrong mode.
@@ -28,8 +33,9 @@ pub fn handle_mode() -> HandleMode {
     static MODE: OnceLock<HandleMode> = OnceLock::new();
     *MODE.get_or_init(|| match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
         Err(_) | Ok("") | Ok("channel") => HandleMode::Channel,
+        Ok("queue") => HandleMode::Queue,
         Ok("direct") => HandleMode::Direct,
-        Ok(other) => panic!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel` or `direct`"),
+        Ok(other) => panic!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`"),
     })
 }
 
@@ -63,14 +69,14 @@ impl<S: DeviceService> DeviceHandleSpec<S> for SwitchDeviceHandle<S> {
 
     fn insert(device_id: DeviceId, service: S) -> Result<Self, ServiceCreationError> {
         Ok(match handle_mode() {
-            HandleMode::Channel => Self::Channel(DeviceHandleSpec::insert(device_id, service)?),
+            HandleMode::Channel | HandleMode::Queue => Self::Channel(DeviceHandleSpec::insert(device_id, service)?),
             HandleMode::Direct => Self::Direct(DeviceHandleSpec::insert(device_id, service)?),
         })
     }
 
     fn new(device_id: DeviceId) -> Self {
         match handle_mode() {
-            HandleMode::Channel => Self::Channel(DeviceHandleSpec::new(device_id)),
+            HandleMode::Channel | HandleMode::Queue => Self::Channel(DeviceHandleSpec::new(device_id)),
             HandleMode::Direct => {
                 let h: reentrant::ReentrantMutexDeviceHandle<S> = DeviceHandleSpec::new(device_id);
                 // The channel handle creates the service in `new`; the re-entrant one only on
