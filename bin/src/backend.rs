@@ -51,18 +51,21 @@ fn init<B: burn::tensor::backend::Backend>(device: &B::Device, precision: Precis
 /// `channel` (unset: upstream's batching device thread), `queue` (a device thread given each task
 /// at once) or `direct` (on the calling thread).
 pub fn device_handle() -> Result<&'static str> {
-    match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
-        Err(_) | Ok("") | Ok("channel") | Ok("queue") | Ok("direct") => {}
-        Ok(other) => {
-            return Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`")))
-        }
-    }
+    // Checked here first: the patched crate panics on a value it does not know.
+    check_device_handle(std::env::var("CUBECL_DEVICE_HANDLE").ok().as_deref())?;
     use cubecl_common::device_handle::{handle_mode, HandleMode};
     Ok(match handle_mode() {
         HandleMode::Channel => "channel",
         HandleMode::Queue => "queue",
         HandleMode::Direct => "direct",
     })
+}
+
+fn check_device_handle(value: Option<&str>) -> Result<()> {
+    match value {
+        None | Some("") | Some("channel") | Some("queue") | Some("direct") => Ok(()),
+        Some(other) => Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`"))),
+    }
 }
 
 pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -> Result<J::Output> {
@@ -103,5 +106,19 @@ pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -
             "--device {other:?} is not compiled into this binary (build with --features {})",
             format!("{other:?}").to_lowercase()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_device_handle;
+
+    #[test]
+    fn device_handle_names_are_checked() {
+        for ok in [None, Some(""), Some("channel"), Some("queue"), Some("direct")] {
+            assert!(check_device_handle(ok).is_ok(), "{ok:?}");
+        }
+        let err = check_device_handle(Some("Direct")).unwrap_err().to_string();
+        assert!(err.contains("CUBECL_DEVICE_HANDLE=\"Direct\"") && err.contains("`queue`"), "{err}");
     }
 }
