@@ -51,21 +51,10 @@ fn init<B: burn::tensor::backend::Backend>(device: &B::Device, precision: Precis
 /// `channel` (unset: upstream's batching device thread), `queue` (a device thread given each task
 /// at once) or `direct` (on the calling thread).
 pub fn device_handle() -> Result<&'static str> {
-    // Checked here first: the patched crate panics on a value it does not know.
-    check_device_handle(std::env::var("CUBECL_DEVICE_HANDLE").ok().as_deref())?;
     use cubecl_common::device_handle::{handle_mode, HandleMode};
-    Ok(match handle_mode() {
-        HandleMode::Channel => "channel",
-        HandleMode::Queue => "queue",
-        HandleMode::Direct => "direct",
-    })
-}
-
-fn check_device_handle(value: Option<&str>) -> Result<()> {
-    match value {
-        None | Some("") | Some("channel") | Some("queue") | Some("direct") => Ok(()),
-        Some(other) => Err(Error::Setting(format!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`"))),
-    }
+    // Checked here first: the patched crate panics on a value it does not know.
+    HandleMode::parse(std::env::var("CUBECL_DEVICE_HANDLE").ok().as_deref()).map_err(Error::Setting)?;
+    Ok(handle_mode().name())
 }
 
 pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -> Result<J::Output> {
@@ -111,14 +100,23 @@ pub fn dispatch<J: BackendJob>(kind: DeviceKind, precision: Precision, job: J) -
 
 #[cfg(test)]
 mod tests {
-    use super::check_device_handle;
+    use cubecl_common::device_handle::HandleMode;
 
     #[test]
     fn device_handle_names_are_checked() {
-        for ok in [None, Some(""), Some("channel"), Some("queue"), Some("direct")] {
-            assert!(check_device_handle(ok).is_ok(), "{ok:?}");
+        for (value, mode) in [
+            (None, HandleMode::Channel),
+            (Some(""), HandleMode::Channel),
+            (Some("channel"), HandleMode::Channel),
+            (Some("queue"), HandleMode::Queue),
+            (Some("direct"), HandleMode::Direct),
+        ] {
+            assert_eq!(HandleMode::parse(value), Ok(mode), "{value:?}");
         }
-        let err = check_device_handle(Some("Direct")).unwrap_err().to_string();
+        for mode in [HandleMode::Channel, HandleMode::Queue, HandleMode::Direct] {
+            assert_eq!(HandleMode::parse(Some(mode.name())), Ok(mode));
+        }
+        let err = HandleMode::parse(Some("Direct")).unwrap_err();
         assert!(err.contains("CUBECL_DEVICE_HANDLE=\"Direct\"") && err.contains("`queue`"), "{err}");
     }
 }

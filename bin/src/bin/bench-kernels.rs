@@ -106,7 +106,7 @@ struct LaunchRecord {
 #[derive(serde::Serialize)]
 struct Report {
     device: String,
-    /// `channel` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
+    /// `channel`, `queue` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
     device_handle: &'static str,
     dtype: Precision,
     revision: String,

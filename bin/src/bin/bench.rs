@@ -94,7 +94,7 @@ struct SpecBenchReport {
     revision: String,
     date: String,
     device: DeviceKind,
-    /// `channel` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
+    /// `channel`, `queue` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
     device_handle: &'static str,
     dtype: Precision,
     model: String,

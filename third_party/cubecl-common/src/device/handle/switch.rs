@@ -25,17 +25,40 @@ pub enum HandleMode {
     Direct,
 }
 
-/// The mode of this process, read once from `CUBECL_DEVICE_HANDLE` (`channel` | `queue` | `direct`).
+impl HandleMode {
+    /// The mode a value of `CUBECL_DEVICE_HANDLE` names (unset or empty: `Channel`), or the error
+    /// to show for a value it does not know.
+    pub fn parse(value: Option<&str>) -> Result<Self, alloc::string::String> {
+        match value {
+            None | Some("") | Some("channel") => Ok(Self::Channel),
+            Some("queue") => Ok(Self::Queue),
+            Some("direct") => Ok(Self::Direct),
+            Some(other) => Err(alloc::format!(
+                "CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`"
+            )),
+        }
+    }
+
+    /// The value of `CUBECL_DEVICE_HANDLE` that selects this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Queue => "queue",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+/// The mode of this process, read once from `CUBECL_DEVICE_HANDLE` (see [`HandleMode::parse`]).
 ///
 /// # Panics
-/// On any other value: a typo must not silently measure the wrong mode.
+/// On a value `parse` refuses: a typo must not silently measure the wrong mode. Callers that want
+/// an error instead check the variable with `parse` first.
 pub fn handle_mode() -> HandleMode {
     static MODE: OnceLock<HandleMode> = OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("CUBECL_DEVICE_HANDLE").as_deref() {
-        Err(_) | Ok("") | Ok("channel") => HandleMode::Channel,
-        Ok("queue") => HandleMode::Queue,
-        Ok("direct") => HandleMode::Direct,
-        Ok(other) => panic!("CUBECL_DEVICE_HANDLE={other:?}: expected `channel`, `queue` or `direct`"),
+    *MODE.get_or_init(|| {
+        let value = std::env::var("CUBECL_DEVICE_HANDLE").ok();
+        HandleMode::parse(value.as_deref()).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 
