@@ -19,7 +19,7 @@ mod dense;
 mod int4;
 mod policy;
 mod staged;
-use policy::{channel_tiles, fold_len, int4_schedule, int4_span, token_tiles, warps_for};
+use policy::{channel_tiles, fold_len, int4_hoist_x, int4_schedule, int4_span, token_tiles, warps_for};
 use crate::mma::Int4Schedule;
 use dense::dense_mma_kernel;
 use int4::int4_mma_kernel;
@@ -548,6 +548,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.emulate,
                     parts.len(),
                     schedule == Int4Schedule::Ahead,
+                    int4_hoist_x(tt, spec.emulate),
                     stages,
                     dtype.into(),
                 )

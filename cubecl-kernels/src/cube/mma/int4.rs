@@ -194,7 +194,7 @@ pub(super) fn span_products<F: Float>(
 /// The x vectors of a whole span (units u0 .. u0 + span), unit j at `xv[j * tt * 2 ..]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
+pub(super) fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
     #[unroll]
     for j in 0usize..span {
         load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2));
@@ -234,6 +234,7 @@ fn int4_units<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] ahead: bool,
+    #[comptime] hoist_x: bool,
     #[comptime] stages: usize,
 ) {
     let mut p = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
@@ -261,7 +262,7 @@ fn int4_units<F: Float>(
     if comptime!(stages >= 2) {
         int4_units_staged::<F>(x, w_a, aux_a, w_b, aux_b, acc, emu, tiles, tiles_n, np_a, np_b, tok0, m, k, units, bias_q, &a_one, &mut p, &mut xs, warps, ct, span, group, fold_len, magic, swiglu, stages);
     } else {
-        int4_units_loop::<F>(x, w_a, aux_a, w_b, aux_b, acc, emu, tiles, tiles_n, np_a, np_b, tok0, m, k, units, bias_q, &a_one, &mut p, &mut xs, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units_loop::<F>(x, w_a, aux_a, w_b, aux_b, acc, emu, tiles, tiles_n, np_a, np_b, tok0, m, k, units, bias_q, &a_one, &mut p, &mut xs, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x);
     }
 }
 
@@ -301,6 +302,7 @@ fn int4_units_loop<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] ahead: bool,
+    #[comptime] hoist_x: bool,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
     let folds = comptime!(span * UNIT_K / fold_len);
@@ -334,6 +336,16 @@ fn int4_units_loop<F: Float>(
             }
             u0 += 2 * step;
             it += 2;
+        }
+    } else if comptime!(hoist_x) {
+        // The span's x vectors are loaded with its weights, so their (L2) latency overlaps the
+        // weights' instead of following the first unit's products.
+        let mut xv = Array::<V8<F>>::new(comptime!(span * tt * 2));
+        for it in 0usize..iters {
+            let u0 = (warp + it * warps) * span;
+            load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
+            load_x_span::<F>(x, &mut xv, tok0, m, k, u0, tt, span);
+            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
         }
     } else {
         let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
@@ -383,6 +395,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] emulate: bool,
     #[comptime] parts: usize,
     #[comptime] ahead: bool,
+    #[comptime] hoist_x: bool,
     #[comptime] stages: usize,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -401,15 +414,15 @@ pub(super) fn int4_mma_kernel<F: Float>(
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
-        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, stages);
+        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
     } else if comptime!(parts == 1) {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, stages);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
     } else if part == 0u32 {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, stages);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
     } else if part == 1u32 {
-        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, stages);
+        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
     } else if comptime!(parts == 3) {
-        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, stages);
+        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
     }
 
     #[unroll]

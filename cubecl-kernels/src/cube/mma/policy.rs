@@ -67,6 +67,7 @@ static PAIR: OnceLock<Option<usize>> = OnceLock::new();
 static SPAN: OnceLock<Option<usize>> = OnceLock::new();
 static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
 static STAGES: OnceLock<Option<usize>> = OnceLock::new();
+static HOIST: OnceLock<Option<usize>> = OnceLock::new();
 
 /// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
 fn int4_pair() -> bool {
@@ -114,6 +115,14 @@ pub(super) fn int4_schedule(tt: usize, warps: usize, ct: usize, span: usize, fol
         },
         other => other,
     }
+}
+
+/// Whether the plain int4 schedule loads a span's x vectors with its weights (one token tile only:
+/// `span * 2` vectors, 8 registers each) rather than unit by unit after the first unit's products.
+/// Same arithmetic, same bits. `HIERSPEC_MMA_HOIST=0` turns it off (to measure); never under
+/// emulation (lavapipe's compile time grows with the state live across its barriers).
+pub(super) fn int4_hoist_x(tt: usize, emulate: bool) -> bool {
+    tt == 1 && !emulate && env_choice(&HOIST, "HIERSPEC_MMA_HOIST") != Some(0)
 }
 
 /// Shared memory a block's ring may take: the H200 gives a block up to 227 KB, and the epilogue

@@ -15,7 +15,7 @@
 use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
 
-use super::int4::span_products;
+use super::int4::{load_x_span, span_products};
 use super::{V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
@@ -242,7 +242,7 @@ pub(super) fn int4_units_staged<F: Float>(
     let mut b = Array::<V2<F>>::new(2usize);
     let mut wv = Array::<W4>::new(comptime!(ct * span));
     let mut av = Array::<V2<F>>::new(comptime!(ct * folds * 2));
-    let mut xv = Array::<V8<F>>::new(2usize);
+    let mut xv = Array::<V8<F>>::new(comptime!(span * 2));
 
     let spans = (units + span - 1) / span;
     let iters = (spans + warps - 1) / warps;
@@ -264,11 +264,13 @@ pub(super) fn int4_units_staged<F: Float>(
             sync_plane();
             issue_stage::<F>(w_a, aux_a, w_b, aux_b, &mut ring_w, &mut ring_a, tiles, tiles_n, np_a, np_b, first + (cur + stages - 1) * step, units, groups, warps, ct, span, group, fold_len, swiglu, refill);
             arrive_stage(&b0, &b1, &b2, &b3, refill);
+            // x (from L2) is loaded before the wait, so its latency overlaps the wait's.
+            let u0 = first + cur * step;
+            load_x_span::<F>(x, &mut xv, tok0, m, k, u0, 1usize, span);
             wait_stage(&b0, &b1, &b2, &b3, parity, st);
             if cur < iters {
-                let u0 = first + cur * step;
                 read_stage::<F>(&ring_w, &ring_a, &mut wv, &mut av, tiles, tiles_n, u0, units, warps, ct, span, fold_len, st);
-                span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, 1usize, span, fold_len, magic, false, false);
+                span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, 1usize, span, fold_len, magic, false, true);
             }
         }
         it += stages;
