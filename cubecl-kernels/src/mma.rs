@@ -93,38 +93,20 @@ pub fn tensor_cores() -> TensorCores {
     }
 }
 
-/// How the int4 product streams its weights at M <= 8 (on tensor cores; the emulation always runs
-/// `Plain`). Only the load order changes, so every schedule gives the same bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Int4Schedule {
-    /// Load a span into registers, then multiply it.
-    Plain,
-    /// Two register sets: the next span's loads are issued before this span's products.
-    Ahead,
-    /// `cp.async` copies into a ring of this many spans in shared memory (2 to 4).
-    Staged(usize),
+static AHEAD: AtomicU8 = AtomicU8::new(0);
+
+/// Force the int4 product's load-ahead schedule at M <= 8 on (`Some(true)`) or off, or leave it to
+/// the launch policy (`None`). Process-wide. Results are the same bits either way (only the load
+/// order changes); tests use this to run both schedules whatever the shapes. The emulation
+/// ([`TensorCores::Emulate`]) never loads ahead, forced or not.
+pub fn set_int4_ahead(mode: Option<bool>) {
+    AHEAD.store(match mode { None => 0, Some(false) => 1, Some(true) => 2 }, Ordering::Relaxed);
 }
 
-static SCHEDULE: AtomicU8 = AtomicU8::new(0);
-
-/// Force the int4 product's schedule at M <= 8, or leave it to the launch policy (`None`).
-/// Process-wide; tests use this to run every schedule whatever the shapes.
-pub fn set_int4_schedule(schedule: Option<Int4Schedule>) {
-    let v = match schedule {
-        None => 0,
-        Some(Int4Schedule::Plain) => 1,
-        Some(Int4Schedule::Ahead) => 2,
-        Some(Int4Schedule::Staged(n)) => 8 + n.clamp(2, 4) as u8,
-    };
-    SCHEDULE.store(v, Ordering::Relaxed);
-}
-
-pub fn int4_schedule_forced() -> Option<Int4Schedule> {
-    match SCHEDULE.load(Ordering::Relaxed) {
+pub fn int4_ahead_forced() -> Option<bool> {
+    match AHEAD.load(Ordering::Relaxed) {
         0 => None,
-        1 => Some(Int4Schedule::Plain),
-        2 => Some(Int4Schedule::Ahead),
-        v => Some(Int4Schedule::Staged((v - 8) as usize)),
+        v => Some(v == 2),
     }
 }
 

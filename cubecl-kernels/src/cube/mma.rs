@@ -18,9 +18,7 @@ use crate::mma::{TILE_N, UNIT_K};
 mod dense;
 mod int4;
 mod policy;
-mod staged;
-use policy::{channel_tiles, fold_len, int4_hoist_x, int4_schedule, int4_span, token_tiles, warps_for};
-use crate::mma::Int4Schedule;
+use policy::{channel_tiles, fold_len, int4_ahead, int4_span, token_tiles, warps_for};
 use dense::dense_mma_kernel;
 use int4::int4_mma_kernel;
 
@@ -501,9 +499,6 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     };
     match spec.group {
         Some(group) => {
-            let fold = fold_len(group, k, span);
-            let schedule = int4_schedule(tt, warps, ct, span, span * UNIT_K / fold, spec.emulate);
-            let stages = match schedule { Int4Schedule::Staged(n) => n, _ => 0 };
             let aux = |i: usize| fill(i).aux.clone().expect("int4 parts carry aux");
             // SAFETY: weight vectors are read at tiles < the part's tile count and units < `units`;
             // x at rows < m and columns < k (K % 8 == 0, checked by the caller); aux at groups <
@@ -540,16 +535,14 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     tt,
                     span,
                     group,
-                    fold,
+                    fold_len(group, k, span),
                     magic,
                     has_bias,
                     add_residual,
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
-                    schedule == Int4Schedule::Ahead,
-                    int4_hoist_x(tt, spec.emulate),
-                    stages,
+                    int4_ahead(tt, warps, spec.emulate),
                     dtype.into(),
                 )
             };

@@ -10,7 +10,6 @@
 
 use cubecl::prelude::*;
 
-use super::staged::int4_units_staged;
 use super::{b_regs, block_channels, epilogue, load_x, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
@@ -138,7 +137,7 @@ fn fold<F: Float>(
 /// unit by unit.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn span_products<F: Float>(
+fn span_products<F: Float>(
     x: &Array<V8<F>>,
     wv: &Array<W4>,
     av: &Array<V2<F>>,
@@ -194,7 +193,7 @@ pub(super) fn span_products<F: Float>(
 /// The x vectors of a whole span (units u0 .. u0 + span), unit j at `xv[j * tt * 2 ..]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
+fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
     #[unroll]
     for j in 0usize..span {
         load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2));
@@ -202,8 +201,10 @@ pub(super) fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok
 }
 
 /// The warp's spans of K, in order (warp w: spans w, w + warps, ...): `acc` gets every unit's
-/// group-scaled products, through a ring in shared memory (`stages` >= 2, [`super::staged`]) or
-/// straight into registers. The arithmetic and its order are the same either way.
+/// group-scaled products. With `ahead`, two register sets alternate: the loads of the next span (its
+/// weights, aux and x) are issued before this span's products, so a warp keeps two spans of loads in
+/// flight instead of waiting out each span's memory latency. The arithmetic and its order are the
+/// same either way.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
@@ -234,9 +235,10 @@ fn int4_units<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] ahead: bool,
-    #[comptime] hoist_x: bool,
-    #[comptime] stages: usize,
 ) {
+    let warp = UNIT_POS_X as usize / 32usize;
+    let folds = comptime!(span * UNIT_K / fold_len);
+    let groups = (k + group - 1) / group;
     let mut p = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     let mut xs = Array::<V2<f32>>::new(comptime!(tt * 2));
     #[unroll]
@@ -258,59 +260,11 @@ fn int4_units<F: Float>(
             a_one[r] = V2::<F>::new(F::new(1.0));
         }
     }
-
-    if comptime!(stages >= 2) {
-        int4_units_staged::<F>(x, w_a, aux_a, w_b, aux_b, acc, emu, tiles, tiles_n, np_a, np_b, tok0, m, k, units, bias_q, &a_one, &mut p, &mut xs, warps, ct, span, group, fold_len, magic, swiglu, stages);
-    } else {
-        int4_units_loop::<F>(x, w_a, aux_a, w_b, aux_b, acc, emu, tiles, tiles_n, np_a, np_b, tok0, m, k, units, bias_q, &a_one, &mut p, &mut xs, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x);
-    }
-}
-
-/// The warp's spans of K from global memory into registers. With `ahead`, two register sets
-/// alternate: the loads of the next span (its weights, aux and x) are issued before this span's
-/// products, so a warp keeps two spans of loads in flight instead of waiting out each span's memory
-/// latency.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn int4_units_loop<F: Float>(
-    x: &Array<V8<F>>,
-    w_a: &Array<W4>,
-    aux_a: &Array<V2<F>>,
-    w_b: &Array<W4>,
-    aux_b: &Array<V2<F>>,
-    acc: &mut Array<V2<f32>>,
-    emu: &mut SharedMemory<f32>,
-    tiles: &Array<usize>,
-    tiles_n: usize,
-    np_a: usize,
-    np_b: usize,
-    tok0: usize,
-    m: usize,
-    k: usize,
-    units: usize,
-    bias_q: f32,
-    a_one: &Array<V2<F>>,
-    p: &mut Array<V2<f32>>,
-    xs: &mut Array<V2<f32>>,
-    #[comptime] warps: usize,
-    #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] span: usize,
-    #[comptime] group: usize,
-    #[comptime] fold_len: usize,
-    #[comptime] magic: i32,
-    #[comptime] swiglu: bool,
-    #[comptime] emulate: bool,
-    #[comptime] ahead: bool,
-    #[comptime] hoist_x: bool,
-) {
-    let warp = UNIT_POS_X as usize / 32usize;
-    let folds = comptime!(span * UNIT_K / fold_len);
-    let groups = (k + group - 1) / group;
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
     let mut wv = Array::<W4>::new(comptime!(ct * span));
     let mut av = Array::<V2<F>>::new(comptime!(ct * folds * 2));
+
     let spans = (units + span - 1) / span;
     // Equal for every warp of the cube (units past the end load as zeros), so the emulation's
     // barriers stay matched.
@@ -328,31 +282,21 @@ fn int4_units_loop<F: Float>(
         while it < iters {
             load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv2, &mut av2, tiles, tiles_n, np_a, np_b, u0 + step, units, groups, ct, span, group, fold_len, swiglu);
             load_x_span::<F>(x, &mut xv2, tok0, m, k, u0 + step, tt, span);
-            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
+            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
             if it + 1 < iters {
                 load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0 + 2 * step, units, groups, ct, span, group, fold_len, swiglu);
                 load_x_span::<F>(x, &mut xv, tok0, m, k, u0 + 2 * step, tt, span);
-                span_products::<F>(x, &wv2, &av2, &mut xv2, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0 + step, bias_q, ct, tt, span, fold_len, magic, emulate, true);
+                span_products::<F>(x, &wv2, &av2, &mut xv2, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0 + step, bias_q, ct, tt, span, fold_len, magic, emulate, true);
             }
             u0 += 2 * step;
             it += 2;
-        }
-    } else if comptime!(hoist_x) {
-        // The span's x vectors are loaded with its weights, so their (L2) latency overlaps the
-        // weights' instead of following the first unit's products.
-        let mut xv = Array::<V8<F>>::new(comptime!(span * tt * 2));
-        for it in 0usize..iters {
-            let u0 = (warp + it * warps) * span;
-            load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
-            load_x_span::<F>(x, &mut xv, tok0, m, k, u0, tt, span);
-            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
         }
     } else {
         let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
         for it in 0usize..iters {
             let u0 = (warp + it * warps) * span;
             load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
-            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, a_one, p, xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false);
+            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false);
         }
     }
 }
@@ -395,8 +339,6 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] emulate: bool,
     #[comptime] parts: usize,
     #[comptime] ahead: bool,
-    #[comptime] hoist_x: bool,
-    #[comptime] stages: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -414,15 +356,15 @@ pub(super) fn int4_mma_kernel<F: Float>(
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
-        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
+        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if comptime!(parts == 1) {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if part == 0u32 {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
+        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if part == 1u32 {
-        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
+        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     } else if comptime!(parts == 3) {
-        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, hoist_x, stages);
+        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
     }
 
     #[unroll]

@@ -5,9 +5,7 @@
 
 use std::sync::OnceLock;
 
-use super::staged::{ring_lens, MOST_STAGES};
 use super::MmaProduct;
-use crate::mma::Int4Schedule;
 use crate::mma::UNIT_K;
 
 /// Warps splitting K: as many as it takes to put ~32 warps on each of ~132 multiprocessors, from
@@ -66,8 +64,6 @@ static WIDE: OnceLock<Option<usize>> = OnceLock::new();
 static PAIR: OnceLock<Option<usize>> = OnceLock::new();
 static SPAN: OnceLock<Option<usize>> = OnceLock::new();
 static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
-static STAGES: OnceLock<Option<usize>> = OnceLock::new();
-static HOIST: OnceLock<Option<usize>> = OnceLock::new();
 
 /// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
 fn int4_pair() -> bool {
@@ -83,56 +79,28 @@ pub(super) fn int4_span() -> usize {
     }
 }
 
-/// How the int4 product at M <= 8 streams its weights ([`Int4Schedule`]).
-///
-/// Load-ahead (two register sets) helped on the H200 (0ad7d3f) where blocks have 1-3 warps
-/// (gate|up: 37.7 -> 35.4 us at 8B, 121 -> 111 us at 70B: many small blocks, each warp streaming
-/// many spans), although its 128 registers per thread hold those at ~23% occupancy (ncu, 0d70086);
-/// where blocks have 8-16 warps it cost 5-17%. The ring in shared memory ([`super::staged`]) keeps
-/// more spans in flight without the registers; `HIERSPEC_MMA_STAGES=2..4` picks it (to measure),
-/// `HIERSPEC_MMA_AHEAD=0|1` forces load-ahead off or on, [`crate::mma::set_int4_schedule`] overrides
-/// both. A ring that would not fit the multiprocessor's shared memory gets fewer stages, or none.
+/// Whether the int4 product at M <= 8 loads each warp's next span while it multiplies the current
+/// one. Only the load order changes, so results are the same bits either way. On the H200 (0ad7d3f)
+/// it helped where blocks have 1-3 warps (gate|up: 37.7 -> 35.4 us at 8B, 121 -> 111 us at 70B:
+/// many small blocks, each warp streaming many spans), although its 128 registers per thread hold
+/// those at ~23% occupancy (ncu, 0d70086); where blocks have 8-16 warps it cost 5-17%.
+/// `HIERSPEC_MMA_AHEAD=0|1` forces it off or on ([`crate::mma::set_int4_ahead`] before both).
 ///
 /// Never under emulation: with two register sets live across the emulated slab's barriers, lavapipe
-/// spent over 20 minutes compiling one test's kernels, and it has no async copies (the emulation
-/// checks the arithmetic, which is the same in every order; `int4_schedules_give_the_same_bits`
-/// checks the orders on CUDA).
-pub(super) fn int4_schedule(tt: usize, warps: usize, ct: usize, span: usize, folds: usize, emulate: bool) -> Int4Schedule {
+/// spent over 20 minutes compiling one test's kernels (the emulation checks the arithmetic, which is
+/// the same in both orders; `int4_load_ahead_gives_the_same_bits` checks the order on CUDA).
+pub(super) fn int4_ahead(tt: usize, warps: usize, emulate: bool) -> bool {
     if tt != 1 || emulate {
-        return Int4Schedule::Plain;
+        return false;
     }
-    let chosen = crate::mma::int4_schedule_forced().unwrap_or_else(|| match (env_choice(&STAGES, "HIERSPEC_MMA_STAGES"), env_choice(&AHEAD, "HIERSPEC_MMA_AHEAD")) {
-        (Some(n @ 2..=4), _) => Int4Schedule::Staged(n),
-        (_, Some(0)) => Int4Schedule::Plain,
-        (_, Some(_)) => Int4Schedule::Ahead,
-        _ if warps <= 3 => Int4Schedule::Ahead,
-        _ => Int4Schedule::Plain,
-    });
-    match chosen {
-        Int4Schedule::Staged(n) => match (2..=n.min(MOST_STAGES)).rev().find(|&s| ring_bytes(warps, ct, span, folds, s) <= RING_BYTES) {
-            Some(s) => Int4Schedule::Staged(s),
-            None => Int4Schedule::Plain,
-        },
-        other => other,
+    if let Some(forced) = crate::mma::int4_ahead_forced() {
+        return forced;
     }
-}
-
-/// Whether the plain int4 schedule loads a span's x vectors with its weights (one token tile only:
-/// `span * 2` vectors, 8 registers each) rather than unit by unit after the first unit's products.
-/// Same arithmetic, same bits. `HIERSPEC_MMA_HOIST=0` turns it off (to measure); never under
-/// emulation (lavapipe's compile time grows with the state live across its barriers).
-pub(super) fn int4_hoist_x(tt: usize, emulate: bool) -> bool {
-    tt == 1 && !emulate && env_choice(&HOIST, "HIERSPEC_MMA_HOIST") != Some(0)
-}
-
-/// Shared memory a block's ring may take: the H200 gives a block up to 227 KB, and the epilogue
-/// needs its own (<= 16 KB).
-const RING_BYTES: usize = 200 * 1024;
-
-/// Bytes of a block's ring: 16 per weight vector, 4 per (scale, offset) pair (16-bit dtypes).
-fn ring_bytes(warps: usize, ct: usize, span: usize, folds: usize, stages: usize) -> usize {
-    let (w, a) = ring_lens(warps, ct, span, folds, stages);
-    w * 16 + a * 4
+    match env_choice(&AHEAD, "HIERSPEC_MMA_AHEAD") {
+        Some(0) => false,
+        Some(_) => true,
+        None => warps <= 3,
+    }
 }
 
 /// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
