@@ -5,6 +5,8 @@
 //! - [`rms_norm`]: the norm with its f32 statistic.
 //! - [`linear`]: `f(x) [W0 | W1 | W2] + bias (+ residual)`: q|k|v in one product, gate|up in one,
 //!   o_proj and down_proj with the residual add, down_proj staging `silu(gate) * up` itself.
+//! - [`normed_linear`], [`normed_swiglu_mlp`]: the layer's RMSNorm folded into the q|k|v and the
+//!   gate|up product on tensor cores (the norm's launch gone: 6 per layer instead of 8).
 //! - [`rope_qkv`]: RoPE on q and k straight from the q|k|v row, k and v written into the KV cache.
 //! - [`crate::attention::attention_rows`]: attention writing o_proj's input layout.
 //! - [`keep_rows`]: the KV-cache compaction after a tree verification, k and v of a layer in one
@@ -18,6 +20,14 @@ use crate::dense;
 use crate::dense::SMALL_M_MAX;
 use crate::int4::{self, Int4Weight};
 use crate::mma::MmaWeight;
+
+/// An RMSNorm a product applies to its input first: `rms_norm(x, weight, eps)` ([`rms_norm`]).
+#[derive(Clone)]
+pub struct PreNorm<B: Backend> {
+    /// [k]
+    pub weight: Tensor<B, 1>,
+    pub eps: f64,
+}
 
 /// One layer's weight in a fused product.
 #[derive(Clone)]
@@ -109,7 +119,7 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, resi
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX {
         if input == Input::Plain {
-            if let Some(y) = crate::cube::mma_linear(&x, parts, false, residual.as_ref()) {
+            if let Some(y) = crate::cube::mma_linear(&x, parts, false, residual.as_ref(), None) {
                 return y;
             }
         }
@@ -123,17 +133,52 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, resi
 /// `residual + down(silu(gate(x)) * up(x))`, the SwiGLU MLP in two launches on cubecl runtimes: the
 /// tensor-core gate|up writes silu(gate) * up itself; the scalar down_proj stages it from gate|up.
 pub fn swiglu_mlp<B: Backend>(x: Tensor<B, 2>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+    mlp(x, None, gate, up, down, residual)
+}
+
+/// [`swiglu_mlp`] of `rms_norm(x)`: on tensor cores the norm happens inside gate|up (two launches
+/// for norm and MLP), elsewhere it is its own launch first.
+pub fn normed_swiglu_mlp<B: Backend>(x: Tensor<B, 2>, norm: &PreNorm<B>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+    mlp(x, Some(norm), gate, up, down, residual)
+}
+
+/// Whether a product may take the RMSNorm of its input (`HIERSPEC_FOLD_NORM=0`: never, so that
+/// the norm runs as its own launch, to measure the fold). Read once per process.
+#[cfg(feature = "cube")]
+fn fold_norm() -> bool {
+    static FOLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOLD.get_or_init(|| std::env::var("HIERSPEC_FOLD_NORM").map_or(true, |v| v != "0"))
+}
+
+fn mlp<B: Backend>(x: Tensor<B, 2>, norm: Option<&PreNorm<B>>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
     let gate_up = [gate, up];
     #[cfg(feature = "cube")]
-    if x.dims()[0] <= SMALL_M_MAX {
+    if x.dims()[0] <= SMALL_M_MAX && (norm.is_none() || fold_norm()) {
         check(&x, &gate_up, Input::Plain, None);
         assert_eq!(gate_up[0].n(), gate_up[1].n(), "swiglu mlp: gate and up widths differ");
-        if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None) {
+        if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None, norm) {
             return linear(h, &[down], Input::Plain, Some(residual));
         }
     }
+    let x = match norm {
+        Some(n) => rms_norm(x, n.weight.clone(), n.eps),
+        None => x,
+    };
     let gu = linear(x, &gate_up, Input::Plain, None);
     linear(gu, &[down], Input::SwiGlu, Some(residual))
+}
+
+/// `rms_norm(x) [W0 | W1 | ...] + [b0 | b1 | ...]` (q|k|v of a decoder layer): one launch where the
+/// tensor-core product takes it, else the norm's launch and then [`linear`]'s.
+pub fn normed_linear<B: Backend>(x: Tensor<B, 2>, norm: &PreNorm<B>, parts: &[Part<B>]) -> Tensor<B, 2> {
+    check(&x, parts, Input::Plain, None);
+    #[cfg(feature = "cube")]
+    if x.dims()[0] <= SMALL_M_MAX && fold_norm() {
+        if let Some(y) = crate::cube::mma_linear(&x, parts, false, None, Some(norm)) {
+            return y;
+        }
+    }
+    linear(rms_norm(x, norm.weight.clone(), norm.eps), parts, Input::Plain, None)
 }
 
 /// The plain-tensor composition [`linear`] is checked against.

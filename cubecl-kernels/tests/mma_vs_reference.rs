@@ -174,3 +174,52 @@ fn int4_load_ahead_gives_the_same_bits() {
         }
     }
 }
+
+/// The decoder layer's RMSNorm folded into the product that reads it (q|k|v, gate|up) matches the
+/// norm then the product, int4 and dense, at widths off the tiles and every M; a row's result does
+/// not depend on M (the sums of squares are added in an order fixed by K and N).
+#[test]
+fn mma_normed_products_match_reference() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(31);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    for (k, ns, g) in [(192, vec![40, 24, 24], 64), (704, vec![96, 96], 32)] {
+        let gamma = Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device);
+        let norm = fused::PreNorm { weight: gamma.clone(), eps: 1e-6 };
+        let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, true, &device)).collect();
+        let dense_w: Vec<Tensor<B, 2>> = ns.iter().map(|&n| Tensor::random([k, n], Distribution::Normal(0.0, 0.1), &device)).collect();
+        let down = int4_weight(&mut rng, ns[0], k, ns[0], true, &device);
+        let down_w = fused::PartWeight::Int4(&down);
+        let down_packed = MmaWeight::int4(&down).expect("packed");
+        for int4_parts in [true, false] {
+            let weights: Vec<fused::PartWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
+            let packed: Vec<MmaWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
+            // Rows of different scales, so that the per-token 1 / rms matters.
+            let x = Tensor::<B, 2>::random([128, k], Distribution::Normal(0.0, 1.0), &device)
+                * Tensor::<B, 2>::random([128, 1], Distribution::Uniform(0.2, 4.0), &device);
+            for m in MS {
+                let xm = x.clone().slice([0..m, 0..k]);
+                let normed = fused::reference_rms_norm(xm.clone(), gamma.clone(), 1e-6);
+                let got = fused::normed_linear(xm.clone(), &norm, &parts);
+                let err = rel_err(got.clone(), fused::reference_linear(normed.clone(), &parts, fused::Input::Plain, None));
+                assert!(err <= bound(&device), "normed linear int4 {int4_parts} k {k} ns {ns:?} m {m}: relative error {err}");
+                let one = rows(fused::normed_linear(x.clone().slice([m - 1..m, 0..k]), &norm, &parts));
+                let n_out: usize = ns.iter().sum();
+                assert_eq!(one[..], rows(got)[(m - 1) * n_out..m * n_out], "normed linear int4 {int4_parts}: row {} of m {m}", m - 1);
+                if ns.len() == 2 && int4_parts {
+                    let r = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                    let down_part = part(&down_w, &down_packed, None);
+                    let got = fused::normed_swiglu_mlp(xm, &norm, parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone());
+                    let gu = fused::reference_linear(normed, &parts, fused::Input::Plain, None);
+                    let want = fused::reference_linear(gu, &[down_part], fused::Input::SwiGlu, Some(r));
+                    let err = rel_err(got, want);
+                    assert!(err <= bound(&device), "normed swiglu mlp k {k} m {m}: relative error {err}");
+                }
+            }
+        }
+    }
+}

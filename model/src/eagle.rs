@@ -136,9 +136,9 @@ impl<B: Backend> EagleHead<B> {
         let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
         let step = Step { rope: &self.rope, positions, cache_len, mask };
         // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.
-        let a = self.self_attn.attend(x.clone(), &step, &mut cache.layers[0]);
+        let a = self.self_attn.attend(x.clone(), None, &step, &mut cache.layers[0]);
         let h = self.self_attn.o_proj.forward_add(a, x);
-        let out = self.mlp.forward_add(self.post_attention_layernorm.forward(h.clone()), h);
+        let out = self.mlp.forward_add(h.clone(), h, Some(&self.post_attention_layernorm));
         cache.advance(n);
         out
     }

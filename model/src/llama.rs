@@ -93,15 +93,20 @@ impl<B: Backend> Attention<B> {
 
     /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
     pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        self.o_proj.forward(self.attend(x, step, kv))
+        self.o_proj.forward(self.attend(x, None, step, kv))
     }
 
-    /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input).
-    pub fn attend(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
+    /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input), of x or of
+    /// `norm(x)` (the norm folded into the q|k|v product where the kernel takes it).
+    pub fn attend(&self, x: Tensor<B, 3>, norm: Option<&RmsNorm<B>>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
         let n = x.dims()[1];
         let layout = QkvLayout { heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         // q|k|v in one product; RoPE on q and k with k and v going straight into the cache.
-        let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let qkv_layers = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let qkv = match norm {
+            Some(norm) => Linear::forward_many_normed(&qkv_layers, x, norm),
+            None => Linear::forward_many(&qkv_layers, x),
+        };
         let q = step.rope.qkv(qkv, step.positions.clone(), layout, kv, step.cache_len);
         attention_rows(q, &kv.k, &kv.v, step.cache_len + n, step.mask)
     }
@@ -118,9 +123,10 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    /// `residual + down(silu(gate(x)) * up(x))`: two launches on cubecl runtimes.
-    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        Linear::swiglu_mlp(&self.gate_proj, &self.up_proj, &self.down_proj, x, residual)
+    /// `residual + down(silu(gate(h)) * up(h))` with h = x or `norm(x)`: two launches on cubecl
+    /// runtimes (the norm folded into gate|up where the kernel takes it).
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, norm: Option<&RmsNorm<B>>) -> Tensor<B, 3> {
+        Linear::swiglu_mlp(&self.gate_proj, &self.up_proj, &self.down_proj, x, residual, norm)
     }
 
     /// gate(x) | up(x) side by side, [b, n, 2 ffn], in one product.
@@ -163,16 +169,19 @@ impl<B: Backend> DecoderLayer<B> {
                 o(what, t)
             }
         };
+        if !observing {
+            // Both norms go into the products that read them (6 launches per layer on tensor cores).
+            let a = self.self_attn.attend(x.clone(), Some(&self.input_layernorm), step, kv);
+            let x = self.self_attn.o_proj.forward_add(a, x);
+            return self.mlp.forward_add(x.clone(), x, Some(&self.post_attention_layernorm));
+        }
         let h = self.input_layernorm.forward(x.clone());
         see(LinearInput::Qkv, &h);
-        let a = self.self_attn.attend(h, step, kv);
+        let a = self.self_attn.attend(h, None, step, kv);
         see(LinearInput::O, &a);
         let x = self.self_attn.o_proj.forward_add(a, x);
         let h = self.post_attention_layernorm.forward(x.clone());
         see(LinearInput::GateUp, &h);
-        if !observing {
-            return self.mlp.forward_add(h, x);
-        }
         let gu = self.mlp.gate_up(h);
         let [b, n, ffn2] = gu.dims();
         let m = swiglu(gu.reshape([b * n, ffn2])).reshape([b, n, ffn2 / 2]);

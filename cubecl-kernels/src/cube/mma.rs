@@ -38,6 +38,11 @@ fn shared_len(warps: usize, ct: usize, tt: usize, emulate: bool) -> usize {
     warps * if emulate { epilogue.max(emu_slots(ct, tt)) } else { epilogue }
 }
 
+/// Shared f32 slots of the folded RMSNorm: each lane's sums of squares, then 1 / rms of 8 tokens.
+fn norm_slots(warps: usize, norm: bool) -> usize {
+    if norm { warps * 32 + 8 } else { 1 }
+}
+
 /// One k-slab's products for every (channel tile c, token tile i) of the block: `acc[c][i] += a[c]
 /// b[i]` (m16n8k16 each, f32 accumulation) and, with `sums`, `xs[i] += ones b[i]` (every row of
 /// that product is the column sum of b[i]). On the tensor cores; or (emulate) the same arithmetic
@@ -192,10 +197,26 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
     }
 }
 
-/// The lane's x vectors of unit `u` for `tt` token tiles into `xv[x0 ..]` (zero past M and K).
+/// The lane's x vectors of unit `u` for `tt` token tiles into `xv[x0 ..]` (zero past M and K). With
+/// `norm` (an RMSNorm folded into the product) each vector is scaled by the norm's weight `gamma` as
+/// it is loaded and its sum of squares (f32) added to `ss[i]`; the epilogue scales the sums by the
+/// token's 1 / rms, since `W (gamma x / rms) = (W (gamma x)) / rms`. Every unit of K is loaded once
+/// per block, so the block sees the whole row.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_x<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u: usize, #[comptime] tt: usize, #[comptime] x0: usize) {
+fn load_x<F: Float>(
+    x: &Array<V8<F>>,
+    xv: &mut Array<V8<F>>,
+    gamma: &Array<V8<F>>,
+    ss: &mut Array<f32>,
+    tok0: usize,
+    m: usize,
+    k: usize,
+    u: usize,
+    #[comptime] tt: usize,
+    #[comptime] x0: usize,
+    #[comptime] norm: bool,
+) {
     let lane = UNIT_POS_X as usize % 32usize;
     let g = lane / 4;
     let t = lane % 4;
@@ -208,6 +229,17 @@ fn load_x<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usi
             let mut v = V8::<F>::new(F::new(0.0));
             if tok < m && kk < k {
                 v = x[(tok * k + kk) / 8];
+                if comptime!(norm) {
+                    let gv = gamma[kk / 8];
+                    let mut sum = ss[i];
+                    #[unroll]
+                    for e in 0usize..8usize {
+                        let f = f32::cast_from(v[e]);
+                        sum += f * f;
+                        v[e] = F::cast_from(f * f32::cast_from(gv[e]));
+                    }
+                    ss[i] = sum;
+                }
             }
             xv[x0 + 2 * i + h] = v;
         }
@@ -272,12 +304,17 @@ fn epilogue<F: Float>(
     n_out: usize,
     first: usize,
     tile0: usize,
+    ss: &Array<f32>,
+    red_ss: &mut SharedMemory<f32>,
+    k: usize,
+    eps: f32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
     #[comptime] has_bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
+    #[comptime] norm: bool,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
     let warp = UNIT_POS_X as usize / 32usize;
@@ -291,7 +328,27 @@ fn epilogue<F: Float>(
             red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
         }
     }
+    if comptime!(norm) {
+        red_ss[warp * 32 + lane] = ss[i];
+    }
     sync_cube();
+    if comptime!(norm) {
+        // Token j's squares sit with lanes 4j .. 4j + 3 of every warp: summed in (warp, lane) order,
+        // which depends on (K, N) alone.
+        let j = UNIT_POS_X as usize;
+        if j < 8 {
+            let mut sum = 0.0f32;
+            #[unroll]
+            for w in 0usize..warps {
+                #[unroll]
+                for t in 0usize..4usize {
+                    sum += red_ss[w * 32 + 4 * j + t];
+                }
+            }
+            red_ss[comptime!(warps * 32) + j] = 1.0f32 / (sum / f32::cast_from(k) + eps).sqrt();
+        }
+        sync_cube();
+    }
     let outputs = comptime!(if swiglu { 128 } else { ct * 128 });
     let mut e = UNIT_POS_X as usize;
     while e < outputs {
@@ -310,6 +367,11 @@ fn epilogue<F: Float>(
             if comptime!(swiglu) {
                 up += red[((w * ct + 1) * 32) * 4 + slot];
             }
+        }
+        if comptime!(norm) {
+            let inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
+            sum *= inv_rms;
+            up *= inv_rms;
         }
         if tok < m && ch < n {
             if comptime!(has_bias) {
@@ -466,7 +528,14 @@ pub(crate) struct MmaProduct {
     pub emulate: bool,
 }
 
-pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
+/// An RMSNorm folded into the product: x is normed on its way in ([`load_x`], [`epilogue`]).
+pub(crate) struct MmaNorm<R: CubeRuntime> {
+    /// [k], the activation dtype.
+    pub weight: CubeTensor<R>,
+    pub eps: f32,
+}
+
+pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>, norm: Option<MmaNorm<R>>) -> CubeTensor<R> {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
     let m = x.meta.shape().dims::<2>()[0usize];
@@ -492,6 +561,9 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let fill = |i: usize| parts.get(i).unwrap_or(&parts[0usize]);
     let bias_of = |i: usize| fill(i).bias.clone().unwrap_or_else(|| x.clone());
     let residual = residual.map(into_contiguous).unwrap_or_else(|| x.clone());
+    let has_norm = norm.is_some();
+    let eps = norm.as_ref().map_or(0.0, |n| n.eps);
+    let gamma = norm.map(|n| into_contiguous(n.weight)).unwrap_or_else(|| x.clone());
     let (magic, ones, bias_q) = match (dtype, spec.emulate) {
         (DType::BF16, _) => (0x4300_4300i32, 0x3F80_3F80i32, 128.0f32),
         (DType::F16, _) => (0x6400_6400i32, 0x3C00_3C00i32, 1024.0f32),
@@ -509,6 +581,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     count,
                     dim,
                     x.clone().into_array_arg(),
+                    gamma.clone().into_array_arg(),
                     fill(0).packed.clone().into_array_arg(),
                     fill(1).packed.clone().into_array_arg(),
                     fill(2).packed.clone().into_array_arg(),
@@ -530,6 +603,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     c2,
                     bias_q,
                     ones,
+                    eps,
                     warps,
                     ct,
                     tt,
@@ -543,6 +617,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.emulate,
                     parts.len(),
                     int4_ahead(tt, warps, spec.emulate),
+                    has_norm,
                     dtype.into(),
                 )
             };
@@ -555,6 +630,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     count,
                     dim,
                     x.clone().into_array_arg(),
+                    gamma.clone().into_array_arg(),
                     fill(0).packed.clone().into_array_arg(),
                     fill(1).packed.clone().into_array_arg(),
                     fill(2).packed.clone().into_array_arg(),
@@ -571,6 +647,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     ns[2],
                     c1,
                     c2,
+                    eps,
                     warps,
                     ct,
                     tt,
@@ -578,6 +655,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     add_residual,
                     spec.swiglu,
                     spec.emulate,
+                    has_norm,
                     dtype.into(),
                 )
             };

@@ -16,7 +16,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 
 use crate::attention::AttnMask;
-use crate::fused::{Input, Part, PartWeight, QkvLayout};
+use crate::fused::{Input, Part, PartWeight, PreNorm, QkvLayout};
 use crate::int4::Int4Weight;
 use crate::mma::TensorCores;
 
@@ -129,11 +129,14 @@ pub(crate) fn mma_pack_int4<B: Backend>(q: &Int4Weight<B>) -> Option<Tensor<B, 2
 /// The tensor-core product of parts packed at load (`Part::mma`), or `None` when a part is not packed
 /// or the parts do not fit one launch. `swiglu`: the two parts are gate and up, the output
 /// silu(gate) * up.
-pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
-    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>, norm: Option<&PreNorm<B>>) -> Option<Tensor<B, 2>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>, norm: Option<&PreNorm<B>>) -> Option<Tensor<B, 2>> {
         let mode = crate::mma::tensor_cores();
         let dtype = x.dtype();
         if mode == TensorCores::Off || !supported(dtype) || parts.is_empty() || parts.len() > 3 || (swiglu && parts.len() != 2) {
+            return None;
+        }
+        if norm.is_some_and(|n| n.weight.dtype() != dtype || n.weight.dims()[0] != x.dims()[1]) {
             return None;
         }
         let first = parts[0].mma?;
@@ -167,10 +170,11 @@ pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu
             x = CubeTensor::new(client, copy.handle, *copy.metadata, device, dtype);
         }
         let spec = mma::MmaProduct { k, group: (group > 0).then_some(group), swiglu, emulate: mode == TensorCores::Emulate };
-        let out = mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)));
+        let norm = norm.map(|n| mma::MmaNorm { weight: float::<B, R, 1>(&n.weight), eps: n.eps as f32 });
+        let out = mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)), norm);
         Some(back::<B, R, 2>(out))
     }
-    for_each_runtime!(run, B, x, parts, swiglu, residual)
+    for_each_runtime!(run, B, x, parts, swiglu, residual, norm)
 }
 
 /// One launch for the whole fused product, or `None` when the parts do not fit one kernel (mixed

@@ -10,6 +10,7 @@ use hierspec_kernels::{int4, int4::Int4Weight};
 
 use crate::error::{Error, Result};
 use crate::quantized::QuantTensor;
+use super::norm::RmsNorm;
 
 #[derive(Module, Debug)]
 pub enum LinearWeight<B: Backend> {
@@ -215,12 +216,26 @@ impl<B: Backend> Linear<B> {
         Self::fused(&[self], x, Input::Plain, Some(residual))
     }
 
-    /// `residual + down(silu(gate x) * up x)` (a SwiGLU MLP) in two launches on cubecl runtimes.
-    pub fn swiglu_mlp(gate: &Self, up: &Self, down: &Self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `residual + down(silu(gate h) * up h)` (a SwiGLU MLP) with h = x, or h = `norm(x)` folded into
+    /// gate|up where the tensor-core product takes it: two launches on cubecl runtimes.
+    pub fn swiglu_mlp(gate: &Self, up: &Self, down: &Self, x: Tensor<B, 3>, residual: Tensor<B, 3>, norm: Option<&RmsNorm<B>>) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let h = down.d_out();
-        let y = fused::swiglu_mlp(x.reshape([b * n, d]), gate.part(), up.part(), down.part(), residual.reshape([b * n, h]));
+        let (x, residual) = (x.reshape([b * n, d]), residual.reshape([b * n, h]));
+        let y = match norm {
+            Some(norm) => fused::normed_swiglu_mlp(x, &norm.pre_norm(), gate.part(), up.part(), down.part(), residual),
+            None => fused::swiglu_mlp(x, gate.part(), up.part(), down.part(), residual),
+        };
         y.reshape([b, n, h])
+    }
+
+    /// [`Self::forward_many`] of `norm(x)`, the norm folded into the product where the tensor-core
+    /// product takes it (q|k|v: one launch instead of two).
+    pub fn forward_many_normed(layers: &[&Self], x: Tensor<B, 3>, norm: &RmsNorm<B>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let parts: Vec<Part<B>> = layers.iter().map(|l| l.part()).collect();
+        let d_out: usize = parts.iter().map(Part::n).sum();
+        fused::normed_linear(x.reshape([b * n, d]), &norm.pre_norm(), &parts).reshape([b, n, d_out])
     }
 
     /// Several layers reading the same input (q|k|v, gate|up) in one product: their outputs side by

@@ -25,6 +25,11 @@ impl<B: Backend> RmsNorm<B> {
         Self { weight: Param::from_tensor(Tensor::ones([dim], device)), eps }
     }
 
+    /// The norm as a product's input step ([`fused::normed_linear`]).
+    pub fn pre_norm(&self) -> fused::PreNorm<B> {
+        fused::PreNorm { weight: self.weight.val(), eps: self.eps }
+    }
+
     /// Normalizes the last dimension (one fused launch on cubecl runtimes).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();

@@ -3,12 +3,13 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, load_x, shared_len, slab_products, V2, V8};
+use super::{b_regs, block_channels, epilogue, load_x, norm_slots, shared_len, slab_products, V2, V8};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dense_mma_kernel<F: Float>(
     x: &Array<V8<F>>,
+    gamma: &Array<V8<F>>,
     w0: &Array<V8<F>>,
     w1: &Array<V8<F>>,
     w2: &Array<V8<F>>,
@@ -25,6 +26,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
     n2: usize,
     c1: usize,
     c2: usize,
+    eps: f32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
@@ -32,6 +34,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
@@ -51,6 +54,12 @@ pub(super) fn dense_mma_kernel<F: Float>(
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
     let mut no_sums = Array::<V2<f32>>::new(comptime!(tt * 2));
+    let mut ss = Array::<f32>::new(tt);
+    #[unroll]
+    for i in 0usize..tt {
+        ss[i] = 0.0f32;
+    }
+    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
 
     let iters = (units + warps - 1) / warps;
     for it in 0usize..iters {
@@ -75,7 +84,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
                 wv[c * 4 + s] = v;
             }
         }
-        load_x::<F>(x, &mut xv, tok0, m, k, u, tt, 0usize);
+        load_x::<F>(x, &mut xv, gamma, &mut ss, tok0, m, k, u, tt, 0usize, norm);
         #[unroll]
         for s in 0usize..4usize {
             b_regs::<F>(&xv, &mut b, tt, s, 0usize);
@@ -96,6 +105,6 @@ pub(super) fn dense_mma_kernel<F: Float>(
 
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm);
     }
 }

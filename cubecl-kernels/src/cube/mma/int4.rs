@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, load_x, pair, shared_len, slab_products, V2, V8, W4};
+use super::{b_regs, block_channels, epilogue, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -139,6 +139,8 @@ fn fold<F: Float>(
 #[allow(clippy::too_many_arguments)]
 fn span_products<F: Float>(
     x: &Array<V8<F>>,
+    gamma: &Array<V8<F>>,
+    ss: &mut Array<f32>,
     wv: &Array<W4>,
     av: &Array<V2<F>>,
     xv: &mut Array<V8<F>>,
@@ -161,13 +163,14 @@ fn span_products<F: Float>(
     #[comptime] magic: i32,
     #[comptime] emulate: bool,
     #[comptime] hoisted: bool,
+    #[comptime] norm: bool,
 ) {
     let folds = comptime!(span * UNIT_K / fold_len);
     #[unroll]
     for j in 0usize..span {
         let x0 = comptime!(if hoisted { j * tt * 2 } else { 0usize });
         if comptime!(!hoisted) {
-            load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, 0usize);
+            load_x::<F>(x, xv, gamma, ss, tok0, m, k, u0 + j, tt, 0usize, norm);
         }
         #[unroll]
         for s in 0usize..4usize {
@@ -193,10 +196,22 @@ fn span_products<F: Float>(
 /// The x vectors of a whole span (units u0 .. u0 + span), unit j at `xv[j * tt * 2 ..]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m: usize, k: usize, u0: usize, #[comptime] tt: usize, #[comptime] span: usize) {
+fn load_x_span<F: Float>(
+    x: &Array<V8<F>>,
+    xv: &mut Array<V8<F>>,
+    gamma: &Array<V8<F>>,
+    ss: &mut Array<f32>,
+    tok0: usize,
+    m: usize,
+    k: usize,
+    u0: usize,
+    #[comptime] tt: usize,
+    #[comptime] span: usize,
+    #[comptime] norm: bool,
+) {
     #[unroll]
     for j in 0usize..span {
-        load_x::<F>(x, xv, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2));
+        load_x::<F>(x, xv, gamma, ss, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2), norm);
     }
 }
 
@@ -209,6 +224,8 @@ fn load_x_span<F: Float>(x: &Array<V8<F>>, xv: &mut Array<V8<F>>, tok0: usize, m
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
     x: &Array<V8<F>>,
+    gamma: &Array<V8<F>>,
+    ss: &mut Array<f32>,
     w_a: &Array<W4>,
     aux_a: &Array<V2<F>>,
     w_b: &Array<W4>,
@@ -235,6 +252,7 @@ fn int4_units<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] ahead: bool,
+    #[comptime] norm: bool,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
     let folds = comptime!(span * UNIT_K / fold_len);
@@ -277,16 +295,16 @@ fn int4_units<F: Float>(
         let step = warps * span;
         let mut u0 = warp * span;
         load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
-        load_x_span::<F>(x, &mut xv, tok0, m, k, u0, tt, span);
+        load_x_span::<F>(x, &mut xv, gamma, ss, tok0, m, k, u0, tt, span, norm);
         let mut it = 0usize;
         while it < iters {
             load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv2, &mut av2, tiles, tiles_n, np_a, np_b, u0 + step, units, groups, ct, span, group, fold_len, swiglu);
-            load_x_span::<F>(x, &mut xv2, tok0, m, k, u0 + step, tt, span);
-            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true);
+            load_x_span::<F>(x, &mut xv2, gamma, ss, tok0, m, k, u0 + step, tt, span, norm);
+            span_products::<F>(x, gamma, ss, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, true, norm);
             if it + 1 < iters {
                 load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0 + 2 * step, units, groups, ct, span, group, fold_len, swiglu);
-                load_x_span::<F>(x, &mut xv, tok0, m, k, u0 + 2 * step, tt, span);
-                span_products::<F>(x, &wv2, &av2, &mut xv2, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0 + step, bias_q, ct, tt, span, fold_len, magic, emulate, true);
+                load_x_span::<F>(x, &mut xv, gamma, ss, tok0, m, k, u0 + 2 * step, tt, span, norm);
+                span_products::<F>(x, gamma, ss, &wv2, &av2, &mut xv2, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0 + step, bias_q, ct, tt, span, fold_len, magic, emulate, true, norm);
             }
             u0 += 2 * step;
             it += 2;
@@ -296,7 +314,7 @@ fn int4_units<F: Float>(
         for it in 0usize..iters {
             let u0 = (warp + it * warps) * span;
             load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
-            span_products::<F>(x, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false);
+            span_products::<F>(x, gamma, ss, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false, norm);
         }
     }
 }
@@ -305,6 +323,7 @@ fn int4_units<F: Float>(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn int4_mma_kernel<F: Float>(
     x: &Array<V8<F>>,
+    gamma: &Array<V8<F>>,
     w0: &Array<W4>,
     w1: &Array<W4>,
     w2: &Array<W4>,
@@ -326,6 +345,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     c2: usize,
     bias_q: f32,
     ones: i32,
+    eps: f32,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
@@ -339,6 +359,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] emulate: bool,
     #[comptime] parts: usize,
     #[comptime] ahead: bool,
+    #[comptime] norm: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -353,22 +374,28 @@ pub(super) fn int4_mma_kernel<F: Float>(
     for j in 0usize..ct * tt * 2 {
         acc[j] = V2::<f32>::new(0.0f32);
     }
+    let mut ss = Array::<f32>::new(tt);
+    #[unroll]
+    for i in 0usize..tt {
+        ss[i] = 0.0f32;
+    }
+    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
-        int4_units::<F>(x, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
     } else if comptime!(parts == 1) {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
     } else if part == 0u32 {
-        int4_units::<F>(x, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
     } else if part == 1u32 {
-        int4_units::<F>(x, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, gamma, &mut ss, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
     } else if comptime!(parts == 3) {
-        int4_units::<F>(x, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead);
+        int4_units::<F>(x, gamma, &mut ss, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
     }
 
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], warps, ct, tt, has_bias, add_residual, swiglu);
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm);
     }
 }
