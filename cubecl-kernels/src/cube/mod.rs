@@ -171,6 +171,10 @@ pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu
         }
         let spec = mma::MmaProduct { k, group: (group > 0).then_some(group), swiglu, emulate: mode == TensorCores::Emulate };
         let norm = norm.map(|n| mma::MmaNorm { weight: float::<B, R, 1>(&n.weight), eps: n.eps as f32 });
+        // The norm's weight is read 8 values at a time, like x.
+        if norm.as_ref().is_some_and(|n| !n.weight.is_contiguous() || n.weight.handle.offset_start.unwrap_or(0) % 16 != 0) {
+            return None;
+        }
         let out = mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)), norm);
         Some(back::<B, R, 2>(out))
     }
