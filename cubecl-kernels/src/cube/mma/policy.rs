@@ -10,11 +10,15 @@ use crate::mma::UNIT_K;
 
 /// Warps splitting K: as many as it takes to put ~32 warps on each of ~132 multiprocessors, from
 /// (K, N) alone so that a row's summation order never depends on M.
+///
+/// `HIERSPEC_MMA_WARPS_PER_SM` (default 32) and `HIERSPEC_MMA_WARPS_MAX` (1-32, default 16) move
+/// those two numbers, to measure occupancy; both are fixed per process, so results stay
+/// batch-invariant under either.
 pub(super) fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
-    const TARGET_WARPS: usize = 132 * 32;
+    let per_sm = env_choice(&PER_SM, "HIERSPEC_MMA_WARPS_PER_SM").filter(|w| (1..=64).contains(w)).unwrap_or(32);
     // The emulation keeps each warp's operands in shared memory: at most 4 warps fit.
-    let most = if emulate { 4 } else { 16 };
-    TARGET_WARPS.div_ceil(tiles.max(1)).clamp(1, most).min(units.max(1))
+    let most = if emulate { 4 } else { env_choice(&MOST, "HIERSPEC_MMA_WARPS_MAX").filter(|w| (1..=32).contains(w)).unwrap_or(16) };
+    (132 * per_sm).div_ceil(tiles.max(1)).clamp(1, most).min(units.max(1))
 }
 
 /// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
@@ -41,8 +45,16 @@ pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
 /// 70b gate|up as one product) it was slower (172 -> 216 us), and at M = 16 it was mixed.
 /// `HIERSPEC_MMA_WIDE=1|2` forces one or two tiles there (to measure).
 pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize {
-    if spec.swiglu || (spec.group.is_some() && m <= 8 && int4_pair()) {
+    if spec.swiglu {
         return 2;
+    }
+    if spec.group.is_some() && m <= 8 {
+        // The epilogue's partial sums (512 bytes per warp and tile) stay within 48 KB of shared memory.
+        let mut ct = int4_small_m_tiles();
+        while ct > 1 && warps * ct * 512 > 48 * 1024 {
+            ct /= 2;
+        }
+        return ct;
     }
     if spec.group.is_none() || m <= 16 {
         return 1;
@@ -62,12 +74,19 @@ fn env_choice(cell: &'static OnceLock<Option<usize>>, name: &str) -> Option<usiz
 
 static WIDE: OnceLock<Option<usize>> = OnceLock::new();
 static PAIR: OnceLock<Option<usize>> = OnceLock::new();
+static PER_SM: OnceLock<Option<usize>> = OnceLock::new();
+static MOST: OnceLock<Option<usize>> = OnceLock::new();
 static SPAN: OnceLock<Option<usize>> = OnceLock::new();
 static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
 
-/// `HIERSPEC_MMA_PAIR=0` keeps one channel tile per int4 block at every M (to measure the pairing).
-fn int4_pair() -> bool {
-    env_choice(&PAIR, "HIERSPEC_MMA_PAIR") != Some(0)
+/// Channel tiles per int4 block at M <= 8: two by default; `HIERSPEC_MMA_PAIR=0` keeps one (to
+/// measure the pairing), `HIERSPEC_MMA_PAIR=4` takes four.
+fn int4_small_m_tiles() -> usize {
+    match env_choice(&PAIR, "HIERSPEC_MMA_PAIR") {
+        Some(0 | 1) => 1,
+        Some(4) => 4,
+        _ => 2,
+    }
 }
 
 /// Consecutive units a warp takes per step of the int4 product (`HIERSPEC_MMA_SPAN`: 1, 2 or 4;
