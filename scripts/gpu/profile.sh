@@ -3,13 +3,14 @@
 # Usage: bash scripts/gpu/profile.sh <revision> <part>...
 #   stalls: ncu sections (speed of light, memory, occupancy, warp states) of the int4 and dense
 #           tensor-core products at Llama-3-8B / 70B shapes, M = 1 and 64 (one launch each, cold caches)
-#   times:  device time of the int4 product per (shape, M) under ncu, cold caches (median of 3)
+#   times:  device time of the int4 product per (shape, M) under ncu, cold caches (median of 3);
+#           BK_ARGS=--norm times it with an RMSNorm folded in
 #   attn:   ncu sections of one decode-step tree attention launch (Llama-3-8B W4A16, cache ~130)
 #   ar:     every kernel of a short synthetic AR decode under ncu (device time per kernel name), for
 #           Llama-3-8B and Qwen2.5-Coder-1.5B W4A16, then the last decode step alone (scripts/ncu_last_step.py)
 set -u
 REV=${1:-unknown}; shift
-BIN=/root/bin
+BIN=${BIN:-/root/bin}
 mkdir -p $BIN && for f in .dev/gpu*/*.xz; do [ -e "$f" ] && [ ! -e $BIN/$(basename "$f" .xz) ] && xz -dc "$f" > $BIN/$(basename "$f" .xz); done; chmod +x $BIN/* 2>/dev/null
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats"
@@ -26,7 +27,7 @@ stalls)
 times)
   M=${MS:-1,8,64}
   timeout 200 $NCU --clock-control none --cache-control all --metrics gpu__time_duration.sum --csv --log-file $OUT/times${TAG:-}.csv \
-    -k regex:'int4_mma_kernel' $BIN/bench-kernels --device cuda --dtype bf16 --m $M --launches 3 --no-burn --revision $REV > /dev/null 2>&1
+    -k regex:'int4_mma_kernel' $BIN/bench-kernels --device cuda --dtype bf16 --m $M --launches 3 --no-burn --revision $REV ${BK_ARGS:-} > /dev/null 2>&1
   python3 - $OUT/times${TAG:-}.csv "$M" <<'PY'
 import csv, sys, statistics
 lines = [l for l in open(sys.argv[1]) if l.startswith('"')]

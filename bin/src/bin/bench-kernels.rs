@@ -15,7 +15,7 @@ use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::attention::{self, AttnMask};
-use hierspec_kernels::fused::{self, Input, Part, PartWeight};
+use hierspec_kernels::fused::{self, Input, Part, PartWeight, PreNorm};
 use hierspec_kernels::mma::MmaWeight;
 use hierspec_kernels::probe::{self, Probe};
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
@@ -60,6 +60,10 @@ struct Args {
     /// Time the host side of kernel launches instead.
     #[arg(long)]
     launch_overhead: bool,
+    /// Time the int4 and dense tensor-core products with an RMSNorm of x folded in
+    /// (`fused::normed_linear`, the decoder's q|k|v and gate|up), instead of plain.
+    #[arg(long)]
+    norm: bool,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -112,6 +116,8 @@ struct Report {
     revision: String,
     date: String,
     group: usize,
+    /// the products ran with an RMSNorm folded in (`--norm`)
+    norm: bool,
     copy_gbps: f64,
     records: Vec<Record>,
     attention: Vec<AttnRecord>,
@@ -300,6 +306,7 @@ impl BackendJob for Args {
             revision: self.revision.clone(),
             date: String::new(),
             group: self.group,
+            norm: self.norm,
             copy_gbps: 0.0,
             records: Vec::new(),
             attention,
@@ -325,9 +332,11 @@ impl BackendJob for Args {
                 for &m in &ms {
                     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
                     let io = (m * k + m * n) * act;
-                    let us = self.time::<B, _>(&device, || fused::linear(x.clone(), &int4_mma, Input::Plain, None));
+                    let pre = PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Uniform(0.5, 1.5), &device), eps: 1e-6 };
+                    let product = |parts: &[Part<B>]| if self.norm { fused::normed_linear(x.clone(), &pre, parts) } else { fused::linear(x.clone(), parts, Input::Plain, None) };
+                    let us = self.time::<B, _>(&device, || product(&int4_mma));
                     let scalar_us = self.time::<B, _>(&device, || int4::matmul(x.clone(), &q));
-                    let dense_us = self.time::<B, _>(&device, || fused::linear(x.clone(), &dense_mma, Input::Plain, None));
+                    let dense_us = self.time::<B, _>(&device, || product(&dense_mma));
                     let dense_scalar_us = self.time::<B, _>(&device, || dense::linear(x.clone(), w.clone()));
                     let bf16_us = (!self.no_burn && self.launches == 0).then(|| self.time::<B, _>(&device, || x.clone().matmul(w.clone())));
                     let gbps = (q.bytes() + io) as f64 / (us * 1e-6) / 1e9;
@@ -360,6 +369,7 @@ impl BackendJob for Args {
             revision: self.revision.clone(),
             date: String::new(),
             group: self.group,
+            norm: self.norm,
             copy_gbps: copy,
             records,
             attention: Vec::new(),
