@@ -232,15 +232,17 @@ fn load_x<F: Float>(
             if tok < m && kk < k {
                 v = x[(tok * k + kk) / 8];
                 if comptime!(norm) {
-                    let gv = gamma[kk / 8];
                     let mut sum = ss[i];
                     #[unroll]
                     for e in 0usize..8usize {
                         let f = f32::cast_from(v[e]);
                         sum += f * f;
-                        v[e] = F::cast_from(f * f32::cast_from(gv[e]));
                     }
                     ss[i] = sum;
+                    // In the activation dtype (packed pairs for bf16 / f16): the product of two
+                    // such values is exact in f32 (away from the ends of the exponent range), so
+                    // this rounds as an f32 multiply and a conversion would, in fewer instructions.
+                    v = v * gamma[kk / 8];
                 }
             }
             xv[x0 + 2 * i + h] = v;
