@@ -40,22 +40,6 @@ fn shared_len(warps: usize, ct: usize, tt: usize, emulate: bool) -> usize {
     warps * if emulate { epilogue.max(emu_slots(ct, tt)) } else { epilogue }
 }
 
-/// Independent running sums of squares per lane and token tile of a folded RMSNorm: one chain of
-/// dependent adds per unit would stall warps that have little else to issue (on the H200 the fold
-/// cost 38-49% at M = 1 on 8b.down and 8b.gate_up for 15-24% more instructions).
-const SS_SPLIT: usize = 4;
-
-/// The per-lane squares of a folded RMSNorm (`load_x`), zeroed.
-#[cube]
-fn zero_squares(#[comptime] tt: usize) -> Array<f32> {
-    let mut ss = Array::<f32>::new(comptime!(tt * SS_SPLIT));
-    #[unroll]
-    for j in 0usize..tt * SS_SPLIT {
-        ss[j] = 0.0f32;
-    }
-    ss
-}
-
 /// Shared f32 slots of the folded RMSNorm: each lane's sums of squares, then 1 / rms of 8 tokens.
 fn norm_slots(warps: usize, norm: bool) -> usize {
     if norm { warps * 32 + 8 } else { 1 }
@@ -217,7 +201,7 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
 
 /// The lane's x vectors of unit `u` for `tt` token tiles into `xv[x0 ..]` (zero past M and K). With
 /// `norm` (an RMSNorm folded into the product) each vector is scaled by the norm's weight `gamma` as
-/// it is loaded and its squares (f32) added to `ss[i * SS_SPLIT ..]`; the epilogue scales the sums by the
+/// it is loaded and its sum of squares (f32) added to `ss[i]`; the epilogue scales the sums by the
 /// token's 1 / rms, since `W (gamma x / rms) = (W (gamma x)) / rms`. Every unit of K is loaded once
 /// per block, so the block sees the whole row.
 #[cube]
@@ -248,11 +232,13 @@ fn load_x<F: Float>(
             if tok < m && kk < k {
                 v = x[(tok * k + kk) / 8];
                 if comptime!(norm) {
+                    let mut sum = ss[i];
                     #[unroll]
                     for e in 0usize..8usize {
                         let f = f32::cast_from(v[e]);
-                        ss[comptime!(i * SS_SPLIT + e % SS_SPLIT)] += f * f;
+                        sum += f * f;
                     }
+                    ss[i] = sum;
                     // In the activation dtype (packed pairs for bf16 / f16): the product of two
                     // such values is exact in f32 (away from the ends of the exponent range), so
                     // this rounds as an f32 multiply and a conversion would, in fewer instructions.
@@ -347,12 +333,7 @@ fn epilogue<F: Float>(
         }
     }
     if comptime!(norm) {
-        let mut lane_ss = ss[i * SS_SPLIT];
-        #[unroll]
-        for e in 1usize..SS_SPLIT {
-            lane_ss += ss[i * SS_SPLIT + e];
-        }
-        red_ss[warp * 32 + lane] = lane_ss;
+        red_ss[warp * 32 + lane] = ss[i];
     }
     sync_cube();
     if comptime!(norm) {

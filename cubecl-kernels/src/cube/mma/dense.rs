@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{zero_squares, b_regs, block_channels, epilogue, load_x, norm_slots, shared_len, slab_products, V2, V8};
+use super::{b_regs, block_channels, epilogue, load_x, norm_slots, shared_len, slab_products, V2, V8};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -54,7 +54,11 @@ pub(super) fn dense_mma_kernel<F: Float>(
     let mut a = Array::<V2<F>>::new(comptime!(ct * 4));
     let mut b = Array::<V2<F>>::new(comptime!(tt * 2));
     let mut no_sums = Array::<V2<f32>>::new(comptime!(tt * 2));
-    let mut ss = zero_squares(tt);
+    let mut ss = Array::<f32>::new(tt);
+    #[unroll]
+    for i in 0usize..tt {
+        ss[i] = 0.0f32;
+    }
     let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
 
     let iters = (units + warps - 1) / warps;

@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{zero_squares, b_regs, block_channels, epilogue, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
+use super::{b_regs, block_channels, epilogue, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -374,7 +374,11 @@ pub(super) fn int4_mma_kernel<F: Float>(
     for j in 0usize..ct * tt * 2 {
         acc[j] = V2::<f32>::new(0.0f32);
     }
-    let mut ss = zero_squares(tt);
+    let mut ss = Array::<f32>::new(tt);
+    #[unroll]
+    for i in 0usize..tt {
+        ss[i] = 0.0f32;
+    }
     let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
