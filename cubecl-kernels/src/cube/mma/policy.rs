@@ -83,7 +83,7 @@ static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
 /// measure the pairing), `HIERSPEC_MMA_PAIR=4` takes four.
 fn int4_small_m_tiles() -> usize {
     match env_choice(&PAIR, "HIERSPEC_MMA_PAIR") {
-        Some(0 | 1) => 1,
+        Some(0) => 1,
         Some(4) => 4,
         _ => 2,
     }
