@@ -151,27 +151,19 @@ fn fold_norm() -> bool {
 }
 
 fn mlp<B: Backend>(x: Tensor<B, 2>, norm: Option<&PreNorm<B>>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
-    if let Some(norm) = norm {
-        #[cfg(feature = "cube")]
-        if x.dims()[0] <= SMALL_M_MAX && fold_norm() {
-            let gate_up = [gate.clone(), up.clone()];
-            check(&x, &gate_up, Input::Plain, None);
-            assert_eq!(gate_up[0].n(), gate_up[1].n(), "swiglu mlp: gate and up widths differ");
-            if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None, Some(norm)) {
-                return linear(h, &[down], Input::Plain, Some(residual));
-            }
-        }
-        // The norm as its own launch, then the MLP as without one.
-        return mlp(rms_norm(x, norm.weight.clone(), norm.eps), None, gate, up, down, residual);
-    }
     let gate_up = [gate, up];
     #[cfg(feature = "cube")]
-    if x.dims()[0] <= SMALL_M_MAX {
+    if x.dims()[0] <= SMALL_M_MAX && (norm.is_none() || fold_norm()) {
         check(&x, &gate_up, Input::Plain, None);
         assert_eq!(gate_up[0].n(), gate_up[1].n(), "swiglu mlp: gate and up widths differ");
-        if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None, None) {
+        if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None, norm) {
             return linear(h, &[down], Input::Plain, Some(residual));
         }
+    }
+    if let Some(norm) = norm {
+        // The norm as its own launch, then the MLP as without one.
+        let [gate, up] = gate_up;
+        return mlp(rms_norm(x, norm.weight.clone(), norm.eps), None, gate, up, down, residual);
     }
     let gu = linear(x, &gate_up, Input::Plain, None);
     linear(gu, &[down], Input::SwiGlu, Some(residual))

@@ -329,11 +329,14 @@ impl BackendJob for Args {
                 let int4_mma = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: q_mma.as_ref() }];
                 let dense_mma = [Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None, mma: w_mma.as_ref() }];
                 let act = w.dtype().size();
+                let pre = self.norm.then(|| PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Uniform(0.5, 1.5), &device), eps: 1e-6 });
                 for &m in &ms {
                     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
                     let io = (m * k + m * n) * act;
-                    let pre = PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Uniform(0.5, 1.5), &device), eps: 1e-6 };
-                    let product = |parts: &[Part<B>]| if self.norm { fused::normed_linear(x.clone(), &pre, parts) } else { fused::linear(x.clone(), parts, Input::Plain, None) };
+                    let product = |parts: &[Part<B>]| match &pre {
+                        Some(pre) => fused::normed_linear(x.clone(), pre, parts),
+                        None => fused::linear(x.clone(), parts, Input::Plain, None),
+                    };
                     let us = self.time::<B, _>(&device, || product(&int4_mma));
                     let scalar_us = self.time::<B, _>(&device, || int4::matmul(x.clone(), &q));
                     let dense_us = self.time::<B, _>(&device, || product(&dense_mma));
