@@ -2,5 +2,6 @@
 
 pub mod backend;
 pub mod engine;
+pub mod host_profile;
 pub mod specbench;
 pub mod report;

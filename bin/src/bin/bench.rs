@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
+use hierspec::host_profile::HostProfile;
 use hierspec::specbench::{self, Record, RunSpec, Summary};
 use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
@@ -80,6 +81,12 @@ struct Args {
     curve_cache: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,24,32,48,64")]
     curve_n: Vec<usize>,
+    /// Sample the host threads over the timed runs (after warm-up) and write <path>.folded and
+    /// <path>.svg (needs the `host-profile` feature).
+    #[arg(long)]
+    host_profile: Option<PathBuf>,
+    #[arg(long, default_value_t = 997)]
+    host_profile_hz: i32,
 }
 
 #[derive(serde::Serialize)]
@@ -174,7 +181,9 @@ impl Args {
             answers_dir: self.answers.as_deref(),
             model_id: &self.engine.model,
         };
+        let profile = HostProfile::start(self.host_profile.as_deref(), self.host_profile_hz)?;
         let records = specbench::run(&engine, &questions, &spec)?;
+        profile.map(HostProfile::finish).transpose()?;
         eprint!("{}", hierspec_speculative::profile::report());
         let e = &self.engine;
         Ok(SpecBenchReport {
@@ -210,8 +219,12 @@ impl Args {
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut prefill = Vec::new();
         let mut rates = Vec::new();
+        let mut profile = None;
         // Run 0 warms up (autotune, allocations); greedy, no stop tokens, every token read back.
         for run in 0..=self.repeats {
+            if run == 1 {
+                profile = HostProfile::start(self.host_profile.as_deref(), self.host_profile_hz)?;
+            }
             let mut sampler = Sampler::new(SamplingParams::default())?;
             let (_, stats) = generate(&model, &cfg, &prompt, self.new_tokens, &mut sampler, &[], |_| {})?;
             if run > 0 {
@@ -219,6 +232,7 @@ impl Args {
                 rates.push(stats.decode_tok_s());
             }
         }
+        profile.map(HostProfile::finish).transpose()?;
         let verify_curve = self.verify_curve(&model, &cfg, &device)?;
         let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
