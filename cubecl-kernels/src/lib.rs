@@ -22,6 +22,7 @@ pub mod attention;
 pub mod dense;
 pub mod fused;
 pub mod int4;
+pub mod memory;
 pub mod mma;
 pub mod probe;
 pub mod topk;

@@ -78,8 +78,12 @@ pub struct EagleHead<B: Backend> {
 impl<B: Backend> EagleHead<B> {
     /// Random weights (tests: every code path runs, acceptance is low).
     pub fn random(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+        cfg.layer.validate()?;
+        hierspec_kernels::memory::persistent::<B, _>(device, || Self::random_weights(cfg, max_positions, seed, device))
+    }
+
+    fn random_weights(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
         let c = &cfg.layer;
-        c.validate()?;
         B::seed(device, seed);
         let lin = |_: &str, i: usize, o: usize, b: bool| Ok(Linear::random(i, o, b, 0.02, device));
         Ok(Self {
@@ -93,8 +97,12 @@ impl<B: Backend> EagleHead<B> {
 
     /// Load from EAGLE's names (`fc.*`, `layers.0.*`); any `embed_tokens` in the file is ignored.
     pub fn load(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+        cfg.layer.validate()?;
+        hierspec_kernels::memory::persistent::<B, _>(device, || Self::load_weights(cfg, src, max_positions, device))
+    }
+
+    fn load_weights(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
         let c = &cfg.layer;
-        c.validate()?;
         let h = c.hidden_size;
         let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };

@@ -299,6 +299,10 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self> {
         cfg.validate()?;
+        hierspec_kernels::memory::persistent::<B, _>(device, || Self::random_weights(cfg, max_positions, seed, quant, device))
+    }
+
+    fn random_weights(cfg: &LlamaConfig, max_positions: usize, seed: u64, quant: Option<&QuantSpec>, device: &B::Device) -> Result<Self> {
         B::seed(device, seed);
         let lin = |d_in: usize, d_out: usize, bias: bool, q: Option<&QuantSpec>| -> Result<Linear<B>> {
             match q {
@@ -344,6 +348,11 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self> {
         cfg.validate()?;
+        // The weights in cubecl's persistent pool, away from the activations' pages (memory.rs).
+        hierspec_kernels::memory::persistent::<B, _>(device, || Self::load_weights(cfg, src, max_positions, quant, device))
+    }
+
+    fn load_weights(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, quant: Option<&QuantSpec>, device: &B::Device) -> Result<Self> {
         let h = cfg.hidden_size;
         let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear<B>> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };

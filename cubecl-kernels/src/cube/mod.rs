@@ -72,6 +72,46 @@ pub(crate) fn has_kernels<B: Backend>() -> bool {
     false
 }
 
+/// cubecl's persistent allocation mode on a device while it lives ([`crate::memory::persistent`]);
+/// dropping it (also on unwinding) restores the automatic mode and releases the freed buffers.
+pub(crate) struct PersistentMode<B: Backend> {
+    device: Option<B::Device>,
+}
+
+impl<B: Backend> PersistentMode<B> {
+    pub(crate) fn enter(device: &B::Device) -> Self {
+        let on = set_allocation_mode::<B>(device, cubecl::MemoryAllocationMode::Persistent);
+        Self { device: on.then(|| device.clone()) }
+    }
+}
+
+impl<B: Backend> Drop for PersistentMode<B> {
+    fn drop(&mut self) {
+        if let Some(device) = &self.device {
+            set_allocation_mode::<B>(device, cubecl::MemoryAllocationMode::Auto);
+        }
+    }
+}
+
+/// Set the allocation mode of `device`'s client; false where `B` is no cubecl backend. Back to
+/// `Auto`, the client also releases what it can (the load's freed staging buffers).
+fn set_allocation_mode<B: Backend>(device: &B::Device, mode: cubecl::MemoryAllocationMode) -> bool {
+    fn run<B: Backend, R: CubeRuntime>(device: &B::Device, mode: cubecl::MemoryAllocationMode) -> Option<()> {
+        let client = R::client((device as &dyn Any).downcast_ref::<R::Device>()?);
+        // SAFETY: cubecl marks the switch unsafe because allocations made meanwhile on the stream
+        // are never returned to the sliced pools; that is the point here, and `Auto` follows.
+        unsafe { client.allocation_mode(mode) };
+        if matches!(mode, cubecl::MemoryAllocationMode::Auto) {
+            client.memory_cleanup();
+        }
+        Some(())
+    }
+    fn go<B: Backend>(device: &B::Device, mode: cubecl::MemoryAllocationMode) -> Option<()> {
+        for_each_runtime!(run, B, device, mode)
+    }
+    go::<B>(device, mode).is_some()
+}
+
 pub(crate) fn dense_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let part = Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None, mma: None };
     fused_linear(x, &[part], Input::Plain, None)
@@ -153,8 +193,9 @@ pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu
         for p in parts {
             let w = p.mma.expect("checked");
             let (packed, aux) = match (&w.words, &w.values) {
-                (Some(words), _) => (int::<B, R, 2>(&words.val())?, Some(float::<B, R, 2>(&w.aux.as_ref()?.val()))),
-                (None, Some(values)) => (float::<B, R, 2>(&values.val()), None),
+                // Through `Param`'s deref, not `val()`: a tensor clone less per weight and launch.
+                (Some(words), _) => (int::<B, R, 2>(words)?, Some(float::<B, R, 2>(w.aux.as_ref()?))),
+                (None, Some(values)) => (float::<B, R, 2>(values), None),
                 _ => return None,
             };
             if aux.as_ref().is_some_and(|a| a.dtype != dtype) || (w.values.is_some() && packed.dtype != dtype) {
