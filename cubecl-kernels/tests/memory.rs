@@ -1,0 +1,50 @@
+//! `memory::persistent` on a cubecl runtime: weights made under it compute exactly as weights made
+//! in the sliced pools, what the load frees is released when it ends, and a load that panics leaves
+//! the client usable. Its own test binary, so that no other test allocates while it reads the
+//! client's memory usage.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+mod common;
+
+use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+use common::{device, Device, B};
+use hierspec_kernels::{dense, memory};
+
+fn reserved(device: &Device) -> u64 {
+    let probe = Tensor::<B, 1>::zeros([1], device);
+    let TensorPrimitive::Float(t) = probe.into_primitive() else { unreachable!("float tensor") };
+    t.client.memory_usage().expect("memory usage").bytes_reserved
+}
+
+#[test]
+fn persistent_weights_compute_alike_and_the_load_leaves_nothing_behind() {
+    let device = device();
+    let (k, n, m) = (512, 300, 3);
+    let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+    let plain: Vec<f32> = dense::linear(x.clone(), w.clone()).into_data().to_vec().unwrap();
+
+    let before = reserved(&device);
+    let temp_bytes = 4 << 20;
+    let kept = memory::persistent::<B, _>(&device, || {
+        // A copy of the weight kept, and a staging buffer freed inside the load.
+        let staging = Tensor::<B, 1>::ones([temp_bytes / 4], &device);
+        let _ = staging.sum().into_scalar();
+        w.clone() + 0.0
+    });
+    let after = reserved(&device);
+    let kept_bytes = (k * n * 4) as u64;
+    assert!(after >= before + kept_bytes, "the kept weight is on the device: {before} -> {after} bytes reserved");
+    assert!(
+        after < before + kept_bytes + temp_bytes as u64,
+        "the staging buffer freed inside the load is released when it ends: {before} -> {after} bytes reserved"
+    );
+    let persistent: Vec<f32> = dense::linear(x.clone(), kept.clone()).into_data().to_vec().unwrap();
+    assert_eq!(plain, persistent, "the same product, bit for bit");
+
+    // A load that panics: the mode is restored by the guard, and the client keeps working.
+    let caught = std::panic::catch_unwind(|| memory::persistent::<B, _>(&device, || panic!("a malformed file")));
+    assert!(caught.is_err());
+    let again: Vec<f32> = dense::linear(x, kept).into_data().to_vec().unwrap();
+    assert_eq!(plain, again);
+}
