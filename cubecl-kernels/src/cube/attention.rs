@@ -22,6 +22,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::arg;
+
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// Threads per cube, keys per chunk: a decode step up to 256 keys is one chunk. Fixed on every
 /// runtime (chunking must not depend on the rows verified).
@@ -344,13 +346,13 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
             CubeCount::Static(n as u32, heads as u32, segments as u32),
             CubeDim::new_1d(THREADS as u32),
             if wide { 8 } else { 1 },
-            q.into_array_arg(),
-            k.into_array_arg(),
-            v.into_array_arg(),
-            visible.into_array_arg(),
-            out.clone().into_array_arg(),
-            part_acc.clone().into_array_arg(),
-            part_ml.clone().into_array_arg(),
+            arg(&q),
+            arg(&k),
+            arg(&v),
+            arg(&visible),
+            arg(&out),
+            arg(&part_acc),
+            arg(&part_ml),
             strides,
             t,
             cols,
@@ -366,9 +368,9 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
                 &client,
                 CubeCount::Static((n * heads) as u32, 1, 1),
                 CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
-                part_acc.into_array_arg(),
-                part_ml.into_array_arg(),
-                out.clone().into_array_arg(),
+                arg(&part_acc),
+                arg(&part_ml),
+                arg(&out),
                 segments,
                 hd,
                 dtype.into(),

@@ -6,6 +6,8 @@ use burn::tensor::Shape;
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::arg;
+
 use super::reduce::block_sum;
 
 const NORM_THREADS: usize = 256;
@@ -102,9 +104,9 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
                 &x.client.clone(),
                 CubeCount::Static(m as u32, 1, 1),
                 CubeDim::new_1d(NORM_THREADS as u32),
-                x.into_array_arg(),
-                w.into_array_arg(),
-                out.clone().into_array_arg(),
+                arg(&x),
+                arg(&w),
+                arg(&out),
                 h / 8,
                 eps as f32,
                 NORM_THREADS,
@@ -119,9 +121,9 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
             &x.client.clone(),
             CubeCount::Static(m as u32, 1, 1),
             CubeDim::new_1d(NORM_THREADS as u32),
-            x.into_array_arg(),
-            w.into_array_arg(),
-            out.clone().into_array_arg(),
+            arg(&x),
+            arg(&w),
+            arg(&out),
             h,
             eps as f32,
             NORM_THREADS,
@@ -235,13 +237,13 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
             &qkv.client.clone(),
             CubeCount::Static(n as u32, (heads + 2 * kv_heads) as u32, 1),
             CubeDim::new_1d((hd / 2) as u32),
-            qkv.into_array_arg(),
-            positions.into_array_arg(),
-            cos.into_array_arg(),
-            sin.into_array_arg(),
-            q.clone().into_array_arg(),
-            k_cache.into_array_arg(),
-            v_cache.into_array_arg(),
+            arg(&qkv),
+            arg(&positions),
+            arg(&cos),
+            arg(&sin),
+            arg(&q),
+            arg(&k_cache),
+            arg(&v_cache),
             strides,
             n,
             heads,
@@ -298,9 +300,9 @@ pub(crate) fn keep_rows<R: CubeRuntime>(k: CubeTensor<R>, v: CubeTensor<R>, rows
             &client,
             CubeCount::Static(heads as u32, 1, 1),
             CubeDim::new_1d(hd as u32),
-            k.into_array_arg(),
-            v.into_array_arg(),
-            rows.into_array_arg(),
+            arg(&k),
+            arg(&v),
+            arg(&rows),
             n,
             start,
             ks[1],

@@ -13,6 +13,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::arg;
+
 use crate::mma::{TILE_N, UNIT_K};
 
 mod dense;
@@ -454,7 +456,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let x = into_contiguous(x);
     let client = x.client.clone();
     let fill = |i: usize| parts.get(i).unwrap_or(&parts[0usize]);
-    let bias_of = |i: usize| fill(i).bias.clone().unwrap_or_else(|| x.clone());
+    let bias_of = |i: usize| fill(i).bias.as_ref().unwrap_or(&x);
     let residual = residual.map(into_contiguous).unwrap_or_else(|| x.clone());
     let has_norm = norm.is_some();
     let eps = norm.as_ref().map_or(0.0, |n| n.eps);
@@ -466,7 +468,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     };
     match spec.group {
         Some(group) => {
-            let aux = |i: usize| fill(i).aux.clone().expect("int4 parts carry aux");
+            let aux = |i: usize| fill(i).aux.as_ref().expect("int4 parts carry aux");
             // SAFETY: weight vectors are read at tiles < the part's tile count and units < `units`;
             // x at rows < m and columns < k (K % 8 == 0, checked by the caller); aux at groups <
             // ceil(k / group) and channels < the padded width; outputs at rows < m, channels < n.
@@ -475,19 +477,19 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     &client,
                     count,
                     dim,
-                    x.clone().into_array_arg(),
-                    gamma.clone().into_array_arg(),
-                    fill(0).packed.clone().into_array_arg(),
-                    fill(1).packed.clone().into_array_arg(),
-                    fill(2).packed.clone().into_array_arg(),
-                    aux(0).into_array_arg(),
-                    aux(1).into_array_arg(),
-                    aux(2).into_array_arg(),
-                    bias_of(0).into_array_arg(),
-                    bias_of(1).into_array_arg(),
-                    bias_of(2).into_array_arg(),
-                    residual.into_array_arg(),
-                    out.clone().into_array_arg(),
+                    arg(&x),
+                    arg(&gamma),
+                    arg(&fill(0).packed),
+                    arg(&fill(1).packed),
+                    arg(&fill(2).packed),
+                    arg(aux(0)),
+                    arg(aux(1)),
+                    arg(aux(2)),
+                    arg(bias_of(0)),
+                    arg(bias_of(1)),
+                    arg(bias_of(2)),
+                    arg(&residual),
+                    arg(&out),
                     m,
                     k,
                     units,
@@ -524,16 +526,16 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     &client,
                     count,
                     dim,
-                    x.clone().into_array_arg(),
-                    gamma.clone().into_array_arg(),
-                    fill(0).packed.clone().into_array_arg(),
-                    fill(1).packed.clone().into_array_arg(),
-                    fill(2).packed.clone().into_array_arg(),
-                    bias_of(0).into_array_arg(),
-                    bias_of(1).into_array_arg(),
-                    bias_of(2).into_array_arg(),
-                    residual.into_array_arg(),
-                    out.clone().into_array_arg(),
+                    arg(&x),
+                    arg(&gamma),
+                    arg(&fill(0).packed),
+                    arg(&fill(1).packed),
+                    arg(&fill(2).packed),
+                    arg(bias_of(0)),
+                    arg(bias_of(1)),
+                    arg(bias_of(2)),
+                    arg(&residual),
+                    arg(&out),
                     m,
                     k,
                     units,

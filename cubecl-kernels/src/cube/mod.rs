@@ -41,6 +41,15 @@ fn back<B: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<
     Tensor::from_primitive(TensorPrimitive::Float(downcast(t).expect("checked by is_cube")))
 }
 
+/// A kernel's array argument over `t`'s buffer: only the buffer handle is cloned. (`CubeTensor::
+/// into_array_arg` consumes the tensor, so each argument cost a clone of the whole tensor, its
+/// client, shape and strides, then two conversions: ~10% of a decode step's host time with ~14
+/// arguments per product, `docs/perf/host.md`.) The length is the tensor's element count, as there.
+pub(crate) fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> cubecl::prelude::ArrayArg<R> {
+    // SAFETY: the length is that of the tensor the handle belongs to.
+    unsafe { cubecl::prelude::ArrayArg::from_raw_parts(t.handle.clone(), t.meta.shape().num_elements()) }
+}
+
 /// Float dtypes the kernels are compiled for.
 fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)

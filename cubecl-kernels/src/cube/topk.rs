@@ -8,6 +8,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::arg;
+
 use super::reduce::{block_max, block_sum};
 
 const THREADS: usize = 256;
@@ -216,9 +218,9 @@ pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> C
             &client,
             CubeCount::Static(chunks as u32, n as u32, 1),
             CubeDim::new_1d(THREADS as u32),
-            x.into_array_arg(),
-            stats.clone().into_array_arg(),
-            cand.clone().into_array_arg(),
+            arg(&x),
+            arg(&stats),
+            arg(&cand),
             v,
             k,
             chunks,
@@ -229,9 +231,9 @@ pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> C
             &client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(THREADS as u32),
-            stats.into_array_arg(),
-            cand.into_array_arg(),
-            out.clone().into_array_arg(),
+            arg(&stats),
+            arg(&cand),
+            arg(&out),
             v,
             k,
             chunks,
@@ -315,9 +317,9 @@ pub(crate) fn argmax<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     // width 8, v % 8 == 0 keeps every row start aligned); one output per row.
     unsafe {
         if v % 8 == 0 {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, x.into_array_arg(), out.clone().into_array_arg(), v / 8, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, arg(&x), arg(&out), v / 8, ARGMAX_THREADS, dtype.into())
         } else {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, x.into_array_arg(), out.clone().into_array_arg(), v, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, arg(&x), arg(&out), v, ARGMAX_THREADS, dtype.into())
         }
     };
     out
