@@ -6,9 +6,14 @@
 
 mod common;
 
-use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
 use common::{device, Device, B};
 use hierspec_kernels::{dense, memory};
+
+/// The values as f32 (exact from bf16 / f16), so outputs compare bit for bit in any test dtype.
+fn values(t: Tensor<B, 2>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().to_vec().expect("f32 data")
+}
 
 fn reserved(device: &Device) -> u64 {
     let probe = Tensor::<B, 1>::zeros([1], device);
@@ -22,29 +27,29 @@ fn persistent_weights_compute_alike_and_the_load_leaves_nothing_behind() {
     let (k, n, m) = (512, 300, 3);
     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
     let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
-    let plain: Vec<f32> = dense::linear(x.clone(), w.clone()).into_data().to_vec().unwrap();
+    let plain = values(dense::linear(x.clone(), w.clone()));
 
     let before = reserved(&device);
     let temp_bytes = 4 << 20;
     let kept = memory::persistent::<B, _>(&device, || {
         // A copy of the weight kept, and a staging buffer freed inside the load.
-        let staging = Tensor::<B, 1>::ones([temp_bytes / 4], &device);
+        let staging = Tensor::<B, 1>::ones([temp_bytes / w.dtype().size()], &device);
         let _ = staging.sum().into_scalar();
         w.clone() + 0.0
     });
     let after = reserved(&device);
-    let kept_bytes = (k * n * 4) as u64;
+    let kept_bytes = (k * n * w.dtype().size()) as u64;
     assert!(after >= before + kept_bytes, "the kept weight is on the device: {before} -> {after} bytes reserved");
     assert!(
         after < before + kept_bytes + temp_bytes as u64,
         "the staging buffer freed inside the load is released when it ends: {before} -> {after} bytes reserved"
     );
-    let persistent: Vec<f32> = dense::linear(x.clone(), kept.clone()).into_data().to_vec().unwrap();
+    let persistent = values(dense::linear(x.clone(), kept.clone()));
     assert_eq!(plain, persistent, "the same product, bit for bit");
 
     // A load that panics: the mode is restored by the guard, and the client keeps working.
     let caught = std::panic::catch_unwind(|| memory::persistent::<B, _>(&device, || panic!("a malformed file")));
     assert!(caught.is_err());
-    let again: Vec<f32> = dense::linear(x, kept).into_data().to_vec().unwrap();
+    let again = values(dense::linear(x, kept));
     assert_eq!(plain, again);
 }

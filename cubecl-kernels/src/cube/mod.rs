@@ -20,9 +20,11 @@ use crate::fused::{Input, Part, PartWeight, PreNorm, QkvLayout};
 use crate::int4::Int4Weight;
 use crate::mma::TensorCores;
 
+/// `value` as a `U` when it is one. Through an `Option` on the stack rather than a `Box<dyn Any>`: this
+/// runs several times per kernel launch, and the box was a heap allocation each time.
 fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    boxed.downcast::<U>().ok().map(|b| *b)
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take)
 }
 
 fn is_cube<B: Backend, R: CubeRuntime>() -> bool {
@@ -410,4 +412,16 @@ pub(crate) fn probe<B: Backend>(probe: crate::probe::Probe, a: &Tensor<B, 1>, ou
         for_each_runtime!(run, B, probe, a, out)
     }
     go(probe, a, out).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downcast;
+
+    #[test]
+    fn downcast_moves_a_value_of_the_asked_type_and_refuses_others() {
+        assert_eq!(downcast::<String, String>("w".to_string()), Some("w".to_string()));
+        assert_eq!(downcast::<String, Vec<u8>>("w".to_string()), None);
+        assert_eq!(downcast::<u32, i32>(7), None);
+    }
 }
