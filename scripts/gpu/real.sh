@@ -6,6 +6,8 @@
 # Expects .dev/gpu/{bench.xz,question.jsonl}, .dev/wheels/gguf-*.whl, artifacts/heads/qwen2.5-coder-0.5b,
 # the GGUFs under /root/hscache/models (scripts/gpu/upload_chunk.sh), and $OUT.
 # Usage: bash scripts/gpu/real.sh <revision> <part>; parts: bench | hf | sweep (TAG=x names the bench files real-<dtype>x.*)
+#   EXTRA: more bench flags for the bench part, e.g. EXTRA="--host-profile $OUT/hp-real" (a build with
+#          --features cuda,host-profile) to see where the speculative methods' host time goes (docs/perf/host.md).
 #   sweep: `hier` alone under each of the ';'-separated argument sets in $SWEEP (tree shape, draft length),
 #          one process each; prints each run's overall row (compare with the bench part's `ar`).
 set -u
@@ -26,7 +28,7 @@ case $PART in
 bench)
   timeout 570 $BIN/bench --prompts .dev/gpu/question.jsonl --per-category $PER --categories $CATS --turns 1 \
     --max-new-tokens $NEW --device cuda --dtype $DTYPE --model $M/qwen2.5-coder-1.5b.gguf --quant rtn \
-    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 $EAGLE_ARG --methods $METHODS \
+    --draft $M/qwen2.5-coder-0.5b.gguf --hier-eagle $HEAD05 $EAGLE_ARG --methods $METHODS ${EXTRA:-} \
     --revision $REV --json $OUT/real-$DTYPE${TAG:-}.json --markdown $OUT/real-$DTYPE${TAG:-}.md --svg $OUT/real-$DTYPE${TAG:-}.svg 2>&1 \
     | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error" ;;
 sweep)
