@@ -7,7 +7,6 @@ use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous
 use cubecl::prelude::*;
 
 use super::arg;
-
 use super::reduce::block_sum;
 
 const NORM_THREADS: usize = 256;

@@ -456,11 +456,15 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
     let x = into_contiguous(x);
     let client = x.client.clone();
     let fill = |i: usize| parts.get(i).unwrap_or(&parts[0usize]);
+    // Absent operands (biases, residual, norm weight) are bound to x; the kernel does not read them
+    // (`has_bias`, `add_residual`, `has_norm` are false).
     let bias_of = |i: usize| fill(i).bias.as_ref().unwrap_or(&x);
-    let residual = residual.map(into_contiguous).unwrap_or_else(|| x.clone());
+    let residual = residual.map(into_contiguous);
+    let residual = residual.as_ref().unwrap_or(&x);
     let has_norm = norm.is_some();
     let eps = norm.as_ref().map_or(0.0, |n| n.eps);
-    let gamma = norm.map(|n| into_contiguous(n.weight)).unwrap_or_else(|| x.clone());
+    let gamma = norm.map(|n| into_contiguous(n.weight));
+    let gamma = gamma.as_ref().unwrap_or(&x);
     let (magic, ones, bias_q) = match (dtype, spec.emulate) {
         (DType::BF16, _) => (0x4300_4300i32, 0x3F80_3F80i32, 128.0f32),
         (DType::F16, _) => (0x6400_6400i32, 0x3C00_3C00i32, 1024.0f32),
@@ -478,7 +482,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     count,
                     dim,
                     arg(&x),
-                    arg(&gamma),
+                    arg(gamma),
                     arg(&fill(0).packed),
                     arg(&fill(1).packed),
                     arg(&fill(2).packed),
@@ -488,7 +492,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     arg(bias_of(0)),
                     arg(bias_of(1)),
                     arg(bias_of(2)),
-                    arg(&residual),
+                    arg(residual),
                     arg(&out),
                     m,
                     k,
@@ -527,14 +531,14 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     count,
                     dim,
                     arg(&x),
-                    arg(&gamma),
+                    arg(gamma),
                     arg(&fill(0).packed),
                     arg(&fill(1).packed),
                     arg(&fill(2).packed),
                     arg(bias_of(0)),
                     arg(bias_of(1)),
                     arg(bias_of(2)),
-                    arg(&residual),
+                    arg(residual),
                     arg(&out),
                     m,
                     k,

@@ -9,7 +9,6 @@ use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous
 use cubecl::prelude::*;
 
 use super::arg;
-
 use super::reduce::{block_max, block_sum};
 
 const THREADS: usize = 256;
