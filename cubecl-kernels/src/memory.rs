@@ -13,9 +13,9 @@ use burn::tensor::backend::Backend;
 /// then release what `f` allocated and freed (staging copies, pre-packing forms). Other backends
 /// just run `f`.
 ///
-/// Allocations from other threads in that time go there too (cubecl sets the mode per stream); a
-/// load runs on the thread that will use the model. `HIERSPEC_PERSISTENT_WEIGHTS=0` loads into the
-/// sliced pools as before (to measure).
+/// cubecl sets the mode per stream, and a stream is per thread: only this thread's allocations go
+/// there, so `f` must make the weights on the calling thread (a load does). `HIERSPEC_PERSISTENT_WEIGHTS=0`
+/// loads into the sliced pools as before (to measure).
 pub fn persistent<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> T {
     #[cfg(feature = "cube")]
     {
