@@ -8,6 +8,8 @@
 //! - [`normed_linear`], [`normed_swiglu_mlp`]: the layer's RMSNorm folded into the q|k|v and the
 //!   gate|up product on tensor cores (the norm's launch gone: 6 per layer instead of 8).
 //! - [`rope_qkv`]: RoPE on q and k straight from the q|k|v row, k and v written into the KV cache.
+//! - [`qkv_rope`]: on tensor cores, that RoPE and cache write in the q|k|v product's epilogue (5
+//!   launches per layer instead of 6).
 //! - [`crate::attention::attention_rows`]: attention writing o_proj's input layout.
 //! - [`keep_rows`]: the KV-cache compaction after a tree verification, k and v of a layer in one
 //!   launch (was four: a select and a slice_assign each).
@@ -296,6 +298,92 @@ pub fn reference_rope_qkv<B: Backend>(
     k_cache.inplace(|c| c.slice_assign(rows.clone(), k));
     v_cache.inplace(|c| c.slice_assign(rows, v));
     q
+}
+
+/// Where the RoPE of a q|k|v product's new rows happens ([`qkv_rope`]).
+pub struct QkvRope<'a, B: Backend> {
+    /// [n] i32: each new row's position.
+    pub positions: Tensor<B, 1, Int>,
+    /// [max_positions, hd / 2]
+    pub cos: &'a Tensor<B, 2>,
+    pub sin: &'a Tensor<B, 2>,
+    pub layout: QkvLayout,
+    /// The first cache row the new rows' k and v go to.
+    pub start: usize,
+}
+
+/// `rope_qkv((rms_norm(x) or x) [Wq | Wk | Wv] + b)` for x [b, n, d]: q [b, heads, n, hd], k and v
+/// written into the caches ([b, kv_heads, capacity, hd]) at rows [start, start + n). On tensor
+/// cores, with q and k packed in RoPE pair order ([`crate::mma::MmaWeight::int4_rope`]), the
+/// rotation and the cache write happen in the product's epilogue: one launch instead of two.
+/// Elsewhere it is [`normed_linear`] or [`linear`], then [`rope_qkv`]. The caller checks positions
+/// < max_positions and start + n <= capacity.
+pub fn qkv_rope<B: Backend>(
+    x: Tensor<B, 3>,
+    norm: Option<&PreNorm<B>>,
+    parts: &[Part<B>],
+    rope: QkvRope<B>,
+    k_cache: &mut Tensor<B, 4>,
+    v_cache: &mut Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, n, d] = x.dims();
+    let x = x.reshape([b * n, d]);
+    check(&x, parts, Input::Plain, None);
+    if b == 1 && fuse_rope() {
+        if let Some(q) = qkv_rope_in_epilogue(&x, norm, parts, &rope, k_cache, v_cache) {
+            return q;
+        }
+    }
+    let qkv = match norm {
+        Some(norm) => normed_linear(x, norm, parts),
+        None => linear(x, parts, Input::Plain, None),
+    };
+    let width = qkv.dims()[1];
+    rope_qkv(qkv.reshape([b, n, width]), rope.positions, rope.cos, rope.sin, rope.layout, k_cache, v_cache, rope.start)
+}
+
+/// [`qkv_rope`]'s one-launch form for x [n, d] of one sequence, where it runs (tensor cores, q and k
+/// in RoPE pair order, n <= [`crate::dense::SMALL_M_MAX`], operands of one dtype), else `None`.
+pub fn qkv_rope_in_epilogue<B: Backend>(
+    x: &Tensor<B, 2>,
+    norm: Option<&PreNorm<B>>,
+    parts: &[Part<B>],
+    rope: &QkvRope<B>,
+    k_cache: &Tensor<B, 4>,
+    v_cache: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "cube")]
+    if x.dims()[0] <= SMALL_M_MAX && (norm.is_none() || fold_norm()) {
+        return crate::cube::mma_qkv_rope(x, parts, norm, rope, (k_cache, v_cache));
+    }
+    let _ = (x, norm, parts, rope, k_cache, v_cache);
+    None
+}
+
+/// The plain-tensor composition [`qkv_rope`] is checked against.
+pub fn reference_qkv_rope<B: Backend>(
+    x: Tensor<B, 3>,
+    norm: Option<&PreNorm<B>>,
+    parts: &[Part<B>],
+    rope: QkvRope<B>,
+    k_cache: &mut Tensor<B, 4>,
+    v_cache: &mut Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, n, d] = x.dims();
+    let mut x = x.reshape([b * n, d]);
+    if let Some(norm) = norm {
+        x = reference_rms_norm(x, norm.weight.clone(), norm.eps);
+    }
+    let qkv = reference_linear(x, parts, Input::Plain, None);
+    let width = qkv.dims()[1];
+    reference_rope_qkv(qkv.reshape([b, n, width]), rope.positions, rope.cos, rope.sin, rope.layout, k_cache, v_cache, rope.start)
+}
+
+/// Whether a q|k|v product may take RoPE and the cache write (`HIERSPEC_FUSE_ROPE=0`: never, so
+/// that they run as their own launch, to measure the fusion). Read once per process.
+fn fuse_rope() -> bool {
+    static FUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSE.get_or_init(|| std::env::var("HIERSPEC_FUSE_ROPE").map_or(true, |v| v != "0"))
 }
 
 /// Move cache rows `rows` (ascending, `rows[i] >= start + i`, within the cache) to rows

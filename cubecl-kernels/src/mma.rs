@@ -42,7 +42,6 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::module::{Module, Param};
-#[cfg(feature = "cube")]
 use burn::module::ParamId;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
@@ -127,6 +126,9 @@ pub struct MmaWeight<B: Backend> {
     pub n: usize,
     /// int4 group size (0 for dense).
     pub group: usize,
+    /// 0: channels in their natural order. h > 0: channels in RoPE pair order for heads of 2h
+    /// channels ([`rope_pair_order`]), so the product's epilogue can rotate q and k itself.
+    pub rope_half: usize,
 }
 
 impl<B: Backend> MmaWeight<B> {
@@ -149,7 +151,7 @@ impl<B: Backend> MmaWeight<B> {
             return None;
         }
         #[cfg(feature = "cube")]
-        return crate::cube::mma_pack_dense(w).map(|values| Self { words: None, aux: None, values: Some(Param::from_tensor(values)), k, n, group: 0 });
+        return crate::cube::mma_pack_dense(w).map(|values| Self { words: None, aux: None, values: Some(Param::from_tensor(values)), k, n, group: 0, rope_half: 0 });
         #[cfg(not(feature = "cube"))]
         {
             let _ = n;
@@ -165,11 +167,68 @@ impl<B: Backend> MmaWeight<B> {
         #[cfg(feature = "cube")]
         {
             let words = crate::cube::mma_pack_int4(q)?;
-            return Some(Self { words: Some(Param::initialized(ParamId::new(), words)), aux: Some(Param::from_tensor(aux(q))), values: None, k: q.k, n: q.n, group: q.group });
+            return Some(Self { words: Some(Param::initialized(ParamId::new(), words)), aux: Some(Param::from_tensor(aux(q))), values: None, k: q.k, n: q.n, group: q.group, rope_half: 0 });
         }
         #[cfg(not(feature = "cube"))]
         None
     }
+
+    /// [`Self::dense`] with the channels in RoPE pair order for heads of `head_dim` (q and k of an
+    /// attention layer); `None` where the kernels will not use it or the heads do not tile.
+    pub fn dense_rope(w: &Tensor<B, 2>, head_dim: usize) -> Option<Self> {
+        let [k, n] = w.dims();
+        if !wanted(w, k, None) {
+            return None;
+        }
+        let order = rope_order_tensor(n, head_dim, &w.device())?;
+        let packed = Self::dense(&w.clone().select(1, order))?;
+        Some(Self { rope_half: head_dim / 2, ..packed })
+    }
+
+    /// [`Self::int4`] with the channels in RoPE pair order (words, scales and offsets permuted
+    /// alike).
+    pub fn int4_rope(q: &Int4Weight<B>, head_dim: usize) -> Option<Self> {
+        if !wanted(&q.scales.val(), q.k, Some(q.group)) {
+            return None;
+        }
+        let order = rope_order_tensor(q.n, head_dim, &q.scales.device())?;
+        let pick = |p: &Param<Tensor<B, 2>>| Param::from_tensor(p.val().select(1, order.clone()));
+        let permuted = Int4Weight {
+            qweight: Param::initialized(ParamId::new(), q.qweight.val().select(1, order.clone())),
+            scales: pick(&q.scales),
+            offsets: q.offsets.as_ref().map(pick),
+            k: q.k,
+            n: q.n,
+            group: q.group,
+        };
+        let packed = Self::int4(&permuted)?;
+        Some(Self { rope_half: head_dim / 2, ..packed })
+    }
+}
+
+/// The RoPE pair order of `n` channels in heads of `head_dim` (half-split RoPE pairs dimension d
+/// with d + head_dim / 2): `order[p]` is the natural channel at packed position p. In each head,
+/// tile j (16 channels) holds dimensions 8j .. 8j + 8 in rows 0..8 and their partners in rows
+/// 8..16, so the two halves of a pair land in rows g and g + 8 of one mma C fragment: one thread
+/// holds both. `None` unless head_dim is a multiple of 16 and n of head_dim.
+pub fn rope_pair_order(n: usize, head_dim: usize) -> Option<Vec<usize>> {
+    if head_dim == 0 || head_dim % (2 * 8) != 0 || n % head_dim != 0 {
+        return None;
+    }
+    let half = head_dim / 2;
+    Some(
+        (0..n)
+            .map(|p| {
+                let (w, r) = (p % head_dim, p % TILE_N);
+                p - w + (w / TILE_N) * 8 + r % 8 + (r / 8) * half
+            })
+            .collect(),
+    )
+}
+
+fn rope_order_tensor<B: Backend>(n: usize, head_dim: usize, device: &B::Device) -> Option<Tensor<B, 1, Int>> {
+    let order: Vec<i64> = rope_pair_order(n, head_dim)?.into_iter().map(|c| c as i64).collect();
+    Some(Tensor::from_data(burn::tensor::TensorData::new(order, [n]), device))
 }
 
 /// Pack at load when the mma kernel will run (CUDA bf16/f16, or emulation forced), so that CPU and

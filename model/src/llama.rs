@@ -80,9 +80,10 @@ impl<B: Backend> Attention<B> {
     /// Build from `lin(name, d_in, d_out, bias)`, called for q_proj, k_proj, v_proj, o_proj in order.
     pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear<B>>) -> Result<Self> {
         let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+        // q and k packed in RoPE pair order, so that the q|k|v product can rotate them itself.
         Ok(Self {
-            q_proj: lin("q_proj", h, nh * hd, cfg.attention_bias)?,
-            k_proj: lin("k_proj", h, nkv * hd, cfg.attention_bias)?,
+            q_proj: lin("q_proj", h, nh * hd, cfg.attention_bias)?.paired_for_rope(hd),
+            k_proj: lin("k_proj", h, nkv * hd, cfg.attention_bias)?.paired_for_rope(hd),
             v_proj: lin("v_proj", h, nkv * hd, cfg.attention_bias)?,
             o_proj: lin("o_proj", nh * hd, h, false)?,
             n_heads: nh,
@@ -101,13 +102,11 @@ impl<B: Backend> Attention<B> {
     pub fn attend(&self, x: Tensor<B, 3>, norm: Option<&RmsNorm<B>>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
         let n = x.dims()[1];
         let layout = QkvLayout { heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
-        // q|k|v in one product; RoPE on q and k with k and v going straight into the cache.
-        let qkv_layers = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let qkv = match norm {
-            Some(norm) => Linear::forward_many_normed(&qkv_layers, x, norm),
-            None => Linear::forward_many(&qkv_layers, x),
-        };
-        let q = step.rope.qkv(qkv, step.positions.clone(), layout, kv, step.cache_len);
+        // q|k|v in one product; RoPE on q and k with k and v going straight into the cache (in the
+        // product's epilogue on tensor cores).
+        let parts = [self.q_proj.part(), self.k_proj.part(), self.v_proj.part()];
+        let norm = norm.map(RmsNorm::pre_norm);
+        let q = step.rope.qkv_product(x, norm.as_ref(), &parts, step.positions.clone(), layout, kv, step.cache_len);
         attention_rows(q, &kv.k, &kv.v, step.cache_len + n, step.mask)
     }
 }

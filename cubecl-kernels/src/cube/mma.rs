@@ -289,11 +289,71 @@ fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: 
     (part, n, first, n_out, (n + TILE_N - 1) / TILE_N)
 }
 
+/// Where a q|k|v product with RoPE fused into its epilogue writes: q into the product's output
+/// `[heads, m, hd]`, k and v into the caches at rows `start + token`, the rotation read from `cos`
+/// and `sin` `[max_positions, hd / 2]` (contiguous) at `positions[token]`.
+#[derive(CubeLaunch, CubeType)]
+pub(crate) struct RopeOut<F: Float> {
+    positions: Array<i32>,
+    cos: Array<F>,
+    sin: Array<F>,
+    k_cache: Array<F>,
+    v_cache: Array<F>,
+    k_head: usize,
+    k_row: usize,
+    k_dim: usize,
+    v_head: usize,
+    v_row: usize,
+    v_dim: usize,
+    start: usize,
+}
+
+/// The warps' partial sums of fragment slot `slot` of channel tile `c`, in warp order.
+#[cube]
+fn warp_sum(red: &SharedMemory<f32>, c: usize, slot: usize, #[comptime] warps: usize, #[comptime] ct: usize) -> f32 {
+    let mut sum = 0.0f32;
+    #[unroll]
+    for w in 0usize..warps {
+        sum += red[((w * ct + c) * 32) * 4 + slot];
+    }
+    sum
+}
+
+/// Channel `ch`'s bias in `part`.
+#[cube]
+#[allow(unused_assignments)]
+fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, ch: usize) -> f32 {
+    let mut b = 0.0f32;
+    if part == 0u32 {
+        b = f32::cast_from(b0[ch]);
+    } else if part == 1u32 {
+        b = f32::cast_from(b1[ch]);
+    } else {
+        b = f32::cast_from(b2[ch]);
+    }
+    b
+}
+
+/// The channel that packed channel `ch` of a part in RoPE pair order stands for
+/// ([`crate::mma::rope_pair_order`]): in each head of `2 half` channels, tile j's rows r and r + 8
+/// are dimensions 8j + r and 8j + r + half.
+#[cube]
+fn natural_channel(ch: usize, #[comptime] half: usize) -> usize {
+    let hd = comptime!(2 * half);
+    let w = ch % hd;
+    let r = w % TILE_N;
+    ch - w + (w / TILE_N) * 8 + r % 8 + (r / 8) * half
+}
+
 /// Sum the warps' accumulators of token tile `i` (warp order) and write the outputs: `y[tok, first +
 /// ch] = acc + bias of `part` (+ residual)` for each channel tile, or (`swiglu`) `silu(gate) * up`
-/// of tiles 0 and 1 into column `ch`.
+/// of tiles 0 and 1 into column `ch`. With `half > 0`, parts 0 and 1 were packed in RoPE pair order
+/// and their channels go back to their natural place. With `rope` (q|k|v, `half > 0`) the thread
+/// also sums its partner row (g <-> g + 8: the other half of the RoPE pair, same token), rounds both
+/// to F as the q|k|v output would be, rotates them as [`super::fused`]'s RoPE kernel does, and
+/// writes q to `out` [heads, m, hd], k and v to the caches.
 #[cube]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unused_assignments)]
 fn epilogue<F: Float>(
     acc: &Array<V2<f32>>,
     red: &mut SharedMemory<f32>,
@@ -303,6 +363,7 @@ fn epilogue<F: Float>(
     part: u32,
     residual: &Array<F>,
     out: &mut Array<F>,
+    rope_out: &mut ComptimeOption<RopeOut<F>>,
     i: usize,
     tok0: usize,
     m: usize,
@@ -321,6 +382,8 @@ fn epilogue<F: Float>(
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
     #[comptime] norm: bool,
+    #[comptime] half: usize,
+    #[comptime] rope: bool,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
     let warp = UNIT_POS_X as usize / 32usize;
@@ -365,30 +428,27 @@ fn epilogue<F: Float>(
         // C fragment: row g (+ 8 for the second register), column 2t (+ 1).
         let ch = tile0 * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
         let tok = tok0 + 8 * i + 2 * (l % 4) + q % 2;
-        let mut sum = 0.0f32;
+        let mut sum = warp_sum(red, c, slot, warps, ct);
         let mut up = 0.0f32;
-        #[unroll]
-        for w in 0usize..warps {
-            sum += red[((w * ct + c) * 32) * 4 + slot];
-            if comptime!(swiglu) {
-                up += red[((w * ct + 1) * 32) * 4 + slot];
-            }
+        if comptime!(swiglu) {
+            up = warp_sum(red, 1usize, slot, warps, ct);
         }
+        let mut inv_rms = 1.0f32;
         if comptime!(norm) {
-            let inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
+            inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
             sum *= inv_rms;
             up *= inv_rms;
         }
         if tok < m && ch < n {
+            let mut oc = ch;
+            if comptime!(half > 0) {
+                if part < 2u32 {
+                    oc = natural_channel(ch, half);
+                }
+            }
             if comptime!(has_bias) {
                 // swiglu: gate's bias is part 0's, up's is part 1's.
-                if part == 0u32 {
-                    sum += f32::cast_from(b0[ch]);
-                } else if part == 1u32 {
-                    sum += f32::cast_from(b1[ch]);
-                } else {
-                    sum += f32::cast_from(b2[ch]);
-                }
+                sum += part_bias::<F>(b0, b1, b2, part, oc);
                 if comptime!(swiglu) {
                     up += f32::cast_from(b1[ch]);
                 }
@@ -396,11 +456,55 @@ fn epilogue<F: Float>(
             if comptime!(swiglu) {
                 sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
             }
-            let col = first + ch;
-            if comptime!(add_residual) {
-                sum += f32::cast_from(residual[tok * n_out + col]);
+            if comptime!(rope) {
+                let hd = comptime!(2 * half);
+                let head = oc / hd;
+                let d = oc % hd;
+                #[comptime]
+                if let ComptimeOption::Some(ro) = rope_out {
+                    if part < 2u32 {
+                        // The pair's other half: row g + 8 for row g and back, same column (token).
+                        let mut pslot = slot + 2;
+                        let mut pch = ch + 8;
+                        if q >= 2 {
+                            pslot = slot - 2;
+                            pch = ch - 8;
+                        }
+                        let mut other = warp_sum(red, c, pslot, warps, ct) * inv_rms;
+                        if comptime!(has_bias) {
+                            other += part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
+                        }
+                        let own = f32::cast_from(F::cast_from(sum));
+                        let other = f32::cast_from(F::cast_from(other));
+                        let p = ro.positions[tok] as usize;
+                        let cs = f32::cast_from(ro.cos[p * half + d % half]);
+                        let sn = f32::cast_from(ro.sin[p * half + d % half]);
+                        let mut y = 0.0f32;
+                        if d < half {
+                            let x1 = own;
+                            let x2 = other;
+                            y = x1 * cs - x2 * sn;
+                        } else {
+                            let x1 = other;
+                            let x2 = own;
+                            y = x2 * cs + x1 * sn;
+                        }
+                        if part == 0u32 {
+                            out[(head * m + tok) * hd + d] = F::cast_from(y);
+                        } else {
+                            ro.k_cache[head * ro.k_head + (ro.start + tok) * ro.k_row + d * ro.k_dim] = F::cast_from(y);
+                        }
+                    } else {
+                        ro.v_cache[head * ro.v_head + (ro.start + tok) * ro.v_row + d * ro.v_dim] = F::cast_from(sum);
+                    }
+                }
+            } else {
+                let col = first + oc;
+                if comptime!(add_residual) {
+                    sum += f32::cast_from(residual[tok * n_out + col]);
+                }
+                out[tok * n_out + col] = F::cast_from(sum);
             }
-            out[tok * n_out + col] = F::cast_from(sum);
         }
         e += comptime!(warps * 32);
     }
@@ -423,6 +527,23 @@ pub(crate) struct MmaProduct {
     /// Parts 0 and 1 are gate and up: write silu(gate) * up, [m, n0].
     pub swiglu: bool,
     pub emulate: bool,
+    /// Parts 0 and 1 are packed in RoPE pair order for heads of `2 half` channels (0: natural order).
+    pub half: usize,
+}
+
+/// RoPE and the KV-cache write fused into a q|k|v product ([`epilogue`]): the product returns q
+/// [1, heads, m, hd] instead of q|k|v.
+pub(crate) struct MmaRope<R: CubeRuntime> {
+    /// [m] i32
+    pub positions: CubeTensor<R>,
+    /// [max_positions, hd / 2]
+    pub cos: CubeTensor<R>,
+    pub sin: CubeTensor<R>,
+    /// [1, kv_heads, capacity, hd], written in place at rows [start, start + m).
+    pub k_cache: CubeTensor<R>,
+    pub v_cache: CubeTensor<R>,
+    pub heads: usize,
+    pub start: usize,
 }
 
 /// An RMSNorm folded into the product: x is normed on its way in ([`load_x`], [`epilogue`]).
@@ -432,15 +553,30 @@ pub(crate) struct MmaNorm<R: CubeRuntime> {
     pub eps: f32,
 }
 
-pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts: Vec<MmaPart<R>>, residual: Option<CubeTensor<R>>, norm: Option<MmaNorm<R>>) -> CubeTensor<R> {
+pub(crate) fn product<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    spec: MmaProduct,
+    parts: Vec<MmaPart<R>>,
+    residual: Option<CubeTensor<R>>,
+    norm: Option<MmaNorm<R>>,
+    rope: Option<MmaRope<R>>,
+) -> CubeTensor<R> {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
+    assert!(spec.half == 0 || (parts.len() == 3 && !spec.swiglu), "RoPE pair order is for q|k|v");
+    assert!(rope.is_none() || (spec.half > 0 && residual.is_none()), "fused RoPE needs q and k in pair order, no residual");
     let m = x.meta.shape().dims::<2>()[0usize];
     let k = spec.k;
     let dtype = x.dtype;
     let ns: Vec<usize> = (0..3).map(|i| parts.get(i).map_or(0, |p| p.n)).collect();
     let n_out: usize = if spec.swiglu { ns[0] } else { ns.iter().sum() };
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
+    let out_shape = match &rope {
+        Some(r) => Shape::new([1, r.heads, m, 2 * spec.half]),
+        None => Shape::new([m, n_out]),
+    };
+    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), out_shape, dtype);
+    let fused_rope = rope.is_some();
+    let rope = rope.map(|r| MmaRope { positions: into_contiguous(r.positions), cos: into_contiguous(r.cos), sin: into_contiguous(r.sin), ..r });
     let units = k.div_ceil(UNIT_K);
     let tiles: Vec<usize> = ns.iter().map(|n| n.div_ceil(TILE_N)).collect();
     let tt = token_tiles(m, spec.emulate);
@@ -494,6 +630,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     arg(bias_of(2)),
                     arg(residual),
                     arg(&out),
+                    rope_arg(rope.as_ref()),
                     m,
                     k,
                     units,
@@ -519,6 +656,8 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     parts.len(),
                     int4_ahead(tt, warps, spec.emulate),
                     has_norm,
+                    spec.half,
+                    fused_rope,
                     dtype.into(),
                 )
             };
@@ -540,6 +679,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     arg(bias_of(2)),
                     arg(residual),
                     arg(&out),
+                    rope_arg(rope.as_ref()),
                     m,
                     k,
                     units,
@@ -557,10 +697,33 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, spec: MmaProduct, parts:
                     spec.swiglu,
                     spec.emulate,
                     has_norm,
+                    spec.half,
+                    fused_rope,
                     dtype.into(),
                 )
             };
         }
     }
     out
+}
+
+/// The fused RoPE's kernel argument (nothing is bound without one). Generic in the element type,
+/// which each kernel's launch names its own way.
+fn rope_arg<E: Float, R: CubeRuntime>(rope: Option<&MmaRope<R>>) -> ComptimeOptionArgs<RopeOut<E>, R> {
+    let Some(r) = rope else { return ComptimeOptionArgs::None };
+    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    ComptimeOptionArgs::Some(RopeOutLaunch::new(
+        arg(&r.positions),
+        arg(&r.cos),
+        arg(&r.sin),
+        arg(&r.k_cache),
+        arg(&r.v_cache),
+        st(&r.k_cache, 1),
+        st(&r.k_cache, 2),
+        st(&r.k_cache, 3),
+        st(&r.v_cache, 1),
+        st(&r.v_cache, 2),
+        st(&r.v_cache, 3),
+        r.start,
+    ))
 }

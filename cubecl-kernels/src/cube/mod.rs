@@ -16,7 +16,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 
 use crate::attention::AttnMask;
-use crate::fused::{Input, Part, PartWeight, PreNorm, QkvLayout};
+use crate::fused::{Input, Part, PartWeight, PreNorm, QkvLayout, QkvRope};
 use crate::int4::Int4Weight;
 use crate::mma::TensorCores;
 
@@ -182,59 +182,117 @@ pub(crate) fn mma_pack_int4<B: Backend>(q: &Int4Weight<B>) -> Option<Tensor<B, 2
 /// silu(gate) * up.
 pub(crate) fn mma_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>, norm: Option<&PreNorm<B>>) -> Option<Tensor<B, 2>> {
     fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], swiglu: bool, residual: Option<&Tensor<B, 2>>, norm: Option<&PreNorm<B>>) -> Option<Tensor<B, 2>> {
-        let mode = crate::mma::tensor_cores();
-        let dtype = x.dtype();
-        if mode == TensorCores::Off || !supported(dtype) || parts.is_empty() || parts.len() > 3 || (swiglu && parts.len() != 2) {
-            return None;
-        }
-        if norm.is_some_and(|n| n.weight.dtype() != dtype || n.weight.dims()[0] != x.dims()[1]) {
-            return None;
-        }
-        let first = parts[0].mma?;
-        let (k, group) = (first.k, first.group);
-        let same = parts.iter().all(|p| p.perm.is_none() && p.mma.is_some_and(|w| w.k == k && w.group == group));
-        let biased = parts.iter().filter(|p| p.bias.is_some()).count();
-        if !same || (biased != 0 && biased != parts.len()) || x.dims()[1] != k || residual.is_some_and(|r| r.dtype() != dtype) {
-            return None;
-        }
-        if parts.iter().any(|p| p.bias.as_ref().is_some_and(|b| b.dtype() != dtype)) {
-            return None;
-        }
-        let mut cube_parts = Vec::with_capacity(parts.len());
-        for p in parts {
-            let w = p.mma.expect("checked");
-            let (packed, aux) = match (&w.words, &w.values) {
-                // Through `Param`'s deref, not `val()`: a tensor clone less per weight and launch.
-                (Some(words), _) => (int::<B, R, 2>(words)?, Some(float::<B, R, 2>(w.aux.as_ref()?))),
-                (None, Some(values)) => (float::<B, R, 2>(values), None),
-                _ => return None,
-            };
-            if aux.as_ref().is_some_and(|a| a.dtype != dtype) || (w.values.is_some() && packed.dtype != dtype) {
-                return None;
-            }
-            cube_parts.push(mma::MmaPart { n: w.n, packed, aux, bias: p.bias.as_ref().map(|b| float::<B, R, 1>(b)) });
-        }
-        let mut x = float::<B, R, 2>(x);
-        // 16-byte x loads need an aligned start (a row slice of a contiguous buffer may not be).
-        if !x.is_contiguous() || x.handle.offset_start.unwrap_or(0) % 16 != 0 {
-            let (client, device) = (x.client.clone(), x.device.clone());
-            let copy = cubecl::std::tensor::into_contiguous(&client, x.binding(), dtype.into());
-            x = CubeTensor::new(client, copy.handle, *copy.metadata, device, dtype);
-        }
-        let spec = mma::MmaProduct { k, group: (group > 0).then_some(group), swiglu, emulate: mode == TensorCores::Emulate };
-        let norm = norm.map(|n| mma::MmaNorm { weight: float::<B, R, 1>(&n.weight), eps: n.eps as f32 });
-        // The norm's weight is read 8 values at a time, like x.
-        if norm.as_ref().is_some_and(|n| !n.weight.is_contiguous() || n.weight.handle.offset_start.unwrap_or(0) % 16 != 0) {
-            return None;
-        }
-        let out = mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)), norm);
-        Some(back::<B, R, 2>(out))
+        mma_run::<B, R>(x, parts, swiglu, residual, norm, None).map(back::<B, R, 2>)
     }
     for_each_runtime!(run, B, x, parts, swiglu, residual, norm)
 }
 
-/// One launch for the whole fused product, or `None` when the parts do not fit one kernel (mixed
-/// kinds, act-order, some biased and some not, an unsupported dtype).
+/// q|k|v with RoPE and the cache write in the product's epilogue: q [1, heads, m, hd].
+pub(crate) fn mma_qkv_rope<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], norm: Option<&PreNorm<B>>, rope: &QkvRope<B>, caches: (&Tensor<B, 4>, &Tensor<B, 4>)) -> Option<Tensor<B, 4>> {
+    fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], norm: Option<&PreNorm<B>>, rope: &QkvRope<B>, caches: (&Tensor<B, 4>, &Tensor<B, 4>)) -> Option<Tensor<B, 4>> {
+        mma_run::<B, R>(x, parts, false, None, norm, Some((rope, caches))).map(back::<B, R, 4>)
+    }
+    for_each_runtime!(run, B, x, parts, norm, rope, caches)
+}
+
+/// The tensor-core product where it takes these operands, else `None` (the caller falls back).
+fn mma_run<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 2>,
+    parts: &[Part<B>],
+    swiglu: bool,
+    residual: Option<&Tensor<B, 2>>,
+    norm: Option<&PreNorm<B>>,
+    rope: Option<(&QkvRope<B>, (&Tensor<B, 4>, &Tensor<B, 4>))>,
+) -> Option<CubeTensor<R>> {
+    let mode = crate::mma::tensor_cores();
+    let dtype = x.dtype();
+    if mode == TensorCores::Off || !supported(dtype) || parts.is_empty() || parts.len() > 3 || (swiglu && parts.len() != 2) {
+        return None;
+    }
+    if norm.is_some_and(|n| n.weight.dtype() != dtype || n.weight.dims()[0] != x.dims()[1]) {
+        return None;
+    }
+    let first = parts[0].mma?;
+    let (k, group) = (first.k, first.group);
+    let same = parts.iter().all(|p| p.perm.is_none() && p.mma.is_some_and(|w| w.k == k && w.group == group));
+    let biased = parts.iter().filter(|p| p.bias.is_some()).count();
+    if !same || (biased != 0 && biased != parts.len()) || x.dims()[1] != k || residual.is_some_and(|r| r.dtype() != dtype) {
+        return None;
+    }
+    if parts.iter().any(|p| p.bias.as_ref().is_some_and(|b| b.dtype() != dtype)) {
+        return None;
+    }
+    // Channels in RoPE pair order: q and k (parts 0 and 1) alike, v natural.
+    let halves: Vec<usize> = parts.iter().map(|p| p.mma.map_or(0, |w| w.rope_half)).collect();
+    let half = match halves[..] {
+        _ if halves.iter().all(|&h| h == 0) => 0,
+        [hq, hk, 0] if hq == hk && !swiglu => hq,
+        _ => return None,
+    };
+    let rope = match rope {
+        Some((r, caches)) => Some(mma_rope::<B, R>(x, parts, half, r, caches)?),
+        None => None,
+    };
+    let mut cube_parts = Vec::with_capacity(parts.len());
+    for p in parts {
+        let w = p.mma.expect("checked");
+        let (packed, aux) = match (&w.words, &w.values) {
+            // Through `Param`'s deref, not `val()`: a tensor clone less per weight and launch.
+            (Some(words), _) => (int::<B, R, 2>(words)?, Some(float::<B, R, 2>(w.aux.as_ref()?))),
+            (None, Some(values)) => (float::<B, R, 2>(values), None),
+            _ => return None,
+        };
+        if aux.as_ref().is_some_and(|a| a.dtype != dtype) || (w.values.is_some() && packed.dtype != dtype) {
+            return None;
+        }
+        cube_parts.push(mma::MmaPart { n: w.n, packed, aux, bias: p.bias.as_ref().map(|b| float::<B, R, 1>(b)) });
+    }
+    let mut x = float::<B, R, 2>(x);
+    // 16-byte x loads need an aligned start (a row slice of a contiguous buffer may not be).
+    if !x.is_contiguous() || x.handle.offset_start.unwrap_or(0) % 16 != 0 {
+        let (client, device) = (x.client.clone(), x.device.clone());
+        let copy = cubecl::std::tensor::into_contiguous(&client, x.binding(), dtype.into());
+        x = CubeTensor::new(client, copy.handle, *copy.metadata, device, dtype);
+    }
+    let spec = mma::MmaProduct { k, group: (group > 0).then_some(group), swiglu, emulate: mode == TensorCores::Emulate, half };
+    let norm = norm.map(|n| mma::MmaNorm { weight: float::<B, R, 1>(&n.weight), eps: n.eps as f32 });
+    // The norm's weight is read 8 values at a time, like x.
+    if norm.as_ref().is_some_and(|n| !n.weight.is_contiguous() || n.weight.handle.offset_start.unwrap_or(0) % 16 != 0) {
+        return None;
+    }
+    Some(mma::product::<R>(x, spec, cube_parts, residual.map(|r| float::<B, R, 2>(r)), norm, rope))
+}
+
+/// The fused RoPE's operands where they fit the q|k|v parts (heads of 2 `half` channels, q and k in
+/// pair order, one sequence, tables and caches in x's dtype), else `None`.
+fn mma_rope<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], half: usize, r: &QkvRope<B>, (k_cache, v_cache): (&Tensor<B, 4>, &Tensor<B, 4>)) -> Option<mma::MmaRope<R>> {
+    let QkvLayout { heads, kv_heads, head_dim } = r.layout;
+    let m = x.dims()[0];
+    let widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim];
+    if half == 0 || 2 * half != head_dim || parts.len() != 3 || parts.iter().zip(widths).any(|(p, w)| p.n() != w) {
+        return None;
+    }
+    let dtype = x.dtype();
+    let tables = [r.cos.dtype(), r.sin.dtype(), k_cache.dtype(), v_cache.dtype()];
+    let [cb, ch, _, cd] = k_cache.dims();
+    if tables.iter().any(|d| *d != dtype) || cb != 1 || ch != kv_heads || cd != head_dim || v_cache.dims() != k_cache.dims() {
+        return None;
+    }
+    if r.cos.dims()[1] != half || r.sin.dims() != r.cos.dims() || r.positions.dims()[0] != m || r.start + m > k_cache.dims()[2] {
+        return None;
+    }
+    let positions = int::<B, R, 1>(&r.positions).filter(|p| p.dtype == DType::I32)?;
+    Some(mma::MmaRope {
+        positions,
+        cos: float::<B, R, 2>(r.cos),
+        sin: float::<B, R, 2>(r.sin),
+        k_cache: float::<B, R, 4>(k_cache),
+        v_cache: float::<B, R, 4>(v_cache),
+        heads,
+        start: r.start,
+    })
+}
+
 pub(crate) fn fused_linear<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
     fn run<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
         let dtype = x.dtype();

@@ -65,6 +65,22 @@ impl<B: Backend> Linear<B> {
         Self { weight, bias, mma }
     }
 
+    /// This layer with its tensor-core copy repacked in RoPE pair order for heads of `head_dim`
+    /// (q_proj, k_proj), so that the q|k|v product can rotate q and k in its epilogue
+    /// ([`fused::qkv_rope`]). Unchanged where there is no packed copy or the heads do not tile.
+    pub fn paired_for_rope(mut self, head_dim: usize) -> Self {
+        if self.mma.is_some() {
+            let paired = match &self.weight {
+                LinearWeight::Dense(w) => MmaWeight::dense_rope(&w.val(), head_dim),
+                LinearWeight::Int4(w) => MmaWeight::int4_rope(&w.q, head_dim),
+            };
+            if paired.is_some() {
+                self.mma = paired;
+            }
+        }
+        self
+    }
+
     /// Build from a PyTorch-layout weight `[out, in]` (as stored by HF and GGUF) and optional bias.
     pub fn from_torch(
         name: &str,

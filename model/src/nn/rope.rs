@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use hierspec_kernels::fused::{self, QkvLayout};
+use hierspec_kernels::fused::{self, Part, PreNorm, QkvLayout, QkvRope};
 
 use crate::cache::LayerKv;
 
@@ -72,9 +72,11 @@ impl<B: Backend> Rope<B> {
         fused::rope(x, &self.cos, &self.sin, positions)
     }
 
-    /// RoPE on the q and k heads of a fused q|k|v product [b, n, (heads + 2 kv_heads) hd], k and v
-    /// written into `kv` at rows [start, start + n); returns q [b, heads, n, hd].
-    pub fn qkv(&self, qkv: Tensor<B, 3>, positions: Tensor<B, 1, Int>, layout: QkvLayout, kv: &mut LayerKv<B>, start: usize) -> Tensor<B, 4> {
-        fused::rope_qkv(qkv, positions, &self.cos, &self.sin, layout, &mut kv.k, &mut kv.v, start)
+    /// The q|k|v product of x [b, n, d] (of `norm(x)` where given) with RoPE on q and k and the
+    /// cache write ([`fused::qkv_rope`]: one launch on tensor cores); returns q [b, heads, n, hd].
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_product(&self, x: Tensor<B, 3>, norm: Option<&PreNorm<B>>, parts: &[Part<B>], positions: Tensor<B, 1, Int>, layout: QkvLayout, kv: &mut LayerKv<B>, start: usize) -> Tensor<B, 4> {
+        let rope = QkvRope { positions, cos: &self.cos, sin: &self.sin, layout, start };
+        fused::qkv_rope(x, norm, parts, rope, &mut kv.k, &mut kv.v)
     }
 }

@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, load_x, norm_slots, shared_len, slab_products, V2, V8};
+use super::{b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, shared_len, slab_products, V2, V8};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -18,6 +18,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
     b2: &Array<F>,
     residual: &Array<F>,
     out: &mut Array<F>,
+    rope_out: &mut ComptimeOption<RopeOut<F>>,
     m: usize,
     k: usize,
     units: usize,
@@ -35,6 +36,8 @@ pub(super) fn dense_mma_kernel<F: Float>(
     #[comptime] swiglu: bool,
     #[comptime] emulate: bool,
     #[comptime] norm: bool,
+    #[comptime] half: usize,
+    #[comptime] rope: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
@@ -105,6 +108,6 @@ pub(super) fn dense_mma_kernel<F: Float>(
 
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm);
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope);
     }
 }

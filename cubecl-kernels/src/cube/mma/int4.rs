@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
+use super::{b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -335,6 +335,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     b2: &Array<F>,
     residual: &Array<F>,
     out: &mut Array<F>,
+    rope_out: &mut ComptimeOption<RopeOut<F>>,
     m: usize,
     k: usize,
     units: usize,
@@ -360,6 +361,8 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] parts: usize,
     #[comptime] ahead: bool,
     #[comptime] norm: bool,
+    #[comptime] half: usize,
+    #[comptime] rope: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
@@ -396,6 +399,6 @@ pub(super) fn int4_mma_kernel<F: Float>(
 
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm);
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope);
     }
 }
