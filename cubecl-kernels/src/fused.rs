@@ -360,7 +360,9 @@ pub fn qkv_rope_in_epilogue<B: Backend>(
     None
 }
 
-/// The plain-tensor composition [`qkv_rope`] is checked against.
+/// The plain-tensor composition [`qkv_rope`] is checked against. The product's output is rounded to
+/// the activation dtype, as the q|k|v output is; the rotation is then done in f32 and rounded once,
+/// as every RoPE kernel does (in bf16 tensor ops each product and sum would round on its own).
 pub fn reference_qkv_rope<B: Backend>(
     x: Tensor<B, 3>,
     norm: Option<&PreNorm<B>>,
@@ -375,8 +377,13 @@ pub fn reference_qkv_rope<B: Backend>(
         x = reference_rms_norm(x, norm.weight.clone(), norm.eps);
     }
     let qkv = reference_linear(x, parts, Input::Plain, None);
-    let width = qkv.dims()[1];
-    reference_rope_qkv(qkv.reshape([b, n, width]), rope.positions, rope.cos, rope.sin, rope.layout, k_cache, v_cache, rope.start)
+    let (dtype, width) = (qkv.dtype(), qkv.dims()[1]);
+    let f32 = |t: &Tensor<B, 2>| t.clone().cast(DType::F32);
+    let (mut k32, mut v32) = (k_cache.clone().cast(DType::F32), v_cache.clone().cast(DType::F32));
+    let q = reference_rope_qkv(qkv.cast(DType::F32).reshape([b, n, width]), rope.positions, &f32(rope.cos), &f32(rope.sin), rope.layout, &mut k32, &mut v32, rope.start);
+    *k_cache = k32.cast(dtype);
+    *v_cache = v32.cast(dtype);
+    q.cast(dtype)
 }
 
 /// Whether a q|k|v product may take RoPE and the cache write (`HIERSPEC_FUSE_ROPE=0`: never, so
