@@ -18,12 +18,14 @@ use super::arg;
 use crate::mma::{TILE_N, UNIT_K};
 
 mod dense;
+mod output;
 mod int4;
 mod pack;
 mod policy;
 pub(crate) use pack::{pack_dense, pack_int4};
 use policy::{channel_tiles, fold_len, int4_ahead, int4_span, token_tiles, warps_for};
 use dense::dense_mma_kernel;
+use output::{epilogue, rope_arg, RopeOut};
 use int4::int4_mma_kernel;
 
 type V2<F> = Vector<F, Const<2>>;
@@ -289,227 +291,6 @@ fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: 
     (part, n, first, n_out, (n + TILE_N - 1) / TILE_N)
 }
 
-/// Where a q|k|v product with RoPE fused into its epilogue writes: q into the product's output
-/// `[heads, m, hd]`, k and v into the caches at rows `start + token`, the rotation read from `cos`
-/// and `sin` `[max_positions, hd / 2]` (contiguous) at `positions[token]`.
-#[derive(CubeLaunch, CubeType)]
-pub(crate) struct RopeOut<F: Float> {
-    positions: Array<i32>,
-    cos: Array<F>,
-    sin: Array<F>,
-    k_cache: Array<F>,
-    v_cache: Array<F>,
-    k_head: usize,
-    k_row: usize,
-    k_dim: usize,
-    v_head: usize,
-    v_row: usize,
-    v_dim: usize,
-    start: usize,
-}
-
-/// The warps' partial sums of fragment slot `slot` of channel tile `c`, in warp order.
-#[cube]
-fn warp_sum(red: &SharedMemory<f32>, c: usize, slot: usize, #[comptime] warps: usize, #[comptime] ct: usize) -> f32 {
-    let mut sum = 0.0f32;
-    #[unroll]
-    for w in 0usize..warps {
-        sum += red[((w * ct + c) * 32) * 4 + slot];
-    }
-    sum
-}
-
-/// Channel `ch`'s bias in `part`.
-#[cube]
-#[allow(unused_assignments)]
-fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, ch: usize) -> f32 {
-    let mut b = 0.0f32;
-    if part == 0u32 {
-        b = f32::cast_from(b0[ch]);
-    } else if part == 1u32 {
-        b = f32::cast_from(b1[ch]);
-    } else {
-        b = f32::cast_from(b2[ch]);
-    }
-    b
-}
-
-/// The channel that packed channel `ch` of a part in RoPE pair order stands for
-/// ([`crate::mma::rope_pair_order`]): in each head of `2 half` channels, tile j's rows r and r + 8
-/// are dimensions 8j + r and 8j + r + half.
-#[cube]
-fn natural_channel(ch: usize, #[comptime] half: usize) -> usize {
-    let hd = comptime!(2 * half);
-    let w = ch % hd;
-    let r = w % TILE_N;
-    ch - w + (w / TILE_N) * 8 + r % 8 + (r / 8) * half
-}
-
-/// Sum the warps' accumulators of token tile `i` (warp order) and write the outputs: `y[tok, first +
-/// ch] = acc + bias of `part` (+ residual)` for each channel tile, or (`swiglu`) `silu(gate) * up`
-/// of tiles 0 and 1 into column `ch`. With `half > 0`, parts 0 and 1 were packed in RoPE pair order
-/// and their channels go back to their natural place. With `rope` (q|k|v, `half > 0`) the thread
-/// also sums its partner row (g <-> g + 8: the other half of the RoPE pair, same token), rounds both
-/// to F as the q|k|v output would be, rotates them as [`super::fused`]'s RoPE kernel does, and
-/// writes q to `out` [heads, m, hd], k and v to the caches.
-#[cube]
-#[allow(clippy::too_many_arguments, unused_assignments)]
-fn epilogue<F: Float>(
-    acc: &Array<V2<f32>>,
-    red: &mut SharedMemory<f32>,
-    b0: &Array<F>,
-    b1: &Array<F>,
-    b2: &Array<F>,
-    part: u32,
-    residual: &Array<F>,
-    out: &mut Array<F>,
-    rope_out: &mut ComptimeOption<RopeOut<F>>,
-    i: usize,
-    tok0: usize,
-    m: usize,
-    n: usize,
-    n_out: usize,
-    first: usize,
-    tile0: usize,
-    ss: &Array<f32>,
-    red_ss: &mut SharedMemory<f32>,
-    k: usize,
-    eps: f32,
-    #[comptime] warps: usize,
-    #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] has_bias: bool,
-    #[comptime] add_residual: bool,
-    #[comptime] swiglu: bool,
-    #[comptime] norm: bool,
-    #[comptime] half: usize,
-    #[comptime] rope: bool,
-) {
-    let lane = UNIT_POS_X as usize % 32usize;
-    let warp = UNIT_POS_X as usize / 32usize;
-    sync_cube();
-    #[unroll]
-    for c in 0usize..ct {
-        #[unroll]
-        for r in 0usize..2usize {
-            let v = acc[(c * tt + i) * 2 + r];
-            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v[0usize];
-            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
-        }
-    }
-    if comptime!(norm) {
-        red_ss[warp * 32 + lane] = ss[i];
-    }
-    sync_cube();
-    if comptime!(norm) {
-        // Token j's squares sit with lanes 4j .. 4j + 3 of every warp: summed in (warp, lane) order,
-        // which depends on (K, N) alone.
-        let j = UNIT_POS_X as usize;
-        if j < 8 {
-            let mut sum = 0.0f32;
-            #[unroll]
-            for w in 0usize..warps {
-                #[unroll]
-                for t in 0usize..4usize {
-                    sum += red_ss[w * 32 + 4 * j + t];
-                }
-            }
-            red_ss[comptime!(warps * 32) + j] = 1.0f32 / (sum / f32::cast_from(k) + eps).sqrt();
-        }
-        sync_cube();
-    }
-    let outputs = comptime!(if swiglu { 128 } else { ct * 128 });
-    let mut e = UNIT_POS_X as usize;
-    while e < outputs {
-        let c = e / 128;
-        let slot = e % 128;
-        let l = slot / 4;
-        let q = slot % 4;
-        // C fragment: row g (+ 8 for the second register), column 2t (+ 1).
-        let ch = tile0 * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
-        let tok = tok0 + 8 * i + 2 * (l % 4) + q % 2;
-        let mut sum = warp_sum(red, c, slot, warps, ct);
-        let mut up = 0.0f32;
-        if comptime!(swiglu) {
-            up = warp_sum(red, 1usize, slot, warps, ct);
-        }
-        let mut inv_rms = 1.0f32;
-        if comptime!(norm) {
-            inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
-            sum *= inv_rms;
-            up *= inv_rms;
-        }
-        if tok < m && ch < n {
-            let mut oc = ch;
-            if comptime!(half > 0) {
-                if part < 2u32 {
-                    oc = natural_channel(ch, half);
-                }
-            }
-            if comptime!(has_bias) {
-                // swiglu: gate's bias is part 0's, up's is part 1's.
-                sum += part_bias::<F>(b0, b1, b2, part, oc);
-                if comptime!(swiglu) {
-                    up += f32::cast_from(b1[ch]);
-                }
-            }
-            if comptime!(swiglu) {
-                sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
-            }
-            if comptime!(rope) {
-                let hd = comptime!(2 * half);
-                let head = oc / hd;
-                let d = oc % hd;
-                #[comptime]
-                if let ComptimeOption::Some(ro) = rope_out {
-                    if part < 2u32 {
-                        // The pair's other half: row g + 8 for row g and back, same column (token).
-                        let mut pslot = slot + 2;
-                        let mut pch = ch + 8;
-                        if q >= 2 {
-                            pslot = slot - 2;
-                            pch = ch - 8;
-                        }
-                        let mut other = warp_sum(red, c, pslot, warps, ct) * inv_rms;
-                        if comptime!(has_bias) {
-                            other += part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
-                        }
-                        let own = f32::cast_from(F::cast_from(sum));
-                        let other = f32::cast_from(F::cast_from(other));
-                        let p = ro.positions[tok] as usize;
-                        let cs = f32::cast_from(ro.cos[p * half + d % half]);
-                        let sn = f32::cast_from(ro.sin[p * half + d % half]);
-                        let mut y = 0.0f32;
-                        if d < half {
-                            let x1 = own;
-                            let x2 = other;
-                            y = x1 * cs - x2 * sn;
-                        } else {
-                            let x1 = other;
-                            let x2 = own;
-                            y = x2 * cs + x1 * sn;
-                        }
-                        if part == 0u32 {
-                            out[(head * m + tok) * hd + d] = F::cast_from(y);
-                        } else {
-                            ro.k_cache[head * ro.k_head + (ro.start + tok) * ro.k_row + d * ro.k_dim] = F::cast_from(y);
-                        }
-                    } else {
-                        ro.v_cache[head * ro.v_head + (ro.start + tok) * ro.v_row + d * ro.v_dim] = F::cast_from(sum);
-                    }
-                }
-            } else {
-                let col = first + oc;
-                if comptime!(add_residual) {
-                    sum += f32::cast_from(residual[tok * n_out + col]);
-                }
-                out[tok * n_out + col] = F::cast_from(sum);
-            }
-        }
-        e += comptime!(warps * 32);
-    }
-}
-
 /// One part of an mma product.
 pub(crate) struct MmaPart<R: CubeRuntime> {
     pub n: usize,
@@ -531,7 +312,7 @@ pub(crate) struct MmaProduct {
     pub half: usize,
 }
 
-/// RoPE and the KV-cache write fused into a q|k|v product ([`epilogue`]): the product returns q
+/// RoPE and the KV-cache write fused into a q|k|v product ([`epilogue()`]): the product returns q
 /// [1, heads, m, hd] instead of q|k|v.
 pub(crate) struct MmaRope<R: CubeRuntime> {
     /// [m] i32
@@ -705,25 +486,4 @@ pub(crate) fn product<R: CubeRuntime>(
         }
     }
     out
-}
-
-/// The fused RoPE's kernel argument (nothing is bound without one). Generic in the element type,
-/// which each kernel's launch names its own way.
-fn rope_arg<E: Float, R: CubeRuntime>(rope: Option<&MmaRope<R>>) -> ComptimeOptionArgs<RopeOut<E>, R> {
-    let Some(r) = rope else { return ComptimeOptionArgs::None };
-    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
-    ComptimeOptionArgs::Some(RopeOutLaunch::new(
-        arg(&r.positions),
-        arg(&r.cos),
-        arg(&r.sin),
-        arg(&r.k_cache),
-        arg(&r.v_cache),
-        st(&r.k_cache, 1),
-        st(&r.k_cache, 2),
-        st(&r.k_cache, 3),
-        st(&r.v_cache, 1),
-        st(&r.v_cache, 2),
-        st(&r.v_cache, 3),
-        r.start,
-    ))
 }
