@@ -393,6 +393,9 @@ pub(crate) fn product<R: CubeRuntime>(
             // SAFETY: weight vectors are read at tiles < the part's tile count and units < `units`;
             // x at rows < m and columns < k (K % 8 == 0, checked by the caller); aux at groups <
             // ceil(k / group) and channels < the padded width; outputs at rows < m, channels < n.
+            // With RoPE: q at heads x m x hd (its width is heads * hd, checked by the caller), the
+            // caches at rows start .. start + m (start + m <= capacity checked), the tables at
+            // positions[token] (< max_positions, the caller's check, as for `rope_qkv`).
             unsafe {
                 int4_mma_kernel::launch_unchecked::<R>(
                     &client,

@@ -34,7 +34,9 @@ pub struct Linear<B: Backend> {
     pub weight: LinearWeight<B>,
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// The weight in tensor-core fragment order, packed at construction where the mma kernel will
-    /// run (CUDA bf16 / f16); `None` elsewhere. Rebuilt by [`Linear::new`] whenever the weight changes.
+    /// run (CUDA bf16 / f16); `None` elsewhere. Rebuilt by [`Linear::new`] whenever the weight changes
+    /// (in natural channel order: q_proj and k_proj then need [`Linear::paired_for_rope`] again for
+    /// the fused RoPE, and run the two-launch path until they get it).
     pub mma: Option<MmaWeight<B>>,
 }
 
