@@ -204,3 +204,39 @@ fn rope_in_the_epilogue_is_batch_invariant() {
         assert_eq!(last(v_one, 2), last(v_all, 2), "int4 {int4}: v");
     }
 }
+
+/// The fused epilogue and the two-launch path (the product, then `rope_qkv`) give the same bits:
+/// both compute each q|k|v value and each rotation as the same explicit fused multiply-adds, so
+/// `HIERSPEC_FUSE_ROPE` and the fallbacks (M > 128, batches) do not change an output.
+#[test]
+fn rope_in_the_epilogue_equals_the_two_launch_path() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(53);
+    let (k, layout) = (256, QkvLayout { heads: 4, kv_heads: 2, head_dim: 128 });
+    let qkv = Qkv::new(&mut rng, k, layout, true, &device);
+    let (cos, sin) = tables(&mut rng, 64, &device);
+    let norm = PreNorm { weight: Tensor::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
+    let hd = 128;
+    // int4 over three token tiles' rows, dense at M = 1 (each launch shape is a shader compile on
+    // lavapipe).
+    for (int4, m) in [(true, 17), (false, 1)] {
+        let weights = qkv.weights(int4);
+        let packed = qkv.packed(int4, Some(hd));
+        let parts = qkv.parts(&weights, &packed);
+        {
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let pos = positions(&mut rng, m, &device);
+            let zeros = || Tensor::<B, 4>::zeros([1, 2, m + 2, hd], &device);
+            let (kf, vf) = (zeros(), zeros());
+            let rope = QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 2 };
+            let q_fused = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &rope, &kf, &vf).expect("fused");
+            let (mut kt, mut vt) = (zeros(), zeros());
+            let qkv_out = fused::normed_linear(x, &norm, &parts);
+            let q_two = fused::rope_qkv(qkv_out.unsqueeze(), pos, &cos, &sin, layout, &mut kt, &mut vt, 2);
+            assert_eq!(values(q_fused), values(q_two), "int4 {int4} m {m}: q");
+            assert_eq!(values(kf), values(kt), "int4 {int4} m {m}: k cache");
+            assert_eq!(values(vf), values(vt), "int4 {int4} m {m}: v cache");
+        }
+    }
+}

@@ -148,6 +148,20 @@ struct RopeStrides {
     v_dim: usize,
 }
 
+/// Half-split RoPE of the pair (x1, x2) (dimension d < hd / 2 and d + hd / 2): the first half's
+/// value `x1 cos - x2 sin` and the second's `x2 cos + x1 sin`, each as one explicit fused
+/// multiply-add, so that this kernel and the q|k|v product's fused epilogue (`mma/output.rs`) round alike.
+#[cube]
+pub(crate) fn rotate_first(x1: f32, x2: f32, cs: f32, sn: f32) -> f32 {
+    fma(x1, cs, 0.0f32 - x2 * sn)
+}
+
+/// See [`rotate_first`].
+#[cube]
+pub(crate) fn rotate_second(x1: f32, x2: f32, cs: f32, sn: f32) -> f32 {
+    fma(x2, cs, x1 * sn)
+}
+
 /// Row i of qkv [n, (heads + 2 kv_heads) hd] holds q heads, then k heads, then v heads. Cube (i, s):
 /// s < heads rotates q head s into q_out [heads, n, hd]; the next kv_heads rotate k heads into cache
 /// row start + i; the last kv_heads copy v. Thread d handles the pair (d, d + hd/2) (half-split RoPE).
@@ -179,8 +193,8 @@ fn rope_qkv_kernel<F: Float>(
         let p = positions[i] as usize;
         let c = f32::cast_from(cos[p * strides.cos_row + d * strides.cos_col]);
         let sn = f32::cast_from(sin[p * strides.sin_row + d * strides.sin_col]);
-        let y1 = x1 * c - x2 * sn;
-        let y2 = x2 * c + x1 * sn;
+        let y1 = rotate_first(x1, x2, c, sn);
+        let y2 = rotate_second(x1, x2, c, sn);
         if s < heads {
             let o = (s * n + i) * hd;
             q_out[o + d] = F::cast_from(y1);

@@ -5,6 +5,7 @@
 use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::*;
 
+use super::super::fused::{rotate_first, rotate_second};
 use super::{arg, MmaRope, V2};
 use crate::mma::TILE_N;
 
@@ -53,6 +54,22 @@ fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, c
     b
 }
 
+/// One output before its residual: the warps' sum of fragment slot `slot`, times 1 / rms (the
+/// folded norm) plus the bias, as one explicit fused multiply-add. Explicit because the fused RoPE
+/// recomputes its partner's value and must get the bits the plain product stores: a contraction
+/// left to the compiler may differ between the two kernels.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn slot_value(red: &SharedMemory<f32>, c: usize, slot: usize, inv_rms: f32, bias: f32, #[comptime] warps: usize, #[comptime] ct: usize, #[comptime] norm: bool) -> f32 {
+    let mut v = warp_sum(red, c, slot, warps, ct);
+    if comptime!(norm) {
+        v = fma(v, inv_rms, bias);
+    } else {
+        v += bias;
+    }
+    v
+}
+
 /// The channel that packed channel `ch` of a part in RoPE pair order stands for
 /// ([`crate::mma::rope_pair_order`]): in each head of `2 half` channels, tile j's rows r and r + 8
 /// are dimensions 8j + r and 8j + r + half.
@@ -69,7 +86,7 @@ fn natural_channel(ch: usize, #[comptime] half: usize) -> usize {
 /// of tiles 0 and 1 into column `ch`. With `half > 0`, parts 0 and 1 were packed in RoPE pair order
 /// and their channels go back to their natural place. With `rope` (q|k|v, `half > 0`) the thread
 /// also sums its partner row (g <-> g + 8: the other half of the RoPE pair, same token), rounds both
-/// to F as the q|k|v output would be, rotates them as [`super::fused`]'s RoPE kernel does, and
+/// to F as the q|k|v output would be, rotates them as the RoPE kernel does ([`rotate_first`]), and
 /// writes q to `out` [heads, m, hd], k and v to the caches.
 #[cube]
 #[allow(clippy::too_many_arguments, unused_assignments)]
@@ -147,16 +164,9 @@ pub(super) fn epilogue<F: Float>(
         // C fragment: row g (+ 8 for the second register), column 2t (+ 1).
         let ch = tile0 * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
         let tok = tok0 + 8 * i + 2 * (l % 4) + q % 2;
-        let mut sum = warp_sum(red, c, slot, warps, ct);
-        let mut up = 0.0f32;
-        if comptime!(swiglu) {
-            up = warp_sum(red, 1usize, slot, warps, ct);
-        }
         let mut inv_rms = 1.0f32;
         if comptime!(norm) {
             inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
-            sum *= inv_rms;
-            up *= inv_rms;
         }
         if tok < m && ch < n {
             let mut oc = ch;
@@ -165,14 +175,18 @@ pub(super) fn epilogue<F: Float>(
                     oc = natural_channel(ch, half);
                 }
             }
+            let mut bias = 0.0f32;
+            let mut up_bias = 0.0f32;
             if comptime!(has_bias) {
                 // swiglu: gate's bias is part 0's, up's is part 1's.
-                sum += part_bias::<F>(b0, b1, b2, part, oc);
+                bias = part_bias::<F>(b0, b1, b2, part, oc);
                 if comptime!(swiglu) {
-                    up += f32::cast_from(b1[ch]);
+                    up_bias = f32::cast_from(b1[ch]);
                 }
             }
+            let mut sum = slot_value(red, c, slot, inv_rms, bias, warps, ct, norm);
             if comptime!(swiglu) {
+                let up = slot_value(red, 1usize, slot, inv_rms, up_bias, warps, ct, norm);
                 sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
             }
             if comptime!(rope) {
@@ -182,17 +196,19 @@ pub(super) fn epilogue<F: Float>(
                 #[comptime]
                 if let ComptimeOption::Some(ro) = rope_out {
                     if part < 2u32 {
-                        // The pair's other half: row g + 8 for row g and back, same column (token).
+                        // The pair's other half: row g + 8 for row g and back, same column (token),
+                        // computed as its own thread computes it in a plain product.
                         let mut pslot = slot + 2;
                         let mut pch = ch + 8;
                         if q >= 2 {
                             pslot = slot - 2;
                             pch = ch - 8;
                         }
-                        let mut other = warp_sum(red, c, pslot, warps, ct) * inv_rms;
+                        let mut other_bias = 0.0f32;
                         if comptime!(has_bias) {
-                            other += part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
+                            other_bias = part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
                         }
+                        let other = slot_value(red, c, pslot, inv_rms, other_bias, warps, ct, norm);
                         let own = f32::cast_from(F::cast_from(sum));
                         let other = f32::cast_from(F::cast_from(other));
                         let p = ro.positions[tok] as usize;
@@ -200,13 +216,9 @@ pub(super) fn epilogue<F: Float>(
                         let sn = f32::cast_from(ro.sin[p * half + d % half]);
                         let mut y = 0.0f32;
                         if d < half {
-                            let x1 = own;
-                            let x2 = other;
-                            y = x1 * cs - x2 * sn;
+                            y = rotate_first(own, other, cs, sn);
                         } else {
-                            let x1 = other;
-                            let x2 = own;
-                            y = x2 * cs + x1 * sn;
+                            y = rotate_second(other, own, cs, sn);
                         }
                         if part == 0u32 {
                             out[(head * m + tok) * hd + d] = F::cast_from(y);
