@@ -207,7 +207,7 @@ fn rope_in_the_epilogue_is_batch_invariant() {
 
 /// The fused epilogue and the two-launch path (the product, then `rope_qkv`) give the same bits:
 /// both compute each q|k|v value and each rotation as the same explicit fused multiply-adds, so
-/// `HIERSPEC_FUSE_ROPE` and the fallbacks (M > 128, batches) do not change an output.
+/// `HIERSPEC_FUSE_ROPE=0` does not change an output.
 #[test]
 fn rope_in_the_epilogue_equals_the_two_launch_path() {
     let device = device();
