@@ -222,12 +222,15 @@ fn mma_run<B: Backend, R: CubeRuntime>(
     if parts.iter().any(|p| p.bias.as_ref().is_some_and(|b| b.dtype() != dtype)) {
         return None;
     }
-    // Channels in RoPE pair order: q and k (parts 0 and 1) alike, v natural.
-    let halves: Vec<usize> = parts.iter().map(|p| p.mma.map_or(0, |w| w.rope_half)).collect();
-    let half = match halves[..] {
-        _ if halves.iter().all(|&h| h == 0) => 0,
-        [hq, hk, 0] if hq == hk && !swiglu => hq,
-        _ => return None,
+    // Channels in RoPE pair order: q and k (parts 0 and 1) alike, v natural. (No Vec: this runs
+    // on every product launch.)
+    let half_of = |i: usize| parts[i].mma.map_or(0, |w| w.rope_half);
+    let half = if (0..parts.len()).all(|i| half_of(i) == 0) {
+        0
+    } else if parts.len() == 3 && !swiglu && half_of(0) == half_of(1) && half_of(2) == 0 {
+        half_of(0)
+    } else {
+        return None;
     };
     let rope = match rope {
         Some((r, caches)) => Some(mma_rope::<B, R>(x, parts, half, r, caches)?),

@@ -247,15 +247,6 @@ impl<B: Backend> Linear<B> {
         y.reshape([b, n, h])
     }
 
-    /// [`Self::forward_many`] of `norm(x)`, the norm folded into the product where the tensor-core
-    /// product takes it (q|k|v: one launch instead of two).
-    pub fn forward_many_normed(layers: &[&Self], x: Tensor<B, 3>, norm: &RmsNorm<B>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let parts: Vec<Part<B>> = layers.iter().map(|l| l.part()).collect();
-        let d_out: usize = parts.iter().map(Part::n).sum();
-        fused::normed_linear(x.reshape([b * n, d]), &norm.pre_norm(), &parts).reshape([b, n, d_out])
-    }
-
     /// Several layers reading the same input (q|k|v, gate|up) in one product: their outputs side by
     /// side, [batch, seq, sum of d_out].
     pub fn forward_many(layers: &[&Self], x: Tensor<B, 3>) -> Tensor<B, 3> {
