@@ -109,6 +109,22 @@ pub fn int4_ahead_forced() -> Option<bool> {
     }
 }
 
+static SHARE: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// Force the int4 product's shared-x blocks (`Some(w)`: w warps per block share x, whatever M and
+/// the K split; `Some(0)`: never) or leave them to the launch policy (`None`). Process-wide. Results
+/// are the same bits either way; tests use this to run both layouts on the same shapes.
+pub fn set_int4_share(mode: Option<usize>) {
+    SHARE.store(mode.map_or(u8::MAX, |w| w.min(32) as u8), Ordering::Relaxed);
+}
+
+pub fn int4_share_forced() -> Option<usize> {
+    match SHARE.load(Ordering::Relaxed) {
+        u8::MAX => None,
+        w => Some(w as usize),
+    }
+}
+
 /// Whether the mma kernel accepts a product of this shape: K a multiple of 8 (x is read 8 values at a
 /// time), int4 groups a multiple of 32 or the whole row (scales are applied per 32 inputs at most).
 pub fn supports(k: usize, group: Option<usize>) -> bool {

@@ -175,6 +175,76 @@ fn int4_load_ahead_gives_the_same_bits() {
     }
 }
 
+/// The int4 product's shared-x blocks (each warp owns channel tiles and walks the K split's virtual
+/// warps, adding each one's partials into a running total) give the bits of the K-split blocks: the
+/// launch policy picks one by M and the split, so neither may change a logit. Covers three parts of
+/// widths off the tiles with a residual, the folded RMSNorm, gate|up with SwiGLU, and q|k|v with RoPE
+/// and the cache write in the epilogue; M of one and of three token blocks (emulated) or tiles.
+#[test]
+fn int4_shared_x_gives_the_same_bits() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(29);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    let run = |share: usize, f: &dyn Fn() -> Vec<f32>| {
+        mma::set_int4_share(Some(share));
+        let out = f();
+        mma::set_int4_share(None);
+        out
+    };
+    for (k, ns, g) in [(704, vec![96, 33, 17], 32), (704, vec![96, 96], 64)] {
+        let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, true, &device)).collect();
+        let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
+        let packed: Vec<MmaWeight<B>> = q.iter().map(|w| MmaWeight::int4(w).expect("packed")).collect();
+        let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
+        let norm = fused::PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
+        let down = int4_weight(&mut rng, ns[0], k, 32, true, &device);
+        let down_w = fused::PartWeight::Int4(&down);
+        let down_packed = MmaWeight::int4(&down).expect("packed");
+        let down_part = part(&down_w, &down_packed, None);
+        let n_out: usize = ns.iter().sum();
+        for m in [3, 17] {
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            if ns.len() == 3 {
+                let r = Tensor::<B, 2>::random([m, n_out], Distribution::Normal(0.0, 1.0), &device);
+                let linear = || rows(fused::linear(x.clone(), &parts, fused::Input::Plain, Some(r.clone())));
+                assert_eq!(run(3, &linear), run(0, &linear), "linear k {k} ns {ns:?} m {m}");
+                if m > 8 {
+                    // (One M only: each launch shape is a shader compile on lavapipe.)
+                    let normed = || rows(fused::normed_linear(x.clone(), &norm, &parts));
+                    assert_eq!(run(3, &normed), run(0, &normed), "normed linear k {k} ns {ns:?} m {m}");
+                }
+            } else if m > 8 {
+                let r = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                let mlp = || rows(fused::normed_swiglu_mlp(x.clone(), &norm, parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone()));
+                assert_eq!(run(3, &mlp), run(0, &mlp), "normed swiglu mlp k {k} m {m}");
+            }
+        }
+    }
+    // q|k|v with RoPE in the epilogue: q and k in pair order, heads of 64.
+    let layout = fused::QkvLayout { heads: 4, kv_heads: 2, head_dim: 64 };
+    let k = 256;
+    let q: Vec<int4::Int4Weight<B>> = [256, 128, 128].iter().map(|&n| int4_weight(&mut rng, k, n, 64, true, &device)).collect();
+    let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
+    let packed: Vec<MmaWeight<B>> = (0..3).map(|i| if i < 2 { MmaWeight::int4_rope(&q[i], 64) } else { MmaWeight::int4(&q[i]) }.expect("packed")).collect();
+    let biases: Vec<Tensor<B, 1>> = [256, 128, 128].iter().map(|&n| Tensor::random([n], Distribution::Normal(0.0, 1.0), &device)).collect();
+    let parts: Vec<fused::Part<B>> = (0..3).map(|i| part(&weights[i], &packed[i], Some(biases[i].clone()))).collect();
+    let norm = fused::PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
+    let cos = Tensor::<B, 2>::random([64, 32], Distribution::Uniform(-1.0, 1.0), &device);
+    let sin = Tensor::<B, 2>::random([64, 32], Distribution::Uniform(-1.0, 1.0), &device);
+    let m = 17;
+    let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    let pos = Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new((3..3 + m as i32).collect::<Vec<i32>>(), [m]), &device);
+    let rope = || {
+        let zeros = || Tensor::<B, 4>::zeros([1, 2, m + 3, 64], &device);
+        let (kc, vc) = (zeros(), zeros());
+        let spec = fused::QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 3 };
+        let q = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &spec, &kc, &vc).expect("fused");
+        [q.flatten::<2>(0, 2), kc.flatten::<2>(0, 2), vc.flatten::<2>(0, 2)].into_iter().flat_map(rows).collect::<Vec<f32>>()
+    };
+    assert_eq!(run(3, &rope), run(0, &rope), "q|k|v with RoPE, m {m}");
+}
+
 /// The decoder layer's RMSNorm folded into the product that reads it (q|k|v, gate|up) matches the
 /// norm then the product, int4 and dense, at widths off the tiles and every M; a row's result does
 /// not depend on M (the sums of squares are added in an order fixed by K and N).

@@ -23,7 +23,7 @@ mod int4;
 mod pack;
 mod policy;
 pub(crate) use pack::{pack_dense, pack_int4};
-use policy::{channel_tiles, fold_len, int4_ahead, int4_span, token_tiles, warps_for};
+use policy::{channel_tiles, fold_len, int4_ahead, int4_span, token_tiles, warps_for, x_share};
 use dense::dense_mma_kernel;
 use output::{epilogue, rope_arg, RopeOut};
 use int4::int4_mma_kernel;
@@ -38,15 +38,27 @@ fn emu_slots(ct: usize, tt: usize) -> usize {
 }
 
 /// Shared f32 slots of a block: the epilogue's partial sums (128 per warp and channel tile), or the
-/// emulated slab's operands if larger.
-fn shared_len(warps: usize, ct: usize, tt: usize, emulate: bool) -> usize {
+/// emulated slab's operands if larger. With x shared (`share` warps) the totals have their own array
+/// ([`total_len`]) and this holds the emulated slabs alone.
+fn shared_len(warps: usize, ct: usize, tt: usize, emulate: bool, share: usize) -> usize {
     let epilogue = ct * 128;
-    warps * if emulate { epilogue.max(emu_slots(ct, tt)) } else { epilogue }
+    match (share, emulate) {
+        (0, _) => warps * if emulate { epilogue.max(emu_slots(ct, tt)) } else { epilogue },
+        (_, true) => share * emu_slots(ct, tt),
+        (_, false) => 1,
+    }
 }
 
-/// Shared f32 slots of the folded RMSNorm: each lane's sums of squares, then 1 / rms of 8 tokens.
-fn norm_slots(warps: usize, norm: bool) -> usize {
-    if norm { warps * 32 + 8 } else { 1 }
+/// Shared f32 slots of the running totals with x shared: 128 per warp, token tile and channel tile.
+fn total_len(ct: usize, tt: usize, share: usize) -> usize {
+    (share * tt * ct * 128).max(1)
+}
+
+/// Shared f32 slots of the folded RMSNorm: each lane's sums of squares (per virtual warp and token
+/// tile with x shared), then 1 / rms of 8 tokens.
+fn norm_slots(warps: usize, tt: usize, norm: bool, share: usize) -> usize {
+    let tiles = if share > 0 { tt } else { 1 };
+    if norm { tiles * warps * 32 + 8 } else { 1 }
 }
 
 /// One k-slab's products for every (channel tile c, token tile i) of the block: `acc[c][i] += a[c]
@@ -255,11 +267,13 @@ fn load_x<F: Float>(
 }
 
 /// The block's channels: its part (0..3; parts own blocks [0, c1), [c1, c2), [c2, ..)), that
-/// part's width `n` and first output column, the output row width, the part's tile count, and the
-/// block's tiles in `tiles` (swiglu: gate tile `local` of part 0 and up tile `local` of part 1).
+/// part's width `n` and first output column, the output row width, the part's tile count, the
+/// block's first tile, and this thread's tiles in `tiles` (swiglu: gate tile `local` of part 0 and up
+/// tile `local` of part 1). With x shared, the block's `share` warps own consecutive tiles (sets of
+/// `ct`, or one gate|up pair), warp w the w-th.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: &mut Array<usize>, #[comptime] ct: usize, #[comptime] swiglu: bool) -> (u32, usize, usize, usize, usize) {
+fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: &mut Array<usize>, #[comptime] ct: usize, #[comptime] swiglu: bool, #[comptime] share: usize) -> (u32, usize, usize, usize, usize, usize) {
     let cy = CUBE_POS_Y as usize;
     let mut part = 0u32;
     let mut local = cy;
@@ -280,15 +294,23 @@ fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: 
     if comptime!(swiglu) {
         n_out = n0;
     }
+    let mut set = local;
+    if comptime!(share > 0) {
+        set = local * share + UNIT_POS_X as usize / 32usize;
+    }
     #[unroll]
     for c in 0usize..ct {
         if comptime!(swiglu) {
-            tiles[c] = local;
+            tiles[c] = set;
         } else {
-            tiles[c] = local * ct + c;
+            tiles[c] = set * ct + c;
         }
     }
-    (part, n, first, n_out, (n + TILE_N - 1) / TILE_N)
+    let mut tile0 = local * comptime!(if share > 0 { share } else { 1 });
+    if comptime!(!swiglu) {
+        tile0 *= ct;
+    }
+    (part, n, first, n_out, (n + TILE_N - 1) / TILE_N, tile0)
 }
 
 /// One part of an mma product.
@@ -363,11 +385,14 @@ pub(crate) fn product<R: CubeRuntime>(
     let tt = token_tiles(m, spec.emulate);
     let span = if spec.group.is_some() { int4_span() } else { 1 };
     let warps = warps_for(units.div_ceil(span), tiles.iter().sum(), spec.emulate);
-    let ct = channel_tiles(m, &spec, warps);
-    let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0], 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct)).collect() };
+    // x shared by a block's warps (int4 only): two channel tiles per warp, as the widest blocks here.
+    let share = if spec.group.is_some() { x_share(m, warps, tt, 2, spec.emulate) } else { 0 };
+    let ct = if share > 0 { 2 } else { channel_tiles(m, &spec, warps) };
+    let sets = share.max(1);
+    let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0].div_ceil(sets), 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct * sets)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
     let count = CubeCount::Static(m.div_ceil(8 * tt) as u32, (c2 + blocks[2usize]) as u32, 1);
-    let dim = CubeDim::new_1d((warps * 32) as u32);
+    let dim = CubeDim::new_1d((if share > 0 { share } else { warps } * 32) as u32);
     let has_bias = parts.iter().all(|p| p.bias.is_some());
     let add_residual = residual.is_some();
     let x = into_contiguous(x);
@@ -438,10 +463,11 @@ pub(crate) fn product<R: CubeRuntime>(
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
-                    int4_ahead(tt, warps, spec.emulate),
+                    share == 0 && int4_ahead(tt, warps, spec.emulate),
                     has_norm,
                     spec.half,
                     fused_rope,
+                    share,
                     dtype.into(),
                 )
             };

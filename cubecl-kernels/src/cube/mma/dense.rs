@@ -44,9 +44,9 @@ pub(super) fn dense_mma_kernel<F: Float>(
     let warp = UNIT_POS_X as usize / 32usize;
     let tok0 = CUBE_POS_X as usize * 8 * tt;
     let mut tiles = Array::<usize>::new(ct);
-    let (part, n, first, n_out, tiles_n) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu);
+    let (part, n, first, n_out, tiles_n, tile0) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu, 0usize);
 
-    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
+    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate, 0usize)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     #[unroll]
     for j in 0usize..ct * tt * 2 {
@@ -62,7 +62,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
     for i in 0usize..tt {
         ss[i] = 0.0f32;
     }
-    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
+    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, tt, norm, 0usize)));
 
     let iters = (units + warps - 1) / warps;
     for it in 0usize..iters {
@@ -108,6 +108,6 @@ pub(super) fn dense_mma_kernel<F: Float>(
 
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope);
+        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tile0, &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope, 0usize);
     }
 }

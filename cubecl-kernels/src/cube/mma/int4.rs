@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, pair, shared_len, slab_products, V2, V8, W4};
+use super::{b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, pair, shared_len, slab_products, total_len, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -215,6 +215,54 @@ fn load_x_span<F: Float>(
     }
 }
 
+/// With x shared: add virtual warp `v`'s partial sums into this warp's running totals (`tot`, laid
+/// out as [`epilogue`] reads them) the way the epilogue adds a warp's (`0 + p_0`, then `+ p_v`), and
+/// put its sums of squares where the epilogue expects warp v's (the block's warps load the same x,
+/// so warp 0 writes them); then start the next virtual warp from zero.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn add_virtual_warp(
+    acc: &mut Array<V2<f32>>,
+    ss: &mut Array<f32>,
+    tot: &mut SharedMemory<f32>,
+    red_ss: &mut SharedMemory<f32>,
+    v: usize,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] norm: bool,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    #[unroll]
+    for i in 0usize..tt {
+        #[unroll]
+        for c in 0usize..ct {
+            #[unroll]
+            for r in 0usize..2usize {
+                let j = (c * tt + i) * 2 + r;
+                let part = acc[j];
+                #[unroll]
+                for e in 0usize..2usize {
+                    let at = (((warp * tt + i) * ct + c) * 32 + lane) * 4 + 2 * r + e;
+                    let mut before = 0.0f32;
+                    if v > 0 {
+                        before = tot[at];
+                    }
+                    tot[at] = before + part[e];
+                }
+                acc[j] = V2::<f32>::new(0.0f32);
+            }
+        }
+        if comptime!(norm) {
+            if warp == 0 {
+                red_ss[(i * warps + v) * 32 + lane] = ss[i];
+            }
+            ss[i] = 0.0f32;
+        }
+    }
+}
+
 /// The warp's spans of K, in order (warp w: spans w, w + warps, ...): `acc` gets every unit's
 /// group-scaled products. With `ahead`, two register sets alternate: the loads of the next span (its
 /// weights, aux and x) are issued before this span's products, so a warp keeps two spans of loads in
@@ -232,6 +280,8 @@ fn int4_units<F: Float>(
     aux_b: &Array<V2<F>>,
     acc: &mut Array<V2<f32>>,
     emu: &mut SharedMemory<f32>,
+    tot: &mut SharedMemory<f32>,
+    red_ss: &mut SharedMemory<f32>,
     tiles: &Array<usize>,
     tiles_n: usize,
     np_a: usize,
@@ -253,6 +303,7 @@ fn int4_units<F: Float>(
     #[comptime] emulate: bool,
     #[comptime] ahead: bool,
     #[comptime] norm: bool,
+    #[comptime] share: usize,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
     let folds = comptime!(span * UNIT_K / fold_len);
@@ -309,6 +360,18 @@ fn int4_units<F: Float>(
             u0 += 2 * step;
             it += 2;
         }
+    } else if comptime!(share > 0) {
+        // Every warp walks the K split's virtual warps in order, each over the units a real warp
+        // would take, on its own channel tiles: the block's warps read the same x at the same time.
+        let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
+        for v in 0usize..warps {
+            for it in 0usize..iters {
+                let u0 = (v + it * warps) * span;
+                load_span::<F>(w_a, aux_a, w_b, aux_b, &mut wv, &mut av, tiles, tiles_n, np_a, np_b, u0, units, groups, ct, span, group, fold_len, swiglu);
+                span_products::<F>(x, gamma, ss, &wv, &av, &mut xv, &mut a, &mut b, &a_one, &mut p, &mut xs, acc, emu, tok0, m, k, u0, bias_q, ct, tt, span, fold_len, magic, emulate, false, norm);
+            }
+            add_virtual_warp(acc, ss, tot, red_ss, v, warps, ct, tt, norm);
+        }
     } else {
         let mut xv = Array::<V8<F>>::new(comptime!(tt * 2));
         for it in 0usize..iters {
@@ -363,15 +426,17 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] norm: bool,
     #[comptime] half: usize,
     #[comptime] rope: bool,
+    #[comptime] share: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
     let mut tiles = Array::<usize>::new(ct);
-    let (part, n, first, n_out, tiles_n) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu);
+    let (part, n, first, n_out, tiles_n, tile0) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu, share);
     let np = tiles_n * TILE_N;
     let np1 = ((n1 + TILE_N - 1) / TILE_N) * TILE_N;
 
-    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate)));
+    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate, share)));
+    let mut tot = SharedMemory::<f32>::new(comptime!(total_len(ct, tt, share)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     #[unroll]
     for j in 0usize..ct * tt * 2 {
@@ -382,23 +447,28 @@ pub(super) fn int4_mma_kernel<F: Float>(
     for i in 0usize..tt {
         ss[i] = 0.0f32;
     }
-    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, norm)));
+    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, tt, norm, share)));
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {
-        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w1, aux1, &mut acc, &mut emu, &mut tot, &mut red_ss, &tiles, tiles_n, np, np1, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm, share);
     } else if comptime!(parts == 1) {
-        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &mut tot, &mut red_ss, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm, share);
     } else if part == 0u32 {
-        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
+        int4_units::<F>(x, gamma, &mut ss, w0, aux0, w0, aux0, &mut acc, &mut emu, &mut tot, &mut red_ss, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm, share);
     } else if part == 1u32 {
-        int4_units::<F>(x, gamma, &mut ss, w1, aux1, w1, aux1, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
+        int4_units::<F>(x, gamma, &mut ss, w1, aux1, w1, aux1, &mut acc, &mut emu, &mut tot, &mut red_ss, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm, share);
     } else if comptime!(parts == 3) {
-        int4_units::<F>(x, gamma, &mut ss, w2, aux2, w2, aux2, &mut acc, &mut emu, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm);
+        int4_units::<F>(x, gamma, &mut ss, w2, aux2, w2, aux2, &mut acc, &mut emu, &mut tot, &mut red_ss, &tiles, tiles_n, np, np, tok0, m, k, units, bias_q, ones, warps, ct, tt, span, group, fold_len, magic, swiglu, emulate, ahead, norm, share);
     }
 
+    // With x shared the totals are in `tot` already; else the warps' partials meet in `emu`.
     #[unroll]
     for i in 0usize..tt {
-        epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tiles[0], &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope);
+        if comptime!(share > 0) {
+            epilogue::<F>(&acc, &mut tot, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tile0, &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope, share);
+        } else {
+            epilogue::<F>(&acc, &mut emu, b0, b1, b2, part, residual, out, rope_out, i, tok0, m, n, n_out, first, tile0, &ss, &mut red_ss, k, eps, warps, ct, tt, has_bias, add_residual, swiglu, norm, half, rope, share);
+        }
     }
 }

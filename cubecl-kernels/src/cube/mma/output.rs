@@ -28,13 +28,14 @@ pub(super) struct RopeOut<F: Float> {
     start: usize,
 }
 
-/// The warps' partial sums of fragment slot `slot` of channel tile `c`, in warp order.
+/// The partial sums of fragment slot `slot` at `red[base ..]`, `count` of them `stride` apart, in
+/// warp order: the K split's warps, or (x shared) one running total that already holds them.
 #[cube]
-fn warp_sum(red: &SharedMemory<f32>, c: usize, slot: usize, #[comptime] warps: usize, #[comptime] ct: usize) -> f32 {
+fn warp_sum(red: &SharedMemory<f32>, base: usize, slot: usize, #[comptime] count: usize, #[comptime] stride: usize) -> f32 {
     let mut sum = 0.0f32;
     #[unroll]
-    for w in 0usize..warps {
-        sum += red[((w * ct + c) * 32) * 4 + slot];
+    for w in 0usize..count {
+        sum += red[base + w * stride + slot];
     }
     sum
 }
@@ -60,8 +61,8 @@ fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, c
 /// left to the compiler may differ between the two kernels.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn slot_value(red: &SharedMemory<f32>, c: usize, slot: usize, inv_rms: f32, bias: f32, #[comptime] warps: usize, #[comptime] ct: usize, #[comptime] norm: bool) -> f32 {
-    let mut v = warp_sum(red, c, slot, warps, ct);
+fn slot_value(red: &SharedMemory<f32>, base: usize, slot: usize, inv_rms: f32, bias: f32, #[comptime] count: usize, #[comptime] stride: usize, #[comptime] norm: bool) -> f32 {
+    let mut v = warp_sum(red, base, slot, count, stride);
     if comptime!(norm) {
         v = fma(v, inv_rms, bias);
     } else {
@@ -88,6 +89,12 @@ fn natural_channel(ch: usize, #[comptime] half: usize) -> usize {
 /// also sums its partner row (g <-> g + 8: the other half of the RoPE pair, same token), rounds both
 /// to F as the q|k|v output would be, rotates them as the RoPE kernel does ([`rotate_first`]), and
 /// writes q to `out` [heads, m, hd], k and v to the caches.
+///
+/// With x shared (`share` > 0, [`super::int4`]) the block's `share` warps own channel tiles `tile0 +
+/// w * (ct, or 1 for swiglu)` each, and `red` already holds each warp's running total over the K
+/// split's `warps` virtual warps (`((0 + p_0) + p_1) + ...`, the sum below, so the same bits), laid
+/// out [warp][token tile][ct][32 lanes][4]; `red_ss` holds the virtual warps' sums of squares
+/// [token tile][warps][32 lanes].
 #[cube]
 #[allow(clippy::too_many_arguments, unused_assignments)]
 pub(super) fn epilogue<F: Float>(
@@ -120,23 +127,35 @@ pub(super) fn epilogue<F: Float>(
     #[comptime] norm: bool,
     #[comptime] half: usize,
     #[comptime] rope: bool,
+    #[comptime] share: usize,
 ) {
     let lane = UNIT_POS_X as usize % 32usize;
     let warp = UNIT_POS_X as usize / 32usize;
+    // Partial sums per slot: the K split's warps, or one running total.
+    let count = comptime!(if share > 0 { 1 } else { warps });
+    let stride = comptime!(ct * 128);
+    // Where token tile i's sums of squares start in `red_ss`, and where its 1 / rms go.
+    let mut ss0 = 0usize;
+    if comptime!(share > 0) {
+        ss0 = i * comptime!(warps * 32);
+    }
+    let rms0 = comptime!(if share > 0 { tt * warps * 32 } else { warps * 32 });
     sync_cube();
-    #[unroll]
-    for c in 0usize..ct {
+    if comptime!(share == 0) {
         #[unroll]
-        for r in 0usize..2usize {
-            let v = acc[(c * tt + i) * 2 + r];
-            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v[0usize];
-            red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
+        for c in 0usize..ct {
+            #[unroll]
+            for r in 0usize..2usize {
+                let v = acc[(c * tt + i) * 2 + r];
+                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v[0usize];
+                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
+            }
         }
+        if comptime!(norm) {
+            red_ss[warp * 32 + lane] = ss[i];
+        }
+        sync_cube();
     }
-    if comptime!(norm) {
-        red_ss[warp * 32 + lane] = ss[i];
-    }
-    sync_cube();
     if comptime!(norm) {
         // Token j's squares sit with lanes 4j .. 4j + 3 of every warp: summed in (warp, lane) order,
         // which depends on (K, N) alone.
@@ -147,26 +166,37 @@ pub(super) fn epilogue<F: Float>(
             for w in 0usize..warps {
                 #[unroll]
                 for t in 0usize..4usize {
-                    sum += red_ss[w * 32 + 4 * j + t];
+                    sum += red_ss[ss0 + w * 32 + 4 * j + t];
                 }
             }
-            red_ss[comptime!(warps * 32) + j] = 1.0f32 / (sum / f32::cast_from(k) + eps).sqrt();
+            red_ss[rms0 + j] = 1.0f32 / (sum / f32::cast_from(k) + eps).sqrt();
         }
         sync_cube();
     }
-    let outputs = comptime!(if swiglu { 128 } else { ct * 128 });
+    let per_warp = comptime!(if swiglu { 128 } else { ct * 128 });
+    let outputs = comptime!(per_warp * if share > 0 { share } else { 1 });
+    let threads = comptime!(32 * if share > 0 { share } else { warps });
+    let tile_step = comptime!(if swiglu { 1 } else { ct });
     let mut e = UNIT_POS_X as usize;
     while e < outputs {
-        let c = e / 128;
+        let w = e / per_warp;
+        let c = (e % per_warp) / 128;
         let slot = e % 128;
         let l = slot / 4;
         let q = slot % 4;
+        // Channel tile c of warp w in `red`, and the up tile beside it (swiglu).
+        let mut base = c * 128;
+        let mut up_base = 128usize;
+        if comptime!(share > 0) {
+            base = ((w * tt + i) * ct + c) * 128;
+            up_base = ((w * tt + i) * ct + 1) * 128;
+        }
         // C fragment: row g (+ 8 for the second register), column 2t (+ 1).
-        let ch = tile0 * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
+        let ch = (tile0 + w * tile_step) * TILE_N + c * TILE_N + l / 4 + 8 * (q / 2);
         let tok = tok0 + 8 * i + 2 * (l % 4) + q % 2;
         let mut inv_rms = 1.0f32;
         if comptime!(norm) {
-            inv_rms = red_ss[comptime!(warps * 32) + 2 * (l % 4) + q % 2];
+            inv_rms = red_ss[rms0 + 2 * (l % 4) + q % 2];
         }
         if tok < m && ch < n {
             let mut oc = ch;
@@ -184,9 +214,9 @@ pub(super) fn epilogue<F: Float>(
                     up_bias = f32::cast_from(b1[ch]);
                 }
             }
-            let mut sum = slot_value(red, c, slot, inv_rms, bias, warps, ct, norm);
+            let mut sum = slot_value(red, base, slot, inv_rms, bias, count, stride, norm);
             if comptime!(swiglu) {
-                let up = slot_value(red, 1usize, slot, inv_rms, up_bias, warps, ct, norm);
+                let up = slot_value(red, up_base, slot, inv_rms, up_bias, count, stride, norm);
                 sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
             }
             if comptime!(rope) {
@@ -208,7 +238,7 @@ pub(super) fn epilogue<F: Float>(
                         if comptime!(has_bias) {
                             other_bias = part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
                         }
-                        let other = slot_value(red, c, pslot, inv_rms, other_bias, warps, ct, norm);
+                        let other = slot_value(red, base, pslot, inv_rms, other_bias, count, stride, norm);
                         let own = f32::cast_from(F::cast_from(sum));
                         let other = f32::cast_from(F::cast_from(other));
                         let p = ro.positions[tok] as usize;
@@ -237,7 +267,7 @@ pub(super) fn epilogue<F: Float>(
                 out[tok * n_out + col] = F::cast_from(sum);
             }
         }
-        e += comptime!(warps * 32);
+        e += threads;
     }
 }
 

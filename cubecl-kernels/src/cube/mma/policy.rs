@@ -66,6 +66,35 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize 
     }
 }
 
+/// Warps per int4 block that share x (0: none, the block's warps split K instead). With x shared,
+/// each warp of a block owns its own channel tiles and walks the K split's `warps` virtual warps in
+/// order, adding each one's partial sums into a running total: the same float operations in the same
+/// order as `warps` real warps meeting in the epilogue, so the same bits, at any M. What changes is
+/// the traffic: a block reads x once per `share` channel-tile sets instead of once per set. Above 16
+/// tokens x is most of what the product reads from L2 (int4-matmul.md, session 18), and where the K
+/// split is short (`warps` <= 4: gate|up, whose N is large) a warp doing all of it still leaves the
+/// grid with as many warps as channel tiles.
+///
+/// `HIERSPEC_MMA_SHARE` (0 turns it off; default 8) sets the warps, `HIERSPEC_MMA_SHARE_W` (default
+/// 4) the longest K split it takes, `HIERSPEC_MMA_SHARE_M` (default 17) the fewest tokens; tests force
+/// it with [`crate::mma::set_int4_share`]. Never under emulation unless forced (lavapipe's compile
+/// time). At most what keeps the totals (128 f32 per warp, token tile and channel tile) in 32 KB of
+/// shared memory.
+pub(super) fn x_share(m: usize, warps: usize, tt: usize, ct: usize, emulate: bool) -> usize {
+    let share = match crate::mma::int4_share_forced() {
+        Some(forced) => forced,
+        None if emulate => 0,
+        None => {
+            let most_w = env_choice(&SHARE_W, "HIERSPEC_MMA_SHARE_W").unwrap_or(4);
+            let fewest_m = env_choice(&SHARE_M, "HIERSPEC_MMA_SHARE_M").unwrap_or(17);
+            if warps <= most_w && m >= fewest_m { env_choice(&SHARE, "HIERSPEC_MMA_SHARE").unwrap_or(8) } else { 0 }
+        }
+    };
+    let fits = (32 * 1024 / 4) / (tt * ct * 128);
+    let most = if emulate { 4 } else { 32 };
+    share.min(fits).min(most)
+}
+
 /// A numeric environment override of a kernel choice, read once per process into `cell` (lock-free
 /// afterwards: this runs on every product launch).
 fn env_choice(cell: &'static OnceLock<Option<usize>>, name: &str) -> Option<usize> {
@@ -78,6 +107,9 @@ static PER_SM: OnceLock<Option<usize>> = OnceLock::new();
 static MOST: OnceLock<Option<usize>> = OnceLock::new();
 static SPAN: OnceLock<Option<usize>> = OnceLock::new();
 static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
+static SHARE: OnceLock<Option<usize>> = OnceLock::new();
+static SHARE_W: OnceLock<Option<usize>> = OnceLock::new();
+static SHARE_M: OnceLock<Option<usize>> = OnceLock::new();
 
 /// Channel tiles per int4 block at M <= 8: two by default; `HIERSPEC_MMA_PAIR=0` keeps one (to
 /// measure the pairing), `HIERSPEC_MMA_PAIR=4` takes four.
