@@ -39,6 +39,7 @@
 //! fragment layout: that is how CI (wgpu on lavapipe, no tensor cores) tests the packing, the
 //! fragment arithmetic and the epilogues of the same kernel source.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::module::{Module, Param};
@@ -109,20 +110,32 @@ pub fn int4_ahead_forced() -> Option<bool> {
     }
 }
 
-static SHARE: AtomicU8 = AtomicU8::new(u8::MAX);
+thread_local! {
+    static SHARE: Cell<Option<usize>> = const { Cell::new(None) };
+    static TOKEN_TILES: Cell<Option<usize>> = const { Cell::new(None) };
+}
 
 /// Force the int4 product's shared-x blocks (`Some(w)`: w warps per block share x, whatever M and
-/// the K split; `Some(0)`: never) or leave them to the launch policy (`None`). Process-wide. Results
-/// are the same bits either way; tests use this to run both layouts on the same shapes.
+/// the K split; `Some(0)`: never) or leave them to the launch policy (`None`), for the products this
+/// thread launches. Results are the same bits either way; tests use this to run both layouts on the
+/// same shapes (per thread, so that tests running beside each other keep their own).
 pub fn set_int4_share(mode: Option<usize>) {
-    SHARE.store(mode.map_or(u8::MAX, |w| w.min(32) as u8), Ordering::Relaxed);
+    SHARE.with(|s| s.set(mode));
 }
 
 pub fn int4_share_forced() -> Option<usize> {
-    match SHARE.load(Ordering::Relaxed) {
-        u8::MAX => None,
-        w => Some(w as usize),
-    }
+    SHARE.with(Cell::get)
+}
+
+/// Force the token tiles of 8 per block of the mma products this thread launches (`Some(1 | 2 |
+/// 4)`), or leave them to the launch policy (`None`). A row's result does not depend on it; tests use
+/// it to run the emulation, which otherwise takes one tile per block, over the layouts of larger M.
+pub fn set_token_tiles(tiles: Option<usize>) {
+    TOKEN_TILES.with(|t| t.set(tiles.filter(|t| [1, 2, 4].contains(t))));
+}
+
+pub fn token_tiles_forced() -> Option<usize> {
+    TOKEN_TILES.with(Cell::get)
 }
 
 /// Whether the mma kernel accepts a product of this shape: K a multiple of 8 (x is read 8 values at a

@@ -245,6 +245,35 @@ fn int4_shared_x_gives_the_same_bits() {
     assert_eq!(run(3, &rope), run(0, &rope), "q|k|v with RoPE, m {m}");
 }
 
+/// The shared-x layout over several token tiles per block (its running totals and the folded norm's
+/// sums of squares are kept per tile): forced to two tiles, which the emulation does not take by
+/// itself, against the K-split blocks at the same tiles.
+#[test]
+fn int4_shared_x_over_token_tiles_gives_the_same_bits() {
+    let device = device();
+    mode(&device);
+    let mut rng = StdRng::seed_from_u64(37);
+    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
+    let (k, ns, m) = (448, [48, 40, 17], 23);
+    let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, 64, true, &device)).collect();
+    let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
+    let packed: Vec<MmaWeight<B>> = q.iter().map(|w| MmaWeight::int4(w).expect("packed")).collect();
+    let parts: Vec<fused::Part<B>> = (0..3).map(|i| part(&weights[i], &packed[i], None)).collect();
+    let norm = fused::PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
+    let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device)
+        * Tensor::<B, 2>::random([m, 1], Distribution::Uniform(0.2, 4.0), &device);
+    mma::set_token_tiles(Some(2));
+    let run = |share: usize| {
+        mma::set_int4_share(Some(share));
+        let out = rows(fused::normed_linear(x.clone(), &norm, &parts));
+        mma::set_int4_share(None);
+        out
+    };
+    let (shared, split) = (run(2), run(0));
+    mma::set_token_tiles(None);
+    assert_eq!(shared, split, "normed linear k {k} ns {ns:?} m {m}, two token tiles per block");
+}
+
 /// The decoder layer's RMSNorm folded into the product that reads it (q|k|v, gate|up) matches the
 /// norm then the product, int4 and dense, at widths off the tiles and every M; a row's result does
 /// not depend on M (the sums of squares are added in an order fixed by K and N).

@@ -6,9 +6,11 @@
 #   tests:  the kernel tests on CUDA in bf16 (tensor cores) and f32 (emulated): mma_vs_reference
 #           (with int4_shared_x_gives_the_same_bits), mma_rope (with the bitwise two-launch test)
 #   times:  device time (ncu, cold caches, median of 3) per Llama-3 8B / 70B shape and M, under each
-#           setting of $CFGS (';'-separated, '-' for the defaults)
+#           setting of $CFGS (';'-separated, '-' for the defaults; default: off, 8 and 4 warps, and 8
+#           warps at every K split)
 #   curve:  one forward of N = 1, 16, 32, 64 new tokens after 512 cached rows (synthetic, W4A16), off /
-#           on alternating for $ROUNDS rounds, for $SHAPES (default "qwen15b-int4 8b-int4")
+#           on ($SHARE warps, default 8) alternating for $ROUNDS rounds, for $SHAPES (default
+#           "qwen15b-int4 8b-int4")
 set -u
 REV=${1:?revision}; shift
 BIN=/root/bin
@@ -27,7 +29,7 @@ tests)
     done
   done ;;
 times)
-  IFS=';' read -ra CFG <<< "${CFGS:--;HIERSPEC_MMA_SHARE=0}"
+  IFS=';' read -ra CFG <<< "${CFGS:-HIERSPEC_MMA_SHARE=0;HIERSPEC_MMA_SHARE=8;HIERSPEC_MMA_SHARE=4;HIERSPEC_MMA_SHARE=8 HIERSPEC_MMA_SHARE_W=16}"
   for i in "${!CFG[@]}"; do
     c=${CFG[$i]}; [ "$c" = "-" ] && c=""
     echo "--- config $i: ${c:-defaults}"
@@ -36,7 +38,7 @@ times)
 curve)
   for shape in ${SHAPES:-qwen15b-int4 8b-int4}; do
     for r in $(seq 1 ${ROUNDS:-2}); do
-      for share in 0 8; do
+      for share in 0 ${SHARE:-8}; do
         tag=$shape-share$share-r$r
         HIERSPEC_MMA_SHARE=$share timeout 200 $BIN/bench --synthetic $(syn $shape) --device cuda --dtype bf16 \
           --prompt-len 32 --new-tokens 32 --repeats 1 --curve-cache 512 --curve-n 1,16,32,64 --revision $REV \

@@ -23,8 +23,12 @@ pub(super) fn warps_for(units: usize, tiles: usize, emulate: bool) -> usize {
 
 /// Token tiles of 8 per block: one block holds up to 32 tokens; more go to further blocks (which
 /// re-read the weights, mostly from L2). The emulation takes one tile per block: lavapipe's compile
-/// time grows steeply with the state live across its barriers.
+/// time grows steeply with the state live across its barriers. Tests may force the count
+/// ([`crate::mma::set_token_tiles`]) to run the emulation over several tiles.
 pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
+    if let Some(forced) = crate::mma::token_tiles_forced() {
+        return forced;
+    }
     match m {
         _ if emulate => 1,
         0..=8 => 1,
@@ -75,11 +79,12 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize 
 /// split is short (`warps` <= 4: gate|up, whose N is large) a warp doing all of it still leaves the
 /// grid with as many warps as channel tiles.
 ///
-/// `HIERSPEC_MMA_SHARE` (0 turns it off; default 8) sets the warps, `HIERSPEC_MMA_SHARE_W` (default
-/// 4) the longest K split it takes, `HIERSPEC_MMA_SHARE_M` (default 17) the fewest tokens; tests force
-/// it with [`crate::mma::set_int4_share`]. Never under emulation unless forced (lavapipe's compile
-/// time). At most what keeps the totals (128 f32 per warp, token tile and channel tile) in 32 KB of
-/// shared memory.
+/// Off by default until it is timed on the H200 (written in a session without a GPU;
+/// `scripts/gpu/share.sh` is the measurement). `HIERSPEC_MMA_SHARE=8` turns it on with 8 warps per
+/// block, `HIERSPEC_MMA_SHARE_W` (default 4) sets the longest K split it takes, `HIERSPEC_MMA_SHARE_M`
+/// (default 17) the fewest tokens; tests force it with [`crate::mma::set_int4_share`]. Never under
+/// emulation unless forced (lavapipe's compile time). At most what keeps the totals (128 f32 per
+/// warp, token tile and channel tile) in 32 KB of shared memory.
 pub(super) fn x_share(m: usize, warps: usize, tt: usize, ct: usize, emulate: bool) -> usize {
     let share = match crate::mma::int4_share_forced() {
         Some(forced) => forced,
@@ -87,7 +92,7 @@ pub(super) fn x_share(m: usize, warps: usize, tt: usize, ct: usize, emulate: boo
         None => {
             let most_w = env_choice(&SHARE_W, "HIERSPEC_MMA_SHARE_W").unwrap_or(4);
             let fewest_m = env_choice(&SHARE_M, "HIERSPEC_MMA_SHARE_M").unwrap_or(17);
-            if warps <= most_w && m >= fewest_m { env_choice(&SHARE, "HIERSPEC_MMA_SHARE").unwrap_or(8) } else { 0 }
+            if warps <= most_w && m >= fewest_m { env_choice(&SHARE, "HIERSPEC_MMA_SHARE").unwrap_or(0) } else { 0 }
         }
     };
     let fits = (32 * 1024 / 4) / (tt * ct * 128);
