@@ -30,7 +30,10 @@
 //! A cube's warps split the units of K (warp w takes units w, w + W, ...) with W chosen from (K, N)
 //! alone, and add their partial sums in warp order; an mma computes every output column from its own
 //! token alone. So a token's result does not depend on M or on the other tokens: verification
-//! reproduces the decode step's logits bit for bit.
+//! reproduces the decode step's logits bit for bit. The shared-x blocks (opt-in,
+//! `HIERSPEC_MMA_SHARE`) keep that: each warp owns its channel tiles and walks the W warps' units as
+//! virtual warps one after another, adding each one's partials into a running total in the same
+//! order, so a block can share x between warps without changing a bit.
 //!
 //! ## Where it runs
 //! On CUDA (sm_80+) for bf16 and f16 activations. Everywhere else the scalar kernels of
@@ -115,15 +118,15 @@ thread_local! {
     static TOKEN_TILES: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Force the int4 product's shared-x blocks (`Some(w)`: w warps per block share x, whatever M and
+/// Force the mma products' shared-x blocks (`Some(w)`: w warps per block share x, whatever M and
 /// the K split; `Some(0)`: never) or leave them to the launch policy (`None`), for the products this
 /// thread launches. Results are the same bits either way; tests use this to run both layouts on the
 /// same shapes (per thread, so that tests running beside each other keep their own).
-pub fn set_int4_share(mode: Option<usize>) {
+pub fn set_x_share(mode: Option<usize>) {
     SHARE.with(|s| s.set(mode));
 }
 
-pub fn int4_share_forced() -> Option<usize> {
+pub fn x_share_forced() -> Option<usize> {
     SHARE.with(Cell::get)
 }
 

@@ -175,49 +175,61 @@ fn int4_load_ahead_gives_the_same_bits() {
     }
 }
 
-/// The int4 product's shared-x blocks (each warp owns channel tiles and walks the K split's virtual
-/// warps, adding each one's partials into a running total) give the bits of the K-split blocks: the
-/// launch policy picks one by M and the split, so neither may change a logit. Covers three parts of
-/// widths off the tiles with a residual, the folded RMSNorm, gate|up with SwiGLU, and q|k|v with RoPE
-/// and the cache write in the epilogue; M of one and of three token blocks (emulated) or tiles.
+/// A product's values as f32, to compare bits.
+fn bits(t: Tensor<B, 2>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().iter::<f32>().collect()
+}
+
+/// `f` with the shared-x blocks forced to `share` warps (0: the K-split blocks) on this thread.
+fn with_x_share(share: usize, f: &dyn Fn() -> Vec<f32>) -> Vec<f32> {
+    mma::set_x_share(Some(share));
+    let out = f();
+    mma::set_x_share(None);
+    out
+}
+
+/// The shared-x blocks (each warp owns channel tiles and walks the K split's virtual warps, adding
+/// each one's partials into a running total) give the bits of the K-split blocks: the launch policy
+/// picks one by M and the split, so neither may change a logit. int4 and dense: three parts of
+/// widths off the tiles with a residual, gate|up with SwiGLU and the folded RMSNorm; int4 also the
+/// folded norm alone, and q|k|v with RoPE and the cache write in the epilogue.
 #[test]
-fn int4_shared_x_gives_the_same_bits() {
+fn shared_x_gives_the_same_bits() {
     let device = device();
     mode(&device);
     let mut rng = StdRng::seed_from_u64(29);
-    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
-    let run = |share: usize, f: &dyn Fn() -> Vec<f32>| {
-        mma::set_int4_share(Some(share));
-        let out = f();
-        mma::set_int4_share(None);
-        out
-    };
+    let (rows, run) = (bits, with_x_share);
+    // M of three token blocks under emulation (one tile each), or one block of three tiles.
+    let m = 17;
     for (k, ns, g) in [(704, vec![96, 33, 17], 32), (704, vec![96, 96], 64)] {
         let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, g, true, &device)).collect();
-        let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
-        let packed: Vec<MmaWeight<B>> = q.iter().map(|w| MmaWeight::int4(w).expect("packed")).collect();
-        let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
+        let dense_w: Vec<Tensor<B, 2>> = ns.iter().map(|&n| Tensor::random([k, n], Distribution::Normal(0.0, 0.1), &device)).collect();
         let norm = fused::PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
         let down = int4_weight(&mut rng, ns[0], k, 32, true, &device);
         let down_w = fused::PartWeight::Int4(&down);
         let down_packed = MmaWeight::int4(&down).expect("packed");
         let down_part = part(&down_w, &down_packed, None);
         let n_out: usize = ns.iter().sum();
-        for m in [3, 17] {
-            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        for int4_parts in [true, false] {
+            let weights: Vec<fused::PartWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
+            let packed: Vec<MmaWeight<B>> =
+                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
             if ns.len() == 3 {
                 let r = Tensor::<B, 2>::random([m, n_out], Distribution::Normal(0.0, 1.0), &device);
                 let linear = || rows(fused::linear(x.clone(), &parts, fused::Input::Plain, Some(r.clone())));
-                assert_eq!(run(3, &linear), run(0, &linear), "linear k {k} ns {ns:?} m {m}");
-                if m > 8 {
-                    // (One M only: each launch shape is a shader compile on lavapipe.)
+                assert_eq!(run(3, &linear), run(0, &linear), "linear int4 {int4_parts} k {k} ns {ns:?}");
+                if int4_parts {
+                    // (Not every combination: each launch shape is a shader compile on lavapipe.)
                     let normed = || rows(fused::normed_linear(x.clone(), &norm, &parts));
-                    assert_eq!(run(3, &normed), run(0, &normed), "normed linear k {k} ns {ns:?} m {m}");
+                    assert_eq!(run(3, &normed), run(0, &normed), "normed linear k {k} ns {ns:?}");
                 }
-            } else if m > 8 {
+            } else {
                 let r = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
                 let mlp = || rows(fused::normed_swiglu_mlp(x.clone(), &norm, parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone()));
-                assert_eq!(run(3, &mlp), run(0, &mlp), "normed swiglu mlp k {k} m {m}");
+                assert_eq!(run(3, &mlp), run(0, &mlp), "normed swiglu mlp int4 {int4_parts} k {k}");
             }
         }
     }
@@ -232,7 +244,6 @@ fn int4_shared_x_gives_the_same_bits() {
     let norm = fused::PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Normal(1.0, 0.3), &device), eps: 1e-6 };
     let cos = Tensor::<B, 2>::random([64, 32], Distribution::Uniform(-1.0, 1.0), &device);
     let sin = Tensor::<B, 2>::random([64, 32], Distribution::Uniform(-1.0, 1.0), &device);
-    let m = 17;
     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
     let pos = Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new((3..3 + m as i32).collect::<Vec<i32>>(), [m]), &device);
     let rope = || {
@@ -249,11 +260,10 @@ fn int4_shared_x_gives_the_same_bits() {
 /// sums of squares are kept per tile): forced to two tiles, which the emulation does not take by
 /// itself, against the K-split blocks at the same tiles.
 #[test]
-fn int4_shared_x_over_token_tiles_gives_the_same_bits() {
+fn shared_x_over_token_tiles_gives_the_same_bits() {
     let device = device();
     mode(&device);
     let mut rng = StdRng::seed_from_u64(37);
-    let rows = |t: Tensor<B, 2>| -> Vec<f32> { t.cast(DType::F32).into_data().iter::<f32>().collect() };
     let (k, ns, m) = (448, [48, 40, 17], 23);
     let q: Vec<int4::Int4Weight<B>> = ns.iter().map(|&n| int4_weight(&mut rng, k, n, 64, true, &device)).collect();
     let weights: Vec<fused::PartWeight<B>> = q.iter().map(fused::PartWeight::Int4).collect();
@@ -263,13 +273,8 @@ fn int4_shared_x_over_token_tiles_gives_the_same_bits() {
     let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device)
         * Tensor::<B, 2>::random([m, 1], Distribution::Uniform(0.2, 4.0), &device);
     mma::set_token_tiles(Some(2));
-    let run = |share: usize| {
-        mma::set_int4_share(Some(share));
-        let out = rows(fused::normed_linear(x.clone(), &norm, &parts));
-        mma::set_int4_share(None);
-        out
-    };
-    let (shared, split) = (run(2), run(0));
+    let normed = || bits(fused::normed_linear(x.clone(), &norm, &parts));
+    let (shared, split) = (with_x_share(2, &normed), with_x_share(0, &normed));
     mma::set_token_tiles(None);
     assert_eq!(shared, split, "normed linear k {k} ns {ns:?} m {m}, two token tiles per block");
 }

@@ -4,7 +4,7 @@
 # channels (policy.rs `x_share`). Expects the binaries of mma.sh (.dev/gpu*/*.xz) and $OUT.
 # Usage: bash scripts/gpu/share.sh <revision> <part>...
 #   tests:  the kernel tests on CUDA in bf16 (tensor cores) and f32 (emulated): mma_vs_reference
-#           (with int4_shared_x_gives_the_same_bits), mma_rope (with the bitwise two-launch test)
+#           (with shared_x_gives_the_same_bits), mma_rope (with the bitwise two-launch test)
 #   times:  device time (ncu, cold caches, median of 3) per Llama-3 8B / 70B shape and M, under each
 #           setting of $CFGS (';'-separated, '-' for the defaults; default: off, 8 and 4 warps, and 8
 #           warps at every K split)
@@ -22,12 +22,7 @@ echo "=== revision $REV, date $(date -u +%F), part $PART"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 case $PART in
 tests)
-  for dtype in bf16 f32; do
-    for t in ${TESTS:-mma_vs_reference mma_rope}; do
-      echo "--- $t on CUDA, $dtype"
-      HIERSPEC_TEST_DTYPE=$dtype timeout 240 $BIN/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|error|relative|left|right" | head -40
-    done
-  done ;;
+  TESTS="${TESTS:-mma_vs_reference mma_rope}" bash scripts/gpu/mma.sh $REV tests ;;
 times)
   IFS=';' read -ra CFG <<< "${CFGS:-HIERSPEC_MMA_SHARE=0;HIERSPEC_MMA_SHARE=8;HIERSPEC_MMA_SHARE=4;HIERSPEC_MMA_SHARE=8 HIERSPEC_MMA_SHARE_W=16}"
   for i in "${!CFG[@]}"; do

@@ -313,6 +313,54 @@ fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: 
     (part, n, first, n_out, (n + TILE_N - 1) / TILE_N, tile0)
 }
 
+/// With x shared: add virtual warp `v`'s partial sums into this warp's running totals (`tot`, laid
+/// out as [`epilogue`] reads them) the way the epilogue adds a warp's (`0 + p_0`, then `+ p_v`), and
+/// put its sums of squares where the epilogue expects warp v's (the block's warps load the same x,
+/// so warp 0 writes them); then start the next virtual warp from zero.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn add_virtual_warp(
+    acc: &mut Array<V2<f32>>,
+    ss: &mut Array<f32>,
+    tot: &mut SharedMemory<f32>,
+    red_ss: &mut SharedMemory<f32>,
+    v: usize,
+    #[comptime] warps: usize,
+    #[comptime] ct: usize,
+    #[comptime] tt: usize,
+    #[comptime] norm: bool,
+) {
+    let lane = UNIT_POS_X as usize % 32usize;
+    let warp = UNIT_POS_X as usize / 32usize;
+    #[unroll]
+    for i in 0usize..tt {
+        #[unroll]
+        for c in 0usize..ct {
+            #[unroll]
+            for r in 0usize..2usize {
+                let j = (c * tt + i) * 2 + r;
+                let part = acc[j];
+                #[unroll]
+                for e in 0usize..2usize {
+                    let at = (((warp * tt + i) * ct + c) * 32 + lane) * 4 + 2 * r + e;
+                    let mut before = 0.0f32;
+                    if v > 0 {
+                        before = tot[at];
+                    }
+                    tot[at] = before + part[e];
+                }
+                acc[j] = V2::<f32>::new(0.0f32);
+            }
+        }
+        if comptime!(norm) {
+            if warp == 0 {
+                red_ss[(i * warps + v) * 32 + lane] = ss[i];
+            }
+            ss[i] = 0.0f32;
+        }
+    }
+}
+
 /// One part of an mma product.
 pub(crate) struct MmaPart<R: CubeRuntime> {
     pub n: usize,
@@ -385,9 +433,11 @@ pub(crate) fn product<R: CubeRuntime>(
     let tt = token_tiles(m, spec.emulate);
     let span = if spec.group.is_some() { int4_span() } else { 1 };
     let warps = warps_for(units.div_ceil(span), tiles.iter().sum(), spec.emulate);
-    // x shared by a block's warps (int4 only): two channel tiles per warp, as the widest blocks here.
-    let share = if spec.group.is_some() { x_share(m, warps, tt, 2, spec.emulate) } else { 0 };
-    let ct = if share > 0 { 2 } else { channel_tiles(m, &spec, warps) };
+    // x shared by a block's warps: two channel tiles per warp for int4 (as its widest blocks here) and
+    // for gate|up, one for dense (four weight vectors per unit and tile already).
+    let shared_ct = if spec.group.is_some() || spec.swiglu { 2 } else { 1 };
+    let share = x_share(m, warps, tt, shared_ct, spec.emulate);
+    let ct = if share > 0 { shared_ct } else { channel_tiles(m, &spec, warps) };
     let sets = share.max(1);
     let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0].div_ceil(sets), 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct * sets)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
@@ -509,6 +559,7 @@ pub(crate) fn product<R: CubeRuntime>(
                     has_norm,
                     spec.half,
                     fused_rope,
+                    share,
                     dtype.into(),
                 )
             };

@@ -10,7 +10,7 @@
 
 use cubecl::prelude::*;
 
-use super::{b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, pair, shared_len, slab_products, total_len, V2, V8, W4};
+use super::{add_virtual_warp, b_regs, block_channels, epilogue, RopeOut, load_x, norm_slots, pair, shared_len, slab_products, total_len, V2, V8, W4};
 use crate::mma::{TILE_N, UNIT_K};
 
 /// Load the weight vectors (`wv[c * span + j]`) of units u0 .. u0 + span and the (scale, offset)
@@ -212,54 +212,6 @@ fn load_x_span<F: Float>(
     #[unroll]
     for j in 0usize..span {
         load_x::<F>(x, xv, gamma, ss, tok0, m, k, u0 + j, tt, comptime!(j * tt * 2), norm);
-    }
-}
-
-/// With x shared: add virtual warp `v`'s partial sums into this warp's running totals (`tot`, laid
-/// out as [`epilogue`] reads them) the way the epilogue adds a warp's (`0 + p_0`, then `+ p_v`), and
-/// put its sums of squares where the epilogue expects warp v's (the block's warps load the same x,
-/// so warp 0 writes them); then start the next virtual warp from zero.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn add_virtual_warp(
-    acc: &mut Array<V2<f32>>,
-    ss: &mut Array<f32>,
-    tot: &mut SharedMemory<f32>,
-    red_ss: &mut SharedMemory<f32>,
-    v: usize,
-    #[comptime] warps: usize,
-    #[comptime] ct: usize,
-    #[comptime] tt: usize,
-    #[comptime] norm: bool,
-) {
-    let lane = UNIT_POS_X as usize % 32usize;
-    let warp = UNIT_POS_X as usize / 32usize;
-    #[unroll]
-    for i in 0usize..tt {
-        #[unroll]
-        for c in 0usize..ct {
-            #[unroll]
-            for r in 0usize..2usize {
-                let j = (c * tt + i) * 2 + r;
-                let part = acc[j];
-                #[unroll]
-                for e in 0usize..2usize {
-                    let at = (((warp * tt + i) * ct + c) * 32 + lane) * 4 + 2 * r + e;
-                    let mut before = 0.0f32;
-                    if v > 0 {
-                        before = tot[at];
-                    }
-                    tot[at] = before + part[e];
-                }
-                acc[j] = V2::<f32>::new(0.0f32);
-            }
-        }
-        if comptime!(norm) {
-            if warp == 0 {
-                red_ss[(i * warps + v) * 32 + lane] = ss[i];
-            }
-            ss[i] = 0.0f32;
-        }
     }
 }
 

@@ -70,23 +70,24 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize 
     }
 }
 
-/// Warps per int4 block that share x (0: none, the block's warps split K instead). With x shared,
-/// each warp of a block owns its own channel tiles and walks the K split's `warps` virtual warps in
+/// Warps per block that share x (0: none, the block's warps split K instead). With x shared, each
+/// warp of a block owns its own channel tiles and walks the K split's `warps` virtual warps in
 /// order, adding each one's partial sums into a running total: the same float operations in the same
 /// order as `warps` real warps meeting in the epilogue, so the same bits, at any M. What changes is
 /// the traffic: a block reads x once per `share` channel-tile sets instead of once per set. Above 16
-/// tokens x is most of what the product reads from L2 (int4-matmul.md, session 18), and where the K
-/// split is short (`warps` <= 4: gate|up, whose N is large) a warp doing all of it still leaves the
-/// grid with as many warps as channel tiles.
+/// tokens x is most of what the product reads from L2 (int4-matmul.md, session 18: for a dense
+/// weight, 32 tokens of x are twice a channel tile's weight bytes), and where the K split is short
+/// (`warps` <= 4: gate|up and lm_head, whose N is large) a warp doing all of it still leaves the grid
+/// with as many warps as channel tiles.
 ///
 /// Off by default until it is timed on the H200 (written in a session without a GPU;
 /// `scripts/gpu/share.sh` is the measurement). `HIERSPEC_MMA_SHARE=8` turns it on with 8 warps per
 /// block, `HIERSPEC_MMA_SHARE_W` (default 4) sets the longest K split it takes, `HIERSPEC_MMA_SHARE_M`
-/// (default 17) the fewest tokens; tests force it with [`crate::mma::set_int4_share`]. Never under
+/// (default 17) the fewest tokens; tests force it with [`crate::mma::set_x_share`]. Never under
 /// emulation unless forced (lavapipe's compile time). At most what keeps the totals (128 f32 per
 /// warp, token tile and channel tile) in 32 KB of shared memory.
 pub(super) fn x_share(m: usize, warps: usize, tt: usize, ct: usize, emulate: bool) -> usize {
-    let share = match crate::mma::int4_share_forced() {
+    let share = match crate::mma::x_share_forced() {
         Some(forced) => forced,
         None if emulate => 0,
         None => {
