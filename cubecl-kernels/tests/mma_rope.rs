@@ -224,19 +224,17 @@ fn rope_in_the_epilogue_equals_the_two_launch_path() {
         let weights = qkv.weights(int4);
         let packed = qkv.packed(int4, Some(hd));
         let parts = qkv.parts(&weights, &packed);
-        {
-            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-            let pos = positions(&mut rng, m, &device);
-            let zeros = || Tensor::<B, 4>::zeros([1, 2, m + 2, hd], &device);
-            let (kf, vf) = (zeros(), zeros());
-            let rope = QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 2 };
-            let q_fused = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &rope, &kf, &vf).expect("fused");
-            let (mut kt, mut vt) = (zeros(), zeros());
-            let qkv_out = fused::normed_linear(x, &norm, &parts);
-            let q_two = fused::rope_qkv(qkv_out.unsqueeze(), pos, &cos, &sin, layout, &mut kt, &mut vt, 2);
-            assert_eq!(values(q_fused), values(q_two), "int4 {int4} m {m}: q");
-            assert_eq!(values(kf), values(kt), "int4 {int4} m {m}: k cache");
-            assert_eq!(values(vf), values(vt), "int4 {int4} m {m}: v cache");
-        }
+        let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let pos = positions(&mut rng, m, &device);
+        let zeros = || Tensor::<B, 4>::zeros([1, 2, m + 2, hd], &device);
+        let (kf, vf) = (zeros(), zeros());
+        let rope = QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 2 };
+        let q_fused = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &rope, &kf, &vf).expect("fused");
+        let (mut kt, mut vt) = (zeros(), zeros());
+        let qkv_out = fused::normed_linear(x, &norm, &parts);
+        let q_two = fused::rope_qkv(qkv_out.unsqueeze(), pos, &cos, &sin, layout, &mut kt, &mut vt, 2);
+        assert_eq!(values(q_fused), values(q_two), "int4 {int4} m {m}: q");
+        assert_eq!(values(kf), values(kt), "int4 {int4} m {m}: k cache");
+        assert_eq!(values(vf), values(vt), "int4 {int4} m {m}: v cache");
     }
 }

@@ -23,6 +23,13 @@ fn mode(device: &Device) -> TensorCores {
     mode
 }
 
+/// The same parts' weights as int4 or dense, with their tensor-core packings.
+fn int4_or_dense<'a>(int4_parts: bool, q: &'a [int4::Int4Weight<B>], dense: &[Tensor<B, 2>]) -> (Vec<fused::PartWeight<'a, B>>, Vec<MmaWeight<B>>) {
+    let weights = (0..q.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense[i].clone()) }).collect();
+    let packed = (0..q.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense[i]) }.expect("packed")).collect();
+    (weights, packed)
+}
+
 fn part<'a>(w: &'a fused::PartWeight<'a, B>, packed: &'a MmaWeight<B>, bias: Option<Tensor<B, 1>>) -> fused::Part<'a, B> {
     fused::Part { weight: w.clone(), perm: None, bias, mma: Some(packed) }
 }
@@ -67,10 +74,7 @@ fn mma_products_match_reference() {
         let dense_w: Vec<Tensor<B, 2>> = ns.iter().map(|&n| Tensor::random([k, n], Distribution::Normal(0.0, 0.1), &device)).collect();
         let biases: Vec<Option<Tensor<B, 1>>> = ns.iter().map(|&n| bias.then(|| Tensor::random([n], Distribution::Normal(0.0, 1.0), &device))).collect();
         for int4_parts in [true, false] {
-            let weights: Vec<fused::PartWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
-            let packed: Vec<MmaWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let (weights, packed) = int4_or_dense(int4_parts, &q, &dense_w);
             let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], biases[i].clone())).collect();
             for m in MS {
                 let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
@@ -198,7 +202,6 @@ fn shared_x_gives_the_same_bits() {
     let device = device();
     mode(&device);
     let mut rng = StdRng::seed_from_u64(29);
-    let (rows, run) = (bits, with_x_share);
     // M of three token blocks under emulation (one tile each), or one block of three tiles.
     let m = 17;
     for (k, ns, g) in [(704, vec![96, 33, 17], 32), (704, vec![96, 96], 64)] {
@@ -212,24 +215,21 @@ fn shared_x_gives_the_same_bits() {
         let n_out: usize = ns.iter().sum();
         let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
         for int4_parts in [true, false] {
-            let weights: Vec<fused::PartWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
-            let packed: Vec<MmaWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let (weights, packed) = int4_or_dense(int4_parts, &q, &dense_w);
             let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
             if ns.len() == 3 {
                 let r = Tensor::<B, 2>::random([m, n_out], Distribution::Normal(0.0, 1.0), &device);
-                let linear = || rows(fused::linear(x.clone(), &parts, fused::Input::Plain, Some(r.clone())));
-                assert_eq!(run(3, &linear), run(0, &linear), "linear int4 {int4_parts} k {k} ns {ns:?}");
+                let linear = || bits(fused::linear(x.clone(), &parts, fused::Input::Plain, Some(r.clone())));
+                assert_eq!(with_x_share(3, &linear), with_x_share(0, &linear), "linear int4 {int4_parts} k {k} ns {ns:?}");
                 if int4_parts {
                     // (Not every combination: each launch shape is a shader compile on lavapipe.)
-                    let normed = || rows(fused::normed_linear(x.clone(), &norm, &parts));
-                    assert_eq!(run(3, &normed), run(0, &normed), "normed linear k {k} ns {ns:?}");
+                    let normed = || bits(fused::normed_linear(x.clone(), &norm, &parts));
+                    assert_eq!(with_x_share(3, &normed), with_x_share(0, &normed), "normed linear k {k} ns {ns:?}");
                 }
             } else {
                 let r = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-                let mlp = || rows(fused::normed_swiglu_mlp(x.clone(), &norm, parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone()));
-                assert_eq!(run(3, &mlp), run(0, &mlp), "normed swiglu mlp int4 {int4_parts} k {k}");
+                let mlp = || bits(fused::normed_swiglu_mlp(x.clone(), &norm, parts[0].clone(), parts[1].clone(), down_part.clone(), r.clone()));
+                assert_eq!(with_x_share(3, &mlp), with_x_share(0, &mlp), "normed swiglu mlp int4 {int4_parts} k {k}");
             }
         }
     }
@@ -251,9 +251,9 @@ fn shared_x_gives_the_same_bits() {
         let (kc, vc) = (zeros(), zeros());
         let spec = fused::QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 3 };
         let q = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &spec, &kc, &vc).expect("fused");
-        [q.flatten::<2>(0, 2), kc.flatten::<2>(0, 2), vc.flatten::<2>(0, 2)].into_iter().flat_map(rows).collect::<Vec<f32>>()
+        [q.flatten::<2>(0, 2), kc.flatten::<2>(0, 2), vc.flatten::<2>(0, 2)].into_iter().flat_map(bits).collect::<Vec<f32>>()
     };
-    assert_eq!(run(3, &rope), run(0, &rope), "q|k|v with RoPE, m {m}");
+    assert_eq!(with_x_share(3, &rope), with_x_share(0, &rope), "q|k|v with RoPE, m {m}");
 }
 
 /// The shared-x layout over several token tiles per block (its running totals and the folded norm's
@@ -297,10 +297,7 @@ fn mma_normed_products_match_reference() {
         let down_w = fused::PartWeight::Int4(&down);
         let down_packed = MmaWeight::int4(&down).expect("packed");
         for int4_parts in [true, false] {
-            let weights: Vec<fused::PartWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { fused::PartWeight::Int4(&q[i]) } else { fused::PartWeight::Dense(dense_w[i].clone()) }).collect();
-            let packed: Vec<MmaWeight<B>> =
-                (0..ns.len()).map(|i| if int4_parts { MmaWeight::int4(&q[i]) } else { MmaWeight::dense(&dense_w[i]) }.expect("packed")).collect();
+            let (weights, packed) = int4_or_dense(int4_parts, &q, &dense_w);
             let parts: Vec<fused::Part<B>> = (0..ns.len()).map(|i| part(&weights[i], &packed[i], None)).collect();
             // Rows of different scales, so that the per-token 1 / rms matters.
             let x = Tensor::<B, 2>::random([128, k], Distribution::Normal(0.0, 1.0), &device)
