@@ -2,9 +2,9 @@
 //! load the target (and the draft / intermediate, and EAGLE heads) once, then run any method on any
 //! prompt with the same settings.
 
+use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use hierspec_model::eagle::{load_head, EagleConfig, EagleHead};
 use hierspec_model::loader::{self, LoadOptions, LoadedModel};
 use hierspec_model::nn::QuantSpec;
@@ -206,24 +206,24 @@ impl SamplingArgs {
 }
 
 /// Loaded models and heads; `run` decodes one prompt with one method.
-pub struct Engine<B: Backend> {
+pub struct Engine {
     pub args: EngineArgs,
-    pub target: LoadedModel<B>,
-    pub draft: Option<LoadedModel<B>>,
-    target_head: Option<(EagleHead<B>, EagleConfig)>,
-    draft_head: Option<(EagleHead<B>, EagleConfig)>,
+    pub target: LoadedModel,
+    pub draft: Option<LoadedModel>,
+    target_head: Option<(EagleHead, EagleConfig)>,
+    draft_head: Option<(EagleHead, EagleConfig)>,
 }
 
-impl<B: Backend> Engine<B> {
+impl Engine {
     /// Load what `methods` need.
-    pub fn load(args: EngineArgs, methods: &[Method], device: &B::Device) -> Result<Self> {
+    pub fn load(args: EngineArgs, methods: &[Method], device: &Device) -> Result<Self> {
         args.validate(methods)?;
         let uses = |m: Method| methods.contains(&m);
         let opts = |q: Quant| LoadOptions { max_context: args.max_context, quant: args.quant(q) };
-        let target = loader::load_with::<B>(&args.model, &opts(args.quant), device)?;
+        let target = loader::load_with(&args.model, &opts(args.quant), device)?;
         let draft = match &args.draft {
             Some(spec) if uses(Method::Sd) || uses(Method::Hier) => {
-                let d = loader::load_with::<B>(spec, &opts(args.draft_quant), device)?;
+                let d = loader::load_with(spec, &opts(args.draft_quant), device)?;
                 if d.tokenizer.vocab_size() != target.tokenizer.vocab_size() || d.config.vocab_size != target.config.vocab_size {
                     return Err(Error::Setting(format!(
                         "--draft {spec} has a different tokenizer or vocabulary ({} vs {})",
@@ -234,7 +234,7 @@ impl<B: Backend> Engine<B> {
             }
             _ => None,
         };
-        let head = |spec: &str, base: &LoadedModel<B>, base_spec: &str, quantized: bool| -> Result<(EagleHead<B>, EagleConfig)> {
+        let head = |spec: &str, base: &LoadedModel, base_spec: &str, quantized: bool| -> Result<(EagleHead, EagleConfig)> {
             if spec == "random" {
                 let cfg = EagleConfig::for_base(&base.config);
                 Ok((EagleHead::random(&cfg, base.context_len(), args.seed, device)?, cfg))

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use hierspec_model::{Error, Result};
 use hierspec_speculative::{GenerationStats, Sampler, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -175,7 +174,7 @@ pub struct RunSpec<'a> {
 }
 
 /// Run every method on every question; progress on stderr.
-pub fn run<B: Backend>(engine: &Engine<B>, questions: &[Question], spec: &RunSpec) -> Result<Vec<Record>> {
+pub fn run(engine: &Engine, questions: &[Question], spec: &RunSpec) -> Result<Vec<Record>> {
     let tok = &engine.target.tokenizer;
     let template = tok.chat_template.as_ref().ok_or_else(|| Error::Setting("the target has no chat template".into()))?;
     let stop = tok.eos_ids.clone();
@@ -432,14 +431,13 @@ mod tests {
             #[command(flatten)]
             engine: crate::engine::EngineArgs,
         }
-        type B = burn::backend::Flex;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/spec_bench/question.jsonl");
         let cats = ["coding".to_string(), "summarization".to_string()];
         let questions = read_questions(&root, Some(1), &cats).unwrap();
         assert_eq!(questions.len(), 2);
         let methods = [Method::Ar, Method::Sd];
         let args = Cli::parse_from(["t", "--model", "smollm2-135m", "--draft", "smollm2-135m", "--max-context", "2048"]).engine;
-        let engine = Engine::<B>::load(args, &methods, &Default::default()).unwrap();
+        let engine = Engine::load(args, &methods, &burn::tensor::Device::flex()).unwrap();
         let spec = RunSpec { methods: &methods, max_new: 6, turns: 1, params: SamplingParams::default(), warmup_tokens: 2, answers_dir: None, model_id: "smollm2-135m" };
         let records = run(&engine, &questions, &spec).unwrap();
         assert_eq!(records.len(), 4, "2 questions x 2 methods, turn 1");

@@ -3,10 +3,17 @@
 //! a draft tree for tree verification). GQA without repeating K/V: the query heads sharing a KV head
 //! read the same rows.
 
+use burn::tensor::Device;
+
+use crate::start::CacheStart;
+
+/// Keys per attention segment on cubecl devices: the kernel's grid has one cube per (row, head,
+/// segment), so its launch shape changes where a forward's keys cross a multiple of this.
+pub const SEGMENT: usize = 512;
 use std::cell::OnceCell;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::dense::matmul;
 
@@ -18,7 +25,7 @@ pub const MASKED: f32 = -1.0e30;
 /// cache) follow a bit mask. Packed 32 per word on the host; on the device, each row's visible masked
 /// columns as a list, for the kernel (see `visible`); and the additive-bias form the reference path
 /// uses (built on first use).
-pub struct AttnMask<B: Backend> {
+pub struct AttnMask {
     pub prefix: usize,
     /// New (query) rows.
     pub n: usize,
@@ -30,18 +37,18 @@ pub struct AttnMask<B: Backend> {
     /// columns in increasing order. The kernel walks a row's keys as one logical sequence (the prefix,
     /// then these), so a tree node's attention sums its visible keys in the same chunks and slots as
     /// a single-row step over the accepted path would: greedy verification stays exact in bf16.
-    pub visible: Tensor<B, 2, Int>,
-    bias: OnceCell<Tensor<B, 2>>,
+    pub visible: Tensor<2, Int>,
+    bias: OnceCell<Tensor<2>>,
 }
 
-impl<B: Backend> AttnMask<B> {
+impl AttnMask {
     /// `allowed[i * n + j]`: new row i may see new row j; every cached row is visible.
-    pub fn from_new_rows(cache_len: usize, n: usize, allowed: &[bool], device: &B::Device) -> Self {
+    pub fn from_new_rows(cache_len: usize, n: usize, allowed: &[bool], device: &Device) -> Self {
         Self::new(cache_len, n, n, allowed, device)
     }
 
     /// `allowed[i * cols + j]`: new row i may see key row `prefix + j`.
-    pub fn new(prefix: usize, n: usize, cols: usize, allowed: &[bool], device: &B::Device) -> Self {
+    pub fn new(prefix: usize, n: usize, cols: usize, allowed: &[bool], device: &Device) -> Self {
         assert_eq!(allowed.len(), n * cols, "mask must be n x cols");
         let wpr = cols.div_ceil(32);
         let mut words = vec![0u32; n * wpr];
@@ -65,14 +72,14 @@ impl<B: Backend> AttnMask<B> {
         Self { prefix, n, cols, words, visible, bias: OnceCell::new() }
     }
 
-    pub fn causal(cache_len: usize, n: usize, device: &B::Device) -> Self {
+    pub fn causal(cache_len: usize, n: usize, device: &Device) -> Self {
         let allowed: Vec<bool> = (0..n * n).map(|k| k % n <= k / n).collect();
         Self::from_new_rows(cache_len, n, &allowed, device)
     }
 
     /// The causal mask a forward over `n > 1` new rows needs when its caller gave none (`None` for a
     /// single row, which sees every key). Use as `mask.or(causal.as_ref())`.
-    pub fn causal_unless_given(given: Option<&AttnMask<B>>, cache_len: usize, n: usize, device: &B::Device) -> Option<Self> {
+    pub fn causal_unless_given(given: Option<&AttnMask>, cache_len: usize, n: usize, device: &Device) -> Option<Self> {
         (given.is_none() && n > 1).then(|| Self::causal(cache_len, n, device))
     }
 
@@ -82,14 +89,14 @@ impl<B: Backend> AttnMask<B> {
     }
 
     /// [n, prefix + cols] additive f32 bias: 0 where visible, [`MASKED`] where not.
-    pub fn bias(&self) -> Tensor<B, 2> {
+    pub fn bias(&self) -> Tensor<2> {
         self.bias
             .get_or_init(|| {
                 let (n, cols) = (self.n, self.cols);
                 let masked: Vec<f32> =
                     (0..n * cols).map(|k| if self.allows(k / cols, k % cols) { 0.0 } else { MASKED }).collect();
                 let device = self.visible.device();
-                let masked = Tensor::<B, 2>::from_data(TensorData::new(masked, [n, cols]), (&device, DType::F32));
+                let masked = Tensor::<2>::from_data(TensorData::new(masked, [n, cols]), (&device, DType::F32));
                 if self.prefix == 0 {
                     masked
                 } else {
@@ -103,46 +110,51 @@ impl<B: Backend> AttnMask<B> {
 /// q: [b, heads, n, hd]; k, v: [b, kv_heads, t, hd]: the cache rows so far and the new rows, already
 /// written (t = mask.prefix + mask.cols). `mask: None` only for n = 1, which then sees all t rows.
 /// Returns [b, heads, n, hd].
-pub fn attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<&AttnMask<B>>,
-) -> Tensor<B, 4> {
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&AttnMask>,
+) -> Tensor<4> {
     #[cfg(feature = "cube")]
-    if let Some(out) = crate::cube::attention(&q, &k, &v, k.dims()[2], mask) {
-        return out.swap_dims(1, 2);
+    {
+        let start = CacheStart::new(k.dims()[2] - q.dims()[2], &q.device());
+        if let Some(out) = crate::cube::attention(&q, &k, &v, &start, mask) {
+            return out.swap_dims(1, 2);
+        }
     }
     reference(q, k, v, mask)
 }
 
-/// As [`attention`] over the first `keys` rows of the cache buffers k_cache, v_cache
-/// ([b, kv_heads, capacity, hd]), in o_proj's input layout [b, n, heads * hd]. The kernel reads the
-/// buffers in place and writes that layout directly: no slice or transpose copies.
-pub fn attention_rows<B: Backend>(
-    q: Tensor<B, 4>,
-    k_cache: &Tensor<B, 4>,
-    v_cache: &Tensor<B, 4>,
-    keys: usize,
-    mask: Option<&AttnMask<B>>,
-) -> Tensor<B, 3> {
+/// As [`attention`] over the first `start.rows + n` rows of the cache buffers k_cache, v_cache
+/// ([b, kv_heads, capacity, hd]: the rows before the new ones, then the n new rows already written),
+/// in o_proj's input layout [b, n, heads * hd]. The kernel reads the buffers in place and writes
+/// that layout directly: no slice or transpose copies.
+pub fn attention_rows(
+    q: Tensor<4>,
+    k_cache: &Tensor<4>,
+    v_cache: &Tensor<4>,
+    start: &CacheStart,
+    mask: Option<&AttnMask>,
+) -> Tensor<3> {
     let [b, nh, n, hd] = q.dims();
+    let keys = start.rows + n;
     #[cfg(feature = "cube")]
-    if let Some(out) = crate::cube::attention(&q, k_cache, v_cache, keys, mask) {
+    if let Some(out) = crate::cube::attention(&q, k_cache, v_cache, start, mask) {
         return out.reshape([b, n, nh * hd]);
     }
     let [_, nkv, _, _] = k_cache.dims();
-    let rows = |c: &Tensor<B, 4>| c.clone().slice([0..b, 0..nkv, 0..keys, 0..hd]);
+    let rows = |c: &Tensor<4>| c.clone().slice([0..b, 0..nkv, 0..keys, 0..hd]);
     reference(q, rows(k_cache), rows(v_cache), mask).swap_dims(1, 2).reshape([b, n, nh * hd])
 }
 
 /// Plain tensors: scores in f32, additive mask, softmax, weighted sum.
-pub fn reference<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<&AttnMask<B>>,
-) -> Tensor<B, 4> {
+pub fn reference(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&AttnMask>,
+) -> Tensor<4> {
     let [b, nh, n, hd] = q.dims();
     let [_, nkv, t, _] = k.dims();
     assert!(mask.is_some() || n == 1, "attention over {n} new rows needs a mask");
@@ -164,13 +176,12 @@ pub fn reference<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
 
     #[test]
     fn mask_bits_round_trip_past_one_word() {
         let n = 45;
         let allowed: Vec<bool> = (0..n * n).map(|k| (k * 7 + k / n) % 3 == 0).collect();
-        let m = AttnMask::<Flex>::from_new_rows(5, n, &allowed, &Default::default());
+        let m = AttnMask::from_new_rows(5, n, &allowed, &Device::flex());
         for i in 0..n {
             for j in 0..n {
                 assert_eq!(m.allows(i, j), allowed[i * n + j]);

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{DType, Tensor};
 
 static SPLIT_F32: AtomicBool = AtomicBool::new(false);
 
@@ -27,11 +27,11 @@ pub fn split_f32() -> bool {
 }
 
 /// burn's batched matmul, exact in f32 when [`set_split_f32`] is on.
-pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     if a.dtype() != DType::F32 || !split_f32() {
         return a.matmul(b);
     }
-    let split = |x: Tensor<B, D>| {
+    let split = |x: Tensor<D>| {
         let hi = x.clone().cast(DType::BF16).cast(DType::F32);
         (hi.clone(), x - hi)
     };
@@ -43,7 +43,7 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 }
 
 /// `x[M, K] W[K, N]` with f32 accumulation; the kernel for M <= [`SMALL_M_MAX`] on cubecl runtimes.
-pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX {
         if let Some(y) = crate::cube::dense_matmul(&x, &w) {
@@ -54,21 +54,21 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// The plain-tensor product the kernel is checked against.
-pub fn reference_linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn reference_linear(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     matmul(x, w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::tensor::Device;
     use burn::tensor::Distribution;
 
     #[test]
     fn split_product_equals_plain_product_on_an_exact_backend() {
-        let device = Default::default();
-        let a = Tensor::<Flex, 2>::random([7, 33], Distribution::Normal(0.0, 1.0), &device);
-        let b = Tensor::<Flex, 2>::random([33, 5], Distribution::Normal(0.0, 1.0), &device);
+        let device = Device::flex();
+        let a = Tensor::<2>::random([7, 33], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([33, 5], Distribution::Normal(0.0, 1.0), &device);
         let plain: Vec<f32> = a.clone().matmul(b.clone()).into_data().iter::<f32>().collect();
         set_split_f32(true);
         let split: Vec<f32> = matmul(a, b).into_data().iter::<f32>().collect();

@@ -15,39 +15,40 @@
 //!   launch (was four: a select and a slice_assign each).
 
 use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::dense;
 #[cfg(feature = "cube")]
 use crate::dense::SMALL_M_MAX;
 use crate::int4::{self, Int4Weight};
 use crate::mma::MmaWeight;
+use crate::start::CacheStart;
 
 /// An RMSNorm a product applies to its input first: `rms_norm(x, weight, eps)` ([`rms_norm`]).
 #[derive(Clone)]
-pub struct PreNorm<B: Backend> {
+pub struct PreNorm {
     /// [k]
-    pub weight: Tensor<B, 1>,
+    pub weight: Tensor<1>,
     pub eps: f64,
 }
 
 /// One layer's weight in a fused product.
 #[derive(Clone)]
-pub enum PartWeight<'a, B: Backend> {
+pub enum PartWeight<'a> {
     /// [k, n]
-    Dense(Tensor<B, 2>),
-    Int4(&'a Int4Weight<B>),
+    Dense(Tensor<2>),
+    Int4(&'a Int4Weight),
 }
 
 /// One layer of a fused product: weight, optional act-order permutation of the input columns
 /// (GPTQ `g_idx`: the layer computes `x[:, perm] W`), optional bias [n], and the weight's
 /// tensor-core copy where one was packed at load ([`MmaWeight`]).
 #[derive(Clone)]
-pub struct Part<'a, B: Backend> {
-    pub weight: PartWeight<'a, B>,
-    pub perm: Option<Tensor<B, 1, Int>>,
-    pub bias: Option<Tensor<B, 1>>,
-    pub mma: Option<&'a MmaWeight<B>>,
+pub struct Part<'a> {
+    pub weight: PartWeight<'a>,
+    pub perm: Option<Tensor<1, Int>>,
+    pub bias: Option<Tensor<1>>,
+    pub mma: Option<&'a MmaWeight>,
 }
 
 /// What the product reads as its input.
@@ -59,7 +60,7 @@ pub enum Input {
     SwiGlu,
 }
 
-impl<B: Backend> Part<'_, B> {
+impl Part<'_> {
     pub fn k(&self) -> usize {
         match &self.weight {
             PartWeight::Dense(w) => w.dims()[0],
@@ -75,21 +76,21 @@ impl<B: Backend> Part<'_, B> {
     }
 
     /// `x W + b` through the single-product kernels (or their references off cubecl runtimes).
-    pub fn product(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn product(&self, x: Tensor<2>) -> Tensor<2> {
         self.apply(x, dense::linear, int4::matmul)
     }
 
     /// `x W + b` through the plain-tensor references.
-    pub fn reference_product(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn reference_product(&self, x: Tensor<2>) -> Tensor<2> {
         self.apply(x, dense::reference_linear, int4::reference_matmul)
     }
 
     fn apply(
         &self,
-        x: Tensor<B, 2>,
-        dense: fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
-        int4: fn(Tensor<B, 2>, &Int4Weight<B>) -> Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
+        x: Tensor<2>,
+        dense: fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+        int4: fn(Tensor<2>, &Int4Weight) -> Tensor<2>,
+    ) -> Tensor<2> {
         let x = match &self.perm {
             Some(p) => x.select(1, p.clone()),
             None => x,
@@ -106,7 +107,7 @@ impl<B: Backend> Part<'_, B> {
 }
 
 /// silu(gate) * up for gu [m, 2k] = gate | up.
-pub fn swiglu<B: Backend>(gu: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn swiglu(gu: Tensor<2>) -> Tensor<2> {
     let [m, k2] = gu.dims();
     let k = k2 / 2;
     silu(gu.clone().slice([0..m, 0..k])) * gu.slice([0..m, k..k2])
@@ -116,7 +117,7 @@ pub fn swiglu<B: Backend>(gu: Tensor<B, 2>) -> Tensor<B, 2> {
 /// One launch on cubecl runtimes for M <= [`SMALL_M_MAX`] when the parts are of one kind (dense, or
 /// int4 of one group size and symmetry), without act-order, all with a bias or none: the tensor-core
 /// kernel where the parts were packed for it, else the scalar one; otherwise the parts' own products.
-pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+pub fn linear(x: Tensor<2>, parts: &[Part], input: Input, residual: Option<Tensor<2>>) -> Tensor<2> {
     check(&x, parts, input, residual.as_ref());
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX {
@@ -134,13 +135,13 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, resi
 
 /// `residual + down(silu(gate(x)) * up(x))`, the SwiGLU MLP in two launches on cubecl runtimes: the
 /// tensor-core gate|up writes silu(gate) * up itself; the scalar down_proj stages it from gate|up.
-pub fn swiglu_mlp<B: Backend>(x: Tensor<B, 2>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn swiglu_mlp(x: Tensor<2>, gate: Part, up: Part, down: Part, residual: Tensor<2>) -> Tensor<2> {
     mlp(x, None, gate, up, down, residual)
 }
 
 /// [`swiglu_mlp`] of `rms_norm(x)`: on tensor cores the norm happens inside gate|up (two launches
 /// for norm and MLP), elsewhere it is its own launch first.
-pub fn normed_swiglu_mlp<B: Backend>(x: Tensor<B, 2>, norm: &PreNorm<B>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn normed_swiglu_mlp(x: Tensor<2>, norm: &PreNorm, gate: Part, up: Part, down: Part, residual: Tensor<2>) -> Tensor<2> {
     mlp(x, Some(norm), gate, up, down, residual)
 }
 
@@ -152,7 +153,7 @@ fn fold_norm() -> bool {
     *FOLD.get_or_init(|| std::env::var("HIERSPEC_FOLD_NORM").map_or(true, |v| v != "0"))
 }
 
-fn mlp<B: Backend>(x: Tensor<B, 2>, norm: Option<&PreNorm<B>>, gate: Part<B>, up: Part<B>, down: Part<B>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
+fn mlp(x: Tensor<2>, norm: Option<&PreNorm>, gate: Part, up: Part, down: Part, residual: Tensor<2>) -> Tensor<2> {
     let gate_up = [gate, up];
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX && (norm.is_none() || fold_norm()) {
@@ -173,7 +174,7 @@ fn mlp<B: Backend>(x: Tensor<B, 2>, norm: Option<&PreNorm<B>>, gate: Part<B>, up
 
 /// `rms_norm(x) [W0 | W1 | ...] + [b0 | b1 | ...]` (q|k|v of a decoder layer): one launch where the
 /// tensor-core product takes it, else the norm's launch and then [`linear`]'s.
-pub fn normed_linear<B: Backend>(x: Tensor<B, 2>, norm: &PreNorm<B>, parts: &[Part<B>]) -> Tensor<B, 2> {
+pub fn normed_linear(x: Tensor<2>, norm: &PreNorm, parts: &[Part]) -> Tensor<2> {
     check(&x, parts, Input::Plain, None);
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX && fold_norm() {
@@ -185,12 +186,12 @@ pub fn normed_linear<B: Backend>(x: Tensor<B, 2>, norm: &PreNorm<B>, parts: &[Pa
 }
 
 /// The plain-tensor composition [`linear`] is checked against.
-pub fn reference_linear<B: Backend>(x: Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+pub fn reference_linear(x: Tensor<2>, parts: &[Part], input: Input, residual: Option<Tensor<2>>) -> Tensor<2> {
     check(&x, parts, input, residual.as_ref());
     compose(x, parts, input, residual, |p, x| p.reference_product(x))
 }
 
-fn check<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual: Option<&Tensor<B, 2>>) {
+fn check(x: &Tensor<2>, parts: &[Part], input: Input, residual: Option<&Tensor<2>>) {
     assert!(!parts.is_empty(), "fused linear: no parts");
     let k = parts[0].k();
     assert!(parts.iter().all(|p| p.k() == k), "fused linear: parts read inputs of different widths");
@@ -202,18 +203,18 @@ fn check<B: Backend>(x: &Tensor<B, 2>, parts: &[Part<B>], input: Input, residual
     }
 }
 
-fn compose<'a, B: Backend>(
-    x: Tensor<B, 2>,
-    parts: &[Part<'a, B>],
+fn compose<'a>(
+    x: Tensor<2>,
+    parts: &[Part<'a>],
     input: Input,
-    residual: Option<Tensor<B, 2>>,
-    product: impl Fn(&Part<'a, B>, Tensor<B, 2>) -> Tensor<B, 2>,
-) -> Tensor<B, 2> {
+    residual: Option<Tensor<2>>,
+    product: impl Fn(&Part<'a>, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
     let x = match input {
         Input::Plain => x,
         Input::SwiGlu => swiglu(x),
     };
-    let mut ys: Vec<Tensor<B, 2>> = parts.iter().map(|p| product(p, x.clone())).collect();
+    let mut ys: Vec<Tensor<2>> = parts.iter().map(|p| product(p, x.clone())).collect();
     let y = if ys.len() == 1 { ys.pop().expect("one part") } else { Tensor::cat(ys, 1) };
     match residual {
         Some(r) => y + r,
@@ -222,7 +223,7 @@ fn compose<'a, B: Backend>(
 }
 
 /// RMSNorm of the rows of x [m, h] with weight [h]; the statistic in f32 whatever x's dtype.
-pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+pub fn rms_norm(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
     #[cfg(feature = "cube")]
     if let Some(y) = crate::cube::rms_norm(&x, &weight, eps) {
         return y;
@@ -230,7 +231,7 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> 
     reference_rms_norm(x, weight, eps)
 }
 
-pub fn reference_rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+pub fn reference_rms_norm(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
     let dtype = x.dtype();
     let x32 = x.cast(DType::F32);
     let rms = (x32.clone().powi_scalar(2).mean_dim(1) + eps).sqrt();
@@ -239,7 +240,7 @@ pub fn reference_rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps
 
 /// Half-split (NeoX / HF) RoPE of x [b, heads, n, hd] at `positions` [n], from tables
 /// cos, sin [max_positions, hd / 2].
-pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, positions: Tensor<B, 1, Int>) -> Tensor<B, 4> {
+pub fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>, positions: Tensor<1, Int>) -> Tensor<4> {
     let [b, h, n, d] = x.dims();
     let half = d / 2;
     let cos = cos.clone().select(0, positions.clone()).reshape([1, 1, n, half]);
@@ -261,34 +262,34 @@ pub struct QkvLayout {
 /// the caches ([b, kv_heads, capacity, hd]) at rows [start, start + n). Returns q [b, heads, n, hd].
 /// The caller checks positions < max_positions and start + n <= capacity.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_qkv<B: Backend>(
-    qkv: Tensor<B, 3>,
-    positions: Tensor<B, 1, Int>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
+pub fn rope_qkv(
+    qkv: Tensor<3>,
+    positions: Tensor<1, Int>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
     layout: QkvLayout,
-    k_cache: &mut Tensor<B, 4>,
-    v_cache: &mut Tensor<B, 4>,
-    start: usize,
-) -> Tensor<B, 4> {
+    k_cache: &mut Tensor<4>,
+    v_cache: &mut Tensor<4>,
+    start: &CacheStart,
+) -> Tensor<4> {
     #[cfg(feature = "cube")]
     if let Some(q) = crate::cube::rope_qkv(&qkv, &positions, cos, sin, layout, k_cache, v_cache, start) {
         return q;
     }
-    reference_rope_qkv(qkv, positions, cos, sin, layout, k_cache, v_cache, start)
+    reference_rope_qkv(qkv, positions, cos, sin, layout, k_cache, v_cache, start.rows)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn reference_rope_qkv<B: Backend>(
-    qkv: Tensor<B, 3>,
-    positions: Tensor<B, 1, Int>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
+pub fn reference_rope_qkv(
+    qkv: Tensor<3>,
+    positions: Tensor<1, Int>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
     QkvLayout { heads, kv_heads, head_dim: hd }: QkvLayout,
-    k_cache: &mut Tensor<B, 4>,
-    v_cache: &mut Tensor<B, 4>,
+    k_cache: &mut Tensor<4>,
+    v_cache: &mut Tensor<4>,
     start: usize,
-) -> Tensor<B, 4> {
+) -> Tensor<4> {
     let [b, n, _] = qkv.dims();
     let take = |from: usize, h: usize| qkv.clone().slice([0..b, 0..n, from * hd..(from + h) * hd]).reshape([b, n, h, hd]).swap_dims(1, 2);
     let q = rope(take(0, heads), cos, sin, positions.clone());
@@ -301,15 +302,15 @@ pub fn reference_rope_qkv<B: Backend>(
 }
 
 /// Where the RoPE of a q|k|v product's new rows happens ([`qkv_rope`]).
-pub struct QkvRope<'a, B: Backend> {
+pub struct QkvRope<'a> {
     /// [n] i32: each new row's position.
-    pub positions: Tensor<B, 1, Int>,
+    pub positions: Tensor<1, Int>,
     /// [max_positions, hd / 2]
-    pub cos: &'a Tensor<B, 2>,
-    pub sin: &'a Tensor<B, 2>,
+    pub cos: &'a Tensor<2>,
+    pub sin: &'a Tensor<2>,
     pub layout: QkvLayout,
     /// The first cache row the new rows' k and v go to.
-    pub start: usize,
+    pub start: &'a CacheStart,
 }
 
 /// `rope_qkv((rms_norm(x) or x) [Wq | Wk | Wv] + b)` for x [b, n, d]: q [b, heads, n, hd], k and v
@@ -318,14 +319,14 @@ pub struct QkvRope<'a, B: Backend> {
 /// rotation and the cache write happen in the product's epilogue: one launch instead of two.
 /// Elsewhere it is [`normed_linear`] or [`linear`], then [`rope_qkv`]. The caller checks positions
 /// < max_positions and start + n <= capacity.
-pub fn qkv_rope<B: Backend>(
-    x: Tensor<B, 3>,
-    norm: Option<&PreNorm<B>>,
-    parts: &[Part<B>],
-    rope: QkvRope<B>,
-    k_cache: &mut Tensor<B, 4>,
-    v_cache: &mut Tensor<B, 4>,
-) -> Tensor<B, 4> {
+pub fn qkv_rope(
+    x: Tensor<3>,
+    norm: Option<&PreNorm>,
+    parts: &[Part],
+    rope: QkvRope,
+    k_cache: &mut Tensor<4>,
+    v_cache: &mut Tensor<4>,
+) -> Tensor<4> {
     let [b, n, d] = x.dims();
     let x = x.reshape([b * n, d]);
     check(&x, parts, Input::Plain, None);
@@ -344,14 +345,14 @@ pub fn qkv_rope<B: Backend>(
 
 /// [`qkv_rope`]'s one-launch form for x [n, d] of one sequence, where it runs (tensor cores, q and k
 /// in RoPE pair order, n <= [`crate::dense::SMALL_M_MAX`], operands of one dtype), else `None`.
-pub fn qkv_rope_in_epilogue<B: Backend>(
-    x: &Tensor<B, 2>,
-    norm: Option<&PreNorm<B>>,
-    parts: &[Part<B>],
-    rope: &QkvRope<B>,
-    k_cache: &Tensor<B, 4>,
-    v_cache: &Tensor<B, 4>,
-) -> Option<Tensor<B, 4>> {
+pub fn qkv_rope_in_epilogue(
+    x: &Tensor<2>,
+    norm: Option<&PreNorm>,
+    parts: &[Part],
+    rope: &QkvRope,
+    k_cache: &Tensor<4>,
+    v_cache: &Tensor<4>,
+) -> Option<Tensor<4>> {
     #[cfg(feature = "cube")]
     if x.dims()[0] <= SMALL_M_MAX && (norm.is_none() || fold_norm()) {
         return crate::cube::mma_qkv_rope(x, parts, norm, rope, (k_cache, v_cache));
@@ -363,14 +364,14 @@ pub fn qkv_rope_in_epilogue<B: Backend>(
 /// The plain-tensor composition [`qkv_rope`] is checked against. The product's output is rounded to
 /// the activation dtype, as the q|k|v output is; the rotation is then done in f32 and rounded once,
 /// as every RoPE kernel does (in bf16 tensor ops each product and sum would round on its own).
-pub fn reference_qkv_rope<B: Backend>(
-    x: Tensor<B, 3>,
-    norm: Option<&PreNorm<B>>,
-    parts: &[Part<B>],
-    rope: QkvRope<B>,
-    k_cache: &mut Tensor<B, 4>,
-    v_cache: &mut Tensor<B, 4>,
-) -> Tensor<B, 4> {
+pub fn reference_qkv_rope(
+    x: Tensor<3>,
+    norm: Option<&PreNorm>,
+    parts: &[Part],
+    rope: QkvRope,
+    k_cache: &mut Tensor<4>,
+    v_cache: &mut Tensor<4>,
+) -> Tensor<4> {
     let [b, n, d] = x.dims();
     let mut x = x.reshape([b * n, d]);
     if let Some(norm) = norm {
@@ -378,9 +379,9 @@ pub fn reference_qkv_rope<B: Backend>(
     }
     let qkv = reference_linear(x, parts, Input::Plain, None);
     let (dtype, width) = (qkv.dtype(), qkv.dims()[1]);
-    let f32 = |t: &Tensor<B, 2>| t.clone().cast(DType::F32);
+    let f32 = |t: &Tensor<2>| t.clone().cast(DType::F32);
     let (mut k32, mut v32) = (k_cache.clone().cast(DType::F32), v_cache.clone().cast(DType::F32));
-    let q = reference_rope_qkv(qkv.cast(DType::F32).reshape([b, n, width]), rope.positions, &f32(rope.cos), &f32(rope.sin), rope.layout, &mut k32, &mut v32, rope.start);
+    let q = reference_rope_qkv(qkv.cast(DType::F32).reshape([b, n, width]), rope.positions, &f32(rope.cos), &f32(rope.sin), rope.layout, &mut k32, &mut v32, rope.start.rows);
     *k_cache = k32.cast(dtype);
     *v_cache = v32.cast(dtype);
     q.cast(dtype)
@@ -396,7 +397,7 @@ fn fuse_rope() -> bool {
 /// Move cache rows `rows` (ascending, `rows[i] >= start + i`, within the cache) to rows
 /// [start, start + n) of k and v ([b, kv_heads, capacity, hd]), in every head: the compaction of one
 /// layer after a tree verification keeps the accepted path. One launch on cubecl runtimes.
-pub fn keep_rows<B: Backend>(k: &mut Tensor<B, 4>, v: &mut Tensor<B, 4>, start: usize, rows: &Tensor<B, 1, Int>) {
+pub fn keep_rows(k: &mut Tensor<4>, v: &mut Tensor<4>, start: usize, rows: &Tensor<1, Int>) {
     #[cfg(feature = "cube")]
     if crate::cube::keep_rows(k, v, rows, start) {
         return;
@@ -404,7 +405,7 @@ pub fn keep_rows<B: Backend>(k: &mut Tensor<B, 4>, v: &mut Tensor<B, 4>, start: 
     reference_keep_rows(k, v, start, rows)
 }
 
-pub fn reference_keep_rows<B: Backend>(k: &mut Tensor<B, 4>, v: &mut Tensor<B, 4>, start: usize, rows: &Tensor<B, 1, Int>) {
+pub fn reference_keep_rows(k: &mut Tensor<4>, v: &mut Tensor<4>, start: usize, rows: &Tensor<1, Int>) {
     let n = rows.dims()[0];
     let [b, h, _, d] = k.dims();
     let dst = [0..b, 0..h, start..start + n, 0..d];

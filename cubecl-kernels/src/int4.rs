@@ -9,8 +9,9 @@
 //! - Dequantized weight: `q * scale + offset` (asymmetric: offset = -zero * scale for GPTQ, the block
 //!   minimum for GGUF Q4_1/Q4_K), or `(q - 8) * scale` (symmetric).
 
+use burn::tensor::Device;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{backend::Backend, DType, Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 
 use crate::dense;
 use crate::Invalid;
@@ -21,13 +22,13 @@ pub const PACK: usize = 8;
 pub const SYM_ZERO: f32 = 8.0;
 
 #[derive(Module, Debug)]
-pub struct Int4Weight<B: Backend> {
+pub struct Int4Weight {
     /// [ceil(k / 8), n] words (bit patterns held in the backend's int type).
-    pub qweight: Param<Tensor<B, 2, Int>>,
+    pub qweight: Param<Tensor<2, Int>>,
     /// [k / group, n]
-    pub scales: Param<Tensor<B, 2>>,
+    pub scales: Param<Tensor<2>>,
     /// [k / group, n]; `None` for the symmetric format.
-    pub offsets: Option<Param<Tensor<B, 2>>>,
+    pub offsets: Option<Param<Tensor<2>>>,
     pub k: usize,
     pub n: usize,
     pub group: usize,
@@ -47,14 +48,14 @@ pub fn check_dims(k: usize, n: usize, group: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-impl<B: Backend> Int4Weight<B> {
+impl Int4Weight {
     /// Upload host data in the engine layout, checking every length against (k, n, group).
     pub fn from_host(
         words: &[u32],
         scales: &[f32],
         offsets: Option<&[f32]>,
         (k, n, group): (usize, usize, usize),
-        device: &B::Device,
+        device: &Device,
     ) -> Result<Self, Invalid> {
         check_dims(k, n, group)?;
         let (kw, groups) = (k.div_ceil(PACK), k / group);
@@ -73,7 +74,7 @@ impl<B: Backend> Int4Weight<B> {
         let words: Vec<i32> = words.iter().map(|&w| w as i32).collect();
         let float = |v: &[f32]| Param::from_tensor(Tensor::from_data(TensorData::new(v.to_vec(), [groups, n]), device));
         Ok(Self {
-            qweight: Param::initialized(ParamId::new(), Tensor::<B, 2, Int>::from_data(TensorData::new(words, [kw, n]), device)),
+            qweight: Param::initialized(ParamId::new(), Tensor::<2, Int>::from_data(TensorData::new(words, [kw, n]), device)),
             scales: float(scales),
             offsets: offsets.map(float),
             k,
@@ -83,11 +84,11 @@ impl<B: Backend> Int4Weight<B> {
     }
 
     /// Random words and scales made on the device (speed runs at real shapes need no files).
-    pub fn random(k: usize, n: usize, group: usize, asymmetric: bool, device: &B::Device) -> Result<Self, Invalid> {
+    pub fn random(k: usize, n: usize, group: usize, asymmetric: bool, device: &Device) -> Result<Self, Invalid> {
         check_dims(k, n, group)?;
         let kw = k.div_ceil(PACK);
-        let half = || Tensor::<B, 2, Int>::random([kw, n], Distribution::Uniform(0.0, 65536.0), device);
-        let words = half().bitwise_left_shift_scalar(16.elem()).bitwise_or(half());
+        let half = || Tensor::<2, Int>::random([kw, n], Distribution::Uniform(0.0, 65536.0), device);
+        let words = half().bitwise_left_shift_scalar(16).bitwise_or(half());
         let float = || Param::from_tensor(Tensor::random([k / group, n], Distribution::Uniform(0.001, 0.01), device));
         Ok(Self {
             qweight: Param::initialized(ParamId::new(), words),
@@ -111,15 +112,15 @@ impl<B: Backend> Int4Weight<B> {
     }
 
     /// The dense f32 weight [k, n] this stands for (the reference path).
-    pub fn dequantize(&self) -> Tensor<B, 2> {
+    pub fn dequantize(&self) -> Tensor<2> {
         let (k, n, g) = (self.k, self.n, self.group);
         let words = self.qweight.val();
         let kw = words.dims()[0];
-        let nibbles: Vec<Tensor<B, 2, Int>> = (0..PACK)
-            .map(|j| words.clone().bitwise_right_shift_scalar(((4 * j) as i32).elem()).bitwise_and_scalar(15.elem()))
+        let nibbles: Vec<Tensor<2, Int>> = (0..PACK)
+            .map(|j| words.clone().bitwise_right_shift_scalar((4 * j) as i32).bitwise_and_scalar(15))
             .collect();
         let q = Tensor::stack::<3>(nibbles, 1).reshape([kw * PACK, n]).slice([0..k, 0..n]).float().cast(DType::F32);
-        let per_row = |t: Tensor<B, 2>| t.cast(DType::F32).unsqueeze_dim::<3>(1).expand([k / g, g, n]).reshape([k, n]);
+        let per_row = |t: Tensor<2>| t.cast(DType::F32).unsqueeze_dim::<3>(1).expand([k / g, g, n]).reshape([k, n]);
         let scale = per_row(self.scales.val());
         match &self.offsets {
             Some(off) => q * scale + per_row(off.val()),
@@ -130,7 +131,7 @@ impl<B: Backend> Int4Weight<B> {
 
 /// `x[M, K] dequant(W)[K, N]` with f32 accumulation, in x's dtype; the kernel on cubecl runtimes for
 /// M <= [`dense::SMALL_M_MAX`], the reference otherwise.
-pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Int4Weight<B>) -> Tensor<B, 2> {
+pub fn matmul(x: Tensor<2>, w: &Int4Weight) -> Tensor<2> {
     assert_eq!(x.dims()[1], w.k, "int4 matmul: x has {} columns, weight has k = {}", x.dims()[1], w.k);
     #[cfg(feature = "cube")]
     if x.dims()[0] <= dense::SMALL_M_MAX {
@@ -142,7 +143,7 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Int4Weight<B>) -> Tensor<B, 2> {
 }
 
 /// Dequantize, then burn's matmul in f32.
-pub fn reference_matmul<B: Backend>(x: Tensor<B, 2>, w: &Int4Weight<B>) -> Tensor<B, 2> {
+pub fn reference_matmul(x: Tensor<2>, w: &Int4Weight) -> Tensor<2> {
     let dtype = x.dtype();
     dense::matmul(x.cast(DType::F32), w.dequantize()).cast(dtype)
 }
@@ -182,7 +183,7 @@ pub struct HostInt4 {
 }
 
 impl HostInt4 {
-    pub fn upload<B: Backend>(&self, device: &B::Device) -> Result<Int4Weight<B>, Invalid> {
+    pub fn upload(&self, device: &Device) -> Result<Int4Weight, Invalid> {
         Int4Weight::from_host(&self.words, &self.scales, self.offsets.as_deref(), (self.k, self.n, self.group), device)
     }
 
@@ -254,7 +255,6 @@ pub fn quantize_rtn(w: &[f32], k: usize, n: usize, group: usize, asymmetric: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
 
     #[test]
     fn pack_roundtrip_with_a_partial_last_word() {
@@ -279,12 +279,12 @@ mod tests {
 
     #[test]
     fn device_dequantize_matches_host() {
-        let device = Default::default();
+        let device = Device::flex();
         let (k, n) = (96, 7);
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0).collect();
         for (g, asym) in [(32, false), (32, true), (96, true)] {
             let h = quantize_rtn(&w, k, n, g, asym).unwrap();
-            let dev: Vec<f32> = h.upload::<Flex>(&device).unwrap().dequantize().into_data().iter::<f32>().collect();
+            let dev: Vec<f32> = h.upload(&device).unwrap().dequantize().into_data().iter::<f32>().collect();
             let host = h.dequantize();
             for (a, b) in dev.iter().zip(&host) {
                 assert!((a - b).abs() < 1e-5, "g {g} asym {asym}: {a} vs {b}");
@@ -297,9 +297,9 @@ mod tests {
         assert!(check_dims(96, 4, 64).unwrap_err().0.contains("does not divide"));
         assert!(check_dims(60, 4, 12).unwrap_err().0.contains("multiple of 8"));
         assert!(check_dims(60, 4, 60).is_ok());
-        let err = Int4Weight::<Flex>::from_host(&[0; 3], &[1.0; 4], None, (32, 4, 32), &Default::default()).unwrap_err();
+        let err = Int4Weight::from_host(&[0; 3], &[1.0; 4], None, (32, 4, 32), &Device::flex()).unwrap_err();
         assert!(err.0.contains("qweight has 3 values"), "{err}");
-        let err = Int4Weight::<Flex>::from_host(&[0; 16], &[1.0; 3], None, (32, 4, 32), &Default::default()).unwrap_err();
+        let err = Int4Weight::from_host(&[0; 16], &[1.0; 3], None, (32, 4, 32), &Device::flex()).unwrap_err();
         assert!(err.0.contains("scales"), "{err}");
     }
 }

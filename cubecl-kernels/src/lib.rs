@@ -13,10 +13,10 @@
 //!   into fragment order: flat in M up to the compute knee.
 //! - [`topk::log_softmax_top_k`]: the drafters' top-k of each row's log-softmax, one launch.
 //!
-//! Dispatch is by the tensor primitive's concrete type at run time ([`cube`]): a `CubeTensor` of an
-//! enabled runtime takes the kernel, anything else (Flex, ndarray, autodiff) the reference. That keeps
-//! the model generic over `burn::Backend` with no extra trait bound, and keeps training on autodiff
-//! differentiable through the references.
+//! Dispatch is by the tensor's device at run time ([`cube`]): a tensor whose primitive is a cubecl
+//! `CubeTensor` (CUDA, wgpu) takes the kernel, anything else (Flex, autodiff) the reference. That
+//! keeps the model code backend-free, and keeps training on autodiff differentiable through the
+//! references.
 
 pub mod attention;
 pub mod dense;
@@ -24,22 +24,25 @@ pub mod fused;
 pub mod int4;
 pub mod memory;
 pub mod mma;
-pub mod probe;
+pub mod start;
 pub mod topk;
 
 #[cfg(feature = "cube")]
 mod cube;
 
-/// Whether `B`'s tensors take the cubecl kernels (false: every op runs its reference).
-pub fn has_kernels<B: burn::tensor::backend::Backend>() -> bool {
+/// Whether tensors on `device` take the cubecl kernels (false: every op runs its reference).
+pub fn has_kernels(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "cube")]
-    return cube::has_kernels::<B>();
+    return cube::has_kernels(device);
     #[cfg(not(feature = "cube"))]
-    false
+    {
+        let _ = device;
+        false
+    }
 }
 
-/// Whether `B` runs bf16 tensor-core mma (CUDA sm_80+), judged on the device of `probe`.
-pub fn has_tensor_cores<B: burn::tensor::backend::Backend, const D: usize>(probe: &burn::tensor::Tensor<B, D>) -> bool {
+/// Whether the device of `probe` runs bf16 tensor-core mma (CUDA sm_80+).
+pub fn has_tensor_cores<const D: usize>(probe: &burn::tensor::Tensor<D>) -> bool {
     #[cfg(feature = "cube")]
     return cube::has_tensor_cores(probe);
     #[cfg(not(feature = "cube"))]

@@ -7,29 +7,16 @@
 //! (`docs/perf/host.md`). Loading under [`persistent`] puts the weights in cubecl's persistent pool
 //! instead (one buffer each, found by size), which leaves the sliced pages to the activations.
 
-use burn::tensor::backend::Backend;
+use burn::tensor::Device;
 
-/// Run `f` (a model's load) with every allocation on `device` going to cubecl's persistent pool,
-/// then release what `f` allocated and freed (staging copies, pre-packing forms). Other backends
-/// just run `f`.
-///
-/// cubecl sets the mode per stream, and a stream is per thread: only this thread's allocations go
-/// there, so `f` must make the weights on the calling thread (a load does). `HIERSPEC_PERSISTENT_WEIGHTS=0`
-/// loads into the sliced pools as before (to measure).
-pub fn persistent<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> T {
-    #[cfg(feature = "cube")]
-    {
-        let _mode = enabled().then(|| crate::cube::PersistentMode::<B>::enter(device));
-        f()
+/// Run `f` (a model's load) with every allocation on `device` going to the persistent pool, then
+/// release what `f` allocated and freed (staging copies, pre-packing forms). Backends without such
+/// a pool just run `f`. `HIERSPEC_PERSISTENT_WEIGHTS=0` loads into the sliced pools (to measure).
+pub fn persistent<T: Send>(device: &Device, f: impl FnOnce() -> T + Send) -> T {
+    if std::env::var("HIERSPEC_PERSISTENT_WEIGHTS").is_ok_and(|v| v == "0") {
+        return f();
     }
-    #[cfg(not(feature = "cube"))]
-    {
-        let _ = device;
-        f()
-    }
-}
-
-#[cfg(feature = "cube")]
-fn enabled() -> bool {
-    std::env::var("HIERSPEC_PERSISTENT_WEIGHTS").map_or(true, |v| v != "0")
+    let out = device.memory_persistent_allocations(f, |f| f());
+    device.memory_cleanup();
+    out
 }

@@ -42,12 +42,13 @@
 //! fragment layout: that is how CI (wgpu on lavapipe, no tensor cores) tests the packing, the
 //! fragment arithmetic and the epilogues of the same kernel source.
 
+use burn::tensor::Device;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::module::{Module, Param};
 use burn::module::ParamId;
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::int4::{Int4Weight, PACK};
 #[cfg(feature = "cube")]
@@ -150,10 +151,10 @@ pub fn supports(k: usize, group: Option<usize>) -> bool {
 /// A weight in the fragment layout. `int4`: `words [tiles * units * 32, 4]` and `aux [groups *
 /// tiles * 16, 2]` (scale, offset); dense: `values [tiles * units * 4 * 32, 8]`.
 #[derive(Module, Debug)]
-pub struct MmaWeight<B: Backend> {
-    pub words: Option<Param<Tensor<B, 2, Int>>>,
-    pub aux: Option<Param<Tensor<B, 2>>>,
-    pub values: Option<Param<Tensor<B, 2>>>,
+pub struct MmaWeight {
+    pub words: Option<Param<Tensor<2, Int>>>,
+    pub aux: Option<Param<Tensor<2>>>,
+    pub values: Option<Param<Tensor<2>>>,
     pub k: usize,
     pub n: usize,
     /// int4 group size (0 for dense).
@@ -163,7 +164,7 @@ pub struct MmaWeight<B: Backend> {
     pub rope_half: usize,
 }
 
-impl<B: Backend> MmaWeight<B> {
+impl MmaWeight {
     pub fn tiles(&self) -> usize {
         self.n.div_ceil(TILE_N)
     }
@@ -177,7 +178,7 @@ impl<B: Backend> MmaWeight<B> {
     }
 
     /// The packed form of a dense [k, n] weight, where the kernels will use it (else `None`).
-    pub fn dense(w: &Tensor<B, 2>) -> Option<Self> {
+    pub fn dense(w: &Tensor<2>) -> Option<Self> {
         let [k, n] = w.dims();
         if !wanted(w, k, None) {
             return None;
@@ -192,7 +193,7 @@ impl<B: Backend> MmaWeight<B> {
     }
 
     /// The packed form of an int4 weight, where the kernels will use it (else `None`).
-    pub fn int4(q: &Int4Weight<B>) -> Option<Self> {
+    pub fn int4(q: &Int4Weight) -> Option<Self> {
         if !wanted(&q.scales.val(), q.k, Some(q.group)) {
             return None;
         }
@@ -207,7 +208,7 @@ impl<B: Backend> MmaWeight<B> {
 
     /// [`Self::dense`] with the channels in RoPE pair order for heads of `head_dim` (q and k of an
     /// attention layer); `None` where the kernels will not use it or the heads do not tile.
-    pub fn dense_rope(w: &Tensor<B, 2>, head_dim: usize) -> Option<Self> {
+    pub fn dense_rope(w: &Tensor<2>, head_dim: usize) -> Option<Self> {
         let [k, n] = w.dims();
         if !wanted(w, k, None) {
             return None;
@@ -219,12 +220,12 @@ impl<B: Backend> MmaWeight<B> {
 
     /// [`Self::int4`] with the channels in RoPE pair order (words, scales and offsets permuted
     /// alike).
-    pub fn int4_rope(q: &Int4Weight<B>, head_dim: usize) -> Option<Self> {
+    pub fn int4_rope(q: &Int4Weight, head_dim: usize) -> Option<Self> {
         if !wanted(&q.scales.val(), q.k, Some(q.group)) {
             return None;
         }
         let order = rope_order_tensor(q.n, head_dim, &q.scales.device())?;
-        let pick = |p: &Param<Tensor<B, 2>>| Param::from_tensor(p.val().select(1, order.clone()));
+        let pick = |p: &Param<Tensor<2>>| Param::from_tensor(p.val().select(1, order.clone()));
         let permuted = Int4Weight {
             qweight: Param::initialized(ParamId::new(), q.qweight.val().select(1, order.clone())),
             scales: pick(&q.scales),
@@ -258,15 +259,15 @@ pub fn rope_pair_order(n: usize, head_dim: usize) -> Option<Vec<usize>> {
     )
 }
 
-fn rope_order_tensor<B: Backend>(n: usize, head_dim: usize, device: &B::Device) -> Option<Tensor<B, 1, Int>> {
+fn rope_order_tensor(n: usize, head_dim: usize, device: &Device) -> Option<Tensor<1, Int>> {
     let order: Vec<i64> = rope_pair_order(n, head_dim)?.into_iter().map(|c| c as i64).collect();
     Some(Tensor::from_data(burn::tensor::TensorData::new(order, [n]), device))
 }
 
 /// Pack at load when the mma kernel will run (CUDA bf16/f16, or emulation forced), so that CPU and
 /// f32 models carry no second copy.
-fn wanted<B: Backend>(probe: &Tensor<B, 2>, k: usize, group: Option<usize>) -> bool {
-    if !supports(k, group) || !crate::has_kernels::<B>() {
+fn wanted(probe: &Tensor<2>, k: usize, group: Option<usize>) -> bool {
+    if !supports(k, group) || !crate::has_kernels(&probe.device()) {
         return false;
     }
     match tensor_cores() {
@@ -278,7 +279,7 @@ fn wanted<B: Backend>(probe: &Tensor<B, 2>, k: usize, group: Option<usize>) -> b
 
 /// (scale, offset) per (group, padded channel), the symmetric offset made explicit (-8 scale).
 #[cfg(feature = "cube")]
-fn aux<B: Backend>(q: &Int4Weight<B>) -> Tensor<B, 2> {
+fn aux(q: &Int4Weight) -> Tensor<2> {
     let scales = q.scales.val();
     let offsets = match &q.offsets {
         Some(o) => o.val(),
@@ -286,7 +287,7 @@ fn aux<B: Backend>(q: &Int4Weight<B>) -> Tensor<B, 2> {
     };
     let [groups, n] = scales.dims();
     let np = n.div_ceil(TILE_N) * TILE_N;
-    let pad = |t: Tensor<B, 2>| if np == n { t } else { t.pad((0, np - n, 0, 0), burn::tensor::ops::PadMode::Constant(0.0)) };
+    let pad = |t: Tensor<2>| if np == n { t } else { t.pad((0, np - n, 0, 0), burn::tensor::ops::PadMode::Constant(0.0)) };
     let aux = Tensor::stack::<3>(vec![pad(scales), pad(offsets)], 2).reshape([groups * np, 2]);
     #[cfg(feature = "cube")]
     return crate::cube::contiguous(aux);

@@ -2,11 +2,11 @@
 //! launch (row max, log-sum-exp and k argmax rounds in one cube per row) and one host read; the
 //! reference is k rounds of burn's argmax (a full sort of a 151,936-entry row costs far more).
 
-use burn::tensor::{activation::log_softmax, backend::Backend, DType, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{activation::log_softmax, DType, IndexingUpdateOp, Int, Tensor};
 
 /// Per row of logits [n, v]: the k (token, log-probability) pairs of highest log-probability, in
 /// decreasing order (ties: lower id first). Row-major [n][k]. One host read.
-pub fn log_softmax_top_k<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<(u32, f32)>> {
+pub fn log_softmax_top_k(logits: Tensor<2>, k: usize) -> Vec<Vec<(u32, f32)>> {
     let [n, v] = logits.dims();
     let k = k.min(v);
     #[cfg(feature = "cube")]
@@ -23,7 +23,7 @@ pub fn log_softmax_top_k<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<
 /// function, so they break ties alike. On cubecl runtimes one launch with one 1024-thread cube per
 /// row (burn's argmax ran one 32-thread cube: 180 us for a 128k vocabulary on the H200); elsewhere
 /// [`reference_argmax`].
-pub fn argmax<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
+pub fn argmax(x: Tensor<2>) -> Tensor<1, Int> {
     #[cfg(feature = "cube")]
     if x.dims()[1] < (1 << 31) {
         if let Some(ids) = crate::cube::argmax(&x) {
@@ -34,38 +34,38 @@ pub fn argmax<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
 }
 
 /// The plain-tensor argmax: the row maximum, then the first column holding it.
-pub fn reference_argmax<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
+pub fn reference_argmax(x: Tensor<2>) -> Tensor<1, Int> {
     let [n, v] = x.dims();
     let x = x.cast(DType::F32);
     let max = x.clone().max_dim(1).expand([n, v]);
     // v - column where the row holds its max, else 0: the largest such value is the first column.
-    let rev = Tensor::<B, 1, Int>::arange(0..v as i64, &x.device()).neg().add_scalar(v as i64).reshape([1, v]).expand([n, v]);
+    let rev = Tensor::<1, Int>::arange(0..v as i64, &x.device()).neg().add_scalar(v as i64).reshape([1, v]).expand([n, v]);
     let hit = x.equal(max).int();
     let best = (hit * rev).max_dim(1).reshape([n]);
     best.neg().add_scalar(v as i64)
 }
 
 /// The plain-tensor reference: log-softmax in f32, then k rounds of argmax.
-pub fn reference_log_softmax_top_k<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Vec<Vec<(u32, f32)>> {
+pub fn reference_log_softmax_top_k(logits: Tensor<2>, k: usize) -> Vec<Vec<(u32, f32)>> {
     let [n, v] = logits.dims();
     let k = k.min(v);
     rows(reference_packed(logits, k), n, k)
 }
 
 /// [n, 2k] f32: log-probs then ids.
-fn reference_packed<B: Backend>(logits: Tensor<B, 2>, k: usize) -> Tensor<B, 2> {
+fn reference_packed(logits: Tensor<2>, k: usize) -> Tensor<2> {
     let logp = log_softmax(logits.cast(DType::F32), 1);
     let (vals, idx) = top_k_by_argmax(logp, k);
     Tensor::cat(vec![vals, idx.float().cast(DType::F32)], 1)
 }
 
-fn rows<B: Backend>(packed: Tensor<B, 2>, n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+fn rows(packed: Tensor<2>, n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
     let flat: Vec<f32> = packed.cast(DType::F32).into_data().iter::<f32>().collect();
     (0..n).map(|r| (0..k).map(|c| (flat[r * 2 * k + k + c] as u32, flat[r * 2 * k + c])).collect()).collect()
 }
 
 /// Top-k along dim 1 by k rounds of argmax (each found entry pushed to -1e30), in decreasing order.
-pub fn top_k_by_argmax<B: Backend>(mut x: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+pub fn top_k_by_argmax(mut x: Tensor<2>, k: usize) -> (Tensor<2>, Tensor<2, Int>) {
     let n = x.dims()[0];
     let (device, dtype) = (x.device(), x.dtype());
     let (mut vals, mut idx) = (Vec::with_capacity(k), Vec::with_capacity(k));
@@ -81,12 +81,12 @@ pub fn top_k_by_argmax<B: Backend>(mut x: Tensor<B, 2>, k: usize) -> (Tensor<B, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::tensor::Device;
 
     #[test]
     fn top_k_by_argmax_matches_a_sort() {
-        let device = Default::default();
-        let x = Tensor::<Flex, 2>::random([3, 1000], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let device = Device::flex();
+        let x = Tensor::<2>::random([3, 1000], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let (v, i) = top_k_by_argmax(x.clone(), 7);
         let (sv, si) = x.clone().topk_with_indices(7, 1);
         assert_eq!(i.into_data().iter::<i64>().collect::<Vec<_>>(), si.into_data().iter::<i64>().collect::<Vec<_>>());
@@ -102,8 +102,8 @@ mod tests {
 
     #[test]
     fn reference_argmax_takes_the_first_of_ties() {
-        let device = Default::default();
-        let x = Tensor::<Flex, 2>::from_data([[1.0f32, 3.0, 2.0, 3.0], [0.5, 0.5, 0.5, 0.5], [-2.0, -1.0, -3.0, -1.5]], &device);
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data([[1.0f32, 3.0, 2.0, 3.0], [0.5, 0.5, 0.5, 0.5], [-2.0, -1.0, -3.0, -1.5]], &device);
         assert_eq!(reference_argmax(x.clone()).into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 0, 1]);
         assert_eq!(argmax(x).into_data().iter::<i64>().collect::<Vec<_>>(), vec![1, 0, 1]);
     }

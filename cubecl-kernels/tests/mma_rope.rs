@@ -7,40 +7,41 @@
 mod common;
 
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
-use common::{bound, device, int4_weight, rel_err, Device, B};
+use common::{bound, device, int4_weight, rel_err, Device};
 use hierspec_kernels::fused::{self, Part, PartWeight, PreNorm, QkvLayout, QkvRope};
 use hierspec_kernels::mma::{self, MmaWeight, TensorCores};
+use hierspec_kernels::start::CacheStart;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const MAX_POSITIONS: usize = 300;
 
 fn mode(device: &Device) {
-    let probe = Tensor::<B, 1>::zeros([1], device);
+    let probe = Tensor::<1>::zeros([1], device);
     let auto = probe.dtype() != DType::F32 && hierspec_kernels::has_tensor_cores(&probe);
     mma::set_tensor_cores(if auto { TensorCores::Auto } else { TensorCores::Emulate });
 }
 
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().iter::<f32>().collect()
 }
 
 /// cos and sin [MAX_POSITIONS, half] of random angles (any table will do: the kernel reads it).
-fn tables(rng: &mut StdRng, half: usize, device: &Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+fn tables(rng: &mut StdRng, half: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let angles: Vec<f32> = (0..MAX_POSITIONS * half).map(|_| rng.random_range(-3.2f32..3.2)).collect();
-    let make = |f: fn(f32) -> f32| Tensor::<B, 2>::from_data(TensorData::new(angles.iter().map(|&a| f(a)).collect::<Vec<_>>(), [MAX_POSITIONS, half]), device);
+    let make = |f: fn(f32) -> f32| Tensor::<2>::from_data(TensorData::new(angles.iter().map(|&a| f(a)).collect::<Vec<_>>(), [MAX_POSITIONS, half]), device);
     (make(f32::cos), make(f32::sin))
 }
 
-fn positions(rng: &mut StdRng, m: usize, device: &Device) -> Tensor<B, 1, Int> {
+fn positions(rng: &mut StdRng, m: usize, device: &Device) -> Tensor<1, Int> {
     let p: Vec<i32> = (0..m).map(|_| rng.random_range(0..MAX_POSITIONS as i32)).collect();
     Tensor::from_data(TensorData::new(p, [m]), device)
 }
 
 /// The q|k|v weights of one layout: natural and paired packings of the same int4 or dense weights.
 struct Qkv {
-    int4: Vec<hierspec_kernels::int4::Int4Weight<B>>,
-    dense: Vec<Tensor<B, 2>>,
-    biases: Vec<Option<Tensor<B, 1>>>,
+    int4: Vec<hierspec_kernels::int4::Int4Weight>,
+    dense: Vec<Tensor<2>>,
+    biases: Vec<Option<Tensor<1>>>,
 }
 
 impl Qkv {
@@ -54,12 +55,12 @@ impl Qkv {
         }
     }
 
-    fn weights(&self, int4: bool) -> Vec<PartWeight<'_, B>> {
+    fn weights(&self, int4: bool) -> Vec<PartWeight<'_>> {
         (0..3).map(|i| if int4 { PartWeight::Int4(&self.int4[i]) } else { PartWeight::Dense(self.dense[i].clone()) }).collect()
     }
 
     /// q and k in RoPE pair order (`paired`), v always natural.
-    fn packed(&self, int4: bool, paired: Option<usize>) -> Vec<MmaWeight<B>> {
+    fn packed(&self, int4: bool, paired: Option<usize>) -> Vec<MmaWeight> {
         (0..3)
             .map(|i| {
                 let packed = match (int4, paired.filter(|_| i < 2)) {
@@ -73,7 +74,7 @@ impl Qkv {
             .collect()
     }
 
-    fn parts<'a>(&'a self, weights: &'a [PartWeight<'a, B>], packed: &'a [MmaWeight<B>]) -> Vec<Part<'a, B>> {
+    fn parts<'a>(&'a self, weights: &'a [PartWeight<'a>], packed: &'a [MmaWeight]) -> Vec<Part<'a>> {
         (0..3).map(|i| Part { weight: weights[i].clone(), perm: None, bias: self.biases[i].clone(), mma: Some(&packed[i]) }).collect()
     }
 }
@@ -110,7 +111,7 @@ fn paired_packing_gives_the_same_product() {
         let weights = qkv.weights(int4);
         let (natural, paired) = (qkv.packed(int4, None), qkv.packed(int4, Some(64)));
         for m in [1, 17] {
-            let x = Tensor::<B, 2>::random([m, 192], Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<2>::random([m, 192], Distribution::Normal(0.0, 1.0), &device);
             let a = fused::linear(x.clone(), &qkv.parts(&weights, &natural), fused::Input::Plain, None);
             let b = fused::linear(x, &qkv.parts(&weights, &paired), fused::Input::Plain, None);
             assert_eq!(values(a), values(b), "int4 {int4} m {m}");
@@ -144,10 +145,11 @@ fn rope_in_the_epilogue_matches_reference() {
                 let what = format!("k {k} {layout:?} bias {bias} norm {with_norm} int4 {int4} m {m}");
                 let start = 5;
                 let capacity = start + m + 3;
-                let cache = || Tensor::<B, 4>::random([1, layout.kv_heads, capacity, hd], Distribution::Normal(0.0, 1.0), &device);
+                let cache = || Tensor::<4>::random([1, layout.kv_heads, capacity, hd], Distribution::Normal(0.0, 1.0), &device);
                 let (k0, v0) = (cache(), cache());
-                let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-                let rope = QkvRope { positions: positions(&mut rng, m, &device), cos: &cos, sin: &sin, layout, start };
+                let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                let at = CacheStart::new(start, &device);
+                let rope = QkvRope { positions: positions(&mut rng, m, &device), cos: &cos, sin: &sin, layout, start: &at };
                 let (mut kc, mut vc) = (k0.clone() + 0.0, v0.clone() + 0.0);
                 let q = fused::qkv_rope_in_epilogue(&x, norm.as_ref(), &parts, &rope, &kc, &vc).unwrap_or_else(|| panic!("{what}: not fused"));
                 let (mut kr, mut vr) = (k0.clone(), v0.clone());
@@ -187,18 +189,19 @@ fn rope_in_the_epilogue_is_batch_invariant() {
         let weights = qkv.weights(int4);
         let packed = qkv.packed(int4, Some(hd));
         let parts = qkv.parts(&weights, &packed);
-        let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
         let pos = positions(&mut rng, m, &device);
-        let run = |x: Tensor<B, 2>, pos: Tensor<B, 1, Int>, start: usize| {
-            let zeros = || Tensor::<B, 4>::zeros([1, 2, m, hd], &device);
+        let run = |x: Tensor<2>, pos: Tensor<1, Int>, start: usize| {
+            let zeros = || Tensor::<4>::zeros([1, 2, m, hd], &device);
             let (kc, vc) = (zeros(), zeros());
-            let rope = QkvRope { positions: pos, cos: &cos, sin: &sin, layout, start };
+            let at = CacheStart::new(start, &device);
+            let rope = QkvRope { positions: pos, cos: &cos, sin: &sin, layout, start: &at };
             let q = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &rope, &kc, &vc).expect("fused");
             (q, kc, vc)
         };
         let (q_all, k_all, v_all) = run(x.clone(), pos.clone(), 0);
         let (q_one, k_one, v_one) = run(x.slice([m - 1..m, 0..k]), pos.slice([m - 1..m]), m - 1);
-        let last = |t: Tensor<B, 4>, heads: usize| values(t.slice([0..1, 0..heads, m - 1..m, 0..hd]));
+        let last = |t: Tensor<4>, heads: usize| values(t.slice([0..1, 0..heads, m - 1..m, 0..hd]));
         assert_eq!(values(q_one), last(q_all, 4), "int4 {int4}: q");
         assert_eq!(last(k_one, 2), last(k_all, 2), "int4 {int4}: k");
         assert_eq!(last(v_one, 2), last(v_all, 2), "int4 {int4}: v");
@@ -224,15 +227,16 @@ fn rope_in_the_epilogue_equals_the_two_launch_path() {
         let weights = qkv.weights(int4);
         let packed = qkv.packed(int4, Some(hd));
         let parts = qkv.parts(&weights, &packed);
-        let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
         let pos = positions(&mut rng, m, &device);
-        let zeros = || Tensor::<B, 4>::zeros([1, 2, m + 2, hd], &device);
+        let zeros = || Tensor::<4>::zeros([1, 2, m + 2, hd], &device);
         let (kf, vf) = (zeros(), zeros());
-        let rope = QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: 2 };
+        let at = CacheStart::new(2, &device);
+        let rope = QkvRope { positions: pos.clone(), cos: &cos, sin: &sin, layout, start: &at };
         let q_fused = fused::qkv_rope_in_epilogue(&x, Some(&norm), &parts, &rope, &kf, &vf).expect("fused");
         let (mut kt, mut vt) = (zeros(), zeros());
         let qkv_out = fused::normed_linear(x, &norm, &parts);
-        let q_two = fused::rope_qkv(qkv_out.unsqueeze(), pos, &cos, &sin, layout, &mut kt, &mut vt, 2);
+        let q_two = fused::rope_qkv(qkv_out.unsqueeze(), pos, &cos, &sin, layout, &mut kt, &mut vt, &at);
         assert_eq!(values(q_fused), values(q_two), "int4 {int4} m {m}: q");
         assert_eq!(values(kf), values(kt), "int4 {int4} m {m}: k cache");
         assert_eq!(values(vf), values(vt), "int4 {int4} m {m}: v cache");

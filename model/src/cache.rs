@@ -3,31 +3,52 @@
 //! write into the owned buffer (a slice-assign, or the fused RoPE kernel writing in place), never a
 //! concatenation.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::Device;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use hierspec_kernels::start::CacheStart;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 
-pub struct LayerKv<B: Backend> {
+pub struct LayerKv {
     /// [batch, kv_heads, capacity, head_dim]
-    pub k: Tensor<B, 4>,
-    pub v: Tensor<B, 4>,
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
 }
 
-pub struct KvCache<B: Backend> {
-    pub layers: Vec<LayerKv<B>>,
+impl LayerKv {
+    /// A second handle on the same buffers (a captured graph writes the cache through it).
+    pub fn share(&self) -> Self {
+        Self { k: self.k.clone(), v: self.v.clone() }
+    }
+}
+
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
     /// Rows [0, len) hold valid entries.
     len: usize,
     capacity: usize,
+    /// `len` as the kernels read it (on the device), brought up to date by [`KvCache::start`].
+    start: CacheStart,
 }
 
-impl<B: Backend> KvCache<B> {
-    pub fn new(cfg: &LlamaConfig, batch: usize, capacity: usize, device: &B::Device) -> Self {
+impl KvCache {
+    pub fn new(cfg: &LlamaConfig, batch: usize, capacity: usize, device: &Device) -> Self {
         let shape = [batch, cfg.num_key_value_heads, capacity, cfg.head_dim];
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| LayerKv { k: Tensor::zeros(shape, device), v: Tensor::zeros(shape, device) })
             .collect();
-        Self { layers, len: 0, capacity }
+        Self { layers, len: 0, capacity, start: CacheStart::new(0, device) }
+    }
+
+    /// Where the next forward's rows begin, its device copy brought up to date (a 4-byte write when
+    /// the length changed since the last forward).
+    pub fn start(&mut self) -> CacheStart {
+        if self.start.rows != self.len {
+            self.start.set(self.len);
+        }
+        self.start.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +79,7 @@ impl<B: Backend> KvCache<B> {
         let already_in_place = rows.iter().enumerate().all(|(i, &r)| r == start + i);
         if !already_in_place && !self.layers.is_empty() {
             let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &self.layers[0].k.device());
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &self.layers[0].k.device());
             for layer in &mut self.layers {
                 hierspec_kernels::fused::keep_rows(&mut layer.k, &mut layer.v, start, &idx);
             }
@@ -68,16 +89,16 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Mark `n` rows written by the layers of the last forward as valid.
-    pub(crate) fn advance(&mut self, n: usize) {
+    pub fn advance(&mut self, n: usize) {
         self.len += n;
         debug_assert!(self.len <= self.capacity);
     }
 }
 
-impl<B: Backend> LayerKv<B> {
+impl LayerKv {
     /// Write `k`, `v` ([batch, kv_heads, n, head_dim]) at rows [start, start + n). (The decoder writes
     /// its rows through `Rope::qkv`, fused with RoPE.)
-    pub fn write(&mut self, start: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+    pub fn write(&mut self, start: usize, k: Tensor<4>, v: Tensor<4>) {
         let [b, h, n, d] = k.dims();
         self.k.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], k));
         self.v.inplace(|c| c.slice_assign([0..b, 0..h, start..start + n, 0..d], v));
@@ -87,9 +108,9 @@ impl<B: Backend> LayerKv<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::tensor::Device;
 
-    fn rows_of(c: &KvCache<Flex>, layer: usize) -> Vec<f32> {
+    fn rows_of(c: &KvCache, layer: usize) -> Vec<f32> {
         let [_, _, _, d] = c.layers[layer].k.dims();
         c.layers[layer].k.clone().slice([0..1, 0..1, 0..c.len(), 0..d]).into_data().iter::<f32>().collect()
     }
@@ -98,12 +119,12 @@ mod tests {
     fn keep_rows_gathers_the_path_and_truncates() {
         let cfg = LlamaConfig::preset("qwen2.5-coder-0.5b").unwrap();
         let cfg = LlamaConfig { num_hidden_layers: 2, num_key_value_heads: 1, head_dim: 2, ..cfg };
-        let device = Default::default();
-        let mut c = KvCache::<Flex>::new(&cfg, 1, 16, &device);
+        let device = Device::flex();
+        let mut c = KvCache::new(&cfg, 1, 16, &device);
         // row r holds (r, -r) in layer 0 and (10 r, -10 r) in layer 1
         for (l, scale) in [(0usize, 1.0f32), (1, 10.0)] {
             let vals: Vec<f32> = (0..9).flat_map(|r| [r as f32 * scale, -(r as f32) * scale]).collect();
-            let t = Tensor::<Flex, 4>::from_data(TensorData::new(vals, [1, 1, 9, 2]), &device);
+            let t = Tensor::<4>::from_data(TensorData::new(vals, [1, 1, 9, 2]), &device);
             c.layers[l].write(0, t.clone(), t);
         }
         c.advance(9);

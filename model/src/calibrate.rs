@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{DType, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
@@ -16,12 +16,12 @@ use crate::llama::{AttnMask, DecoderLayer, Llama, LinearInput, Step};
 use crate::nn::linear::{Linear, LinearWeight};
 use burn::module::Param;
 
-pub struct Calibrator<'a, B: Backend> {
-    model: &'a Llama<B>,
+pub struct Calibrator<'a> {
+    model: &'a Llama,
     /// One layer's shapes, for the per-chunk KV cache.
     layer_cfg: LlamaConfig,
     /// Hidden states entering layer `layer`, one [1, n, hidden] per chunk.
-    hidden: Vec<Tensor<B, 3>>,
+    hidden: Vec<Tensor<3>>,
     layer: usize,
     /// The Hessians of `layer`'s inputs, once computed.
     done: Option<HashMap<LinearInput, Hessian>>,
@@ -29,8 +29,8 @@ pub struct Calibrator<'a, B: Backend> {
     quantized: Vec<(String, Vec<f32>)>,
 }
 
-impl<'a, B: Backend> Calibrator<'a, B> {
-    pub fn new(model: &'a Llama<B>, config: &LlamaConfig, chunks: &[Vec<u32>]) -> Result<Self> {
+impl<'a> Calibrator<'a> {
+    pub fn new(model: &'a Llama, config: &LlamaConfig, chunks: &[Vec<u32>]) -> Result<Self> {
         if chunks.is_empty() || chunks.iter().any(|c| c.is_empty() || c.len() > model.max_positions()) {
             return Err(Error::Setting(format!("GPTQ calibration needs non-empty chunks of at most {} tokens", model.max_positions())));
         }
@@ -80,7 +80,7 @@ impl<'a, B: Backend> Calibrator<'a, B> {
     }
 
     /// The current layer with the recorded quantized weights in place of its own.
-    fn quantized_layer(&self) -> Result<DecoderLayer<B>> {
+    fn quantized_layer(&self) -> Result<DecoderLayer> {
         let mut layer = self.model.layers[self.layer].clone();
         let device = self.model.embed_tokens.device();
         // The replacement weights take the model's float dtype (its embedding's).
@@ -100,24 +100,24 @@ impl<'a, B: Backend> Calibrator<'a, B> {
             if w.len() != k * n {
                 return Err(Error::Shape { name: proj.clone(), expected: vec![k, n], found: vec![w.len()] });
             }
-            let t = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(w.clone(), [k, n]), &device).cast(dtype);
+            let t = Tensor::<2>::from_data(burn::tensor::TensorData::new(w.clone(), [k, n]), &device).cast(dtype);
             *target = Linear::new(LinearWeight::Dense(Param::from_tensor(t)), target.bias.take());
         }
         Ok(layer)
     }
 
     /// Run `layer` over every chunk, optionally accumulating the Gram matrix of each input.
-    fn run_layer(&self, layer: &DecoderLayer<B>, observe: bool) -> (Option<HashMap<LinearInput, Hessian>>, Vec<Tensor<B, 3>>) {
+    fn run_layer(&self, layer: &DecoderLayer, observe: bool) -> (Option<HashMap<LinearInput, Hessian>>, Vec<Tensor<3>>) {
         let device = self.model.embed_tokens.device();
-        let mut grams: HashMap<LinearInput, Tensor<B, 2>> = HashMap::new();
+        let mut grams: HashMap<LinearInput, Tensor<2>> = HashMap::new();
         let mut rows = 0;
         let mut next = Vec::with_capacity(self.hidden.len());
         for x in &self.hidden {
             let n = x.dims()[1];
             let mut cache = KvCache::new(&self.layer_cfg, 1, n, &device);
             let mask = AttnMask::causal_unless_given(None, 0, n, &device);
-            let step = Step { rope: &self.model.rope, positions: Llama::<B>::positions(0, n, &device), cache_len: 0, mask: mask.as_ref() };
-            let mut sink = |site: LinearInput, t: &Tensor<B, 3>| {
+            let step = Step { rope: &self.model.rope, positions: Llama::positions(0, n, &device), start: cache.start(), mask: mask.as_ref() };
+            let mut sink = |site: LinearInput, t: &Tensor<3>| {
                 if observe {
                     let k = t.dims()[2];
                     let x2 = t.clone().reshape([n, k]).cast(DType::F32);

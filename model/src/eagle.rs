@@ -3,10 +3,11 @@
 //! lm_head are the base model's, passed in at call sites, never copied. The head has its own KV cache
 //! indexed by position: row t holds the pair (f_t, e_{t+1}); re-syncing overwrites stale rows.
 
+use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use serde_json::Value;
 
 use crate::cache::KvCache;
@@ -66,25 +67,25 @@ impl EagleConfig {
 }
 
 #[derive(Module, Debug)]
-pub struct EagleHead<B: Backend> {
+pub struct EagleHead {
     /// [2H -> H], input [embedding ; feature].
-    pub fc: Linear<B>,
-    pub self_attn: Attention<B>,
-    pub post_attention_layernorm: RmsNorm<B>,
-    pub mlp: Mlp<B>,
-    pub rope: Rope<B>,
+    pub fc: Linear,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+    pub rope: Rope,
 }
 
-impl<B: Backend> EagleHead<B> {
+impl EagleHead {
     /// Random weights (tests: every code path runs, acceptance is low).
-    pub fn random(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+    pub fn random(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &Device) -> Result<Self> {
         cfg.layer.validate()?;
-        hierspec_kernels::memory::persistent::<B, _>(device, || Self::random_weights(cfg, max_positions, seed, device))
+        hierspec_kernels::memory::persistent::<_>(device, || Self::random_weights(cfg, max_positions, seed, device))
     }
 
-    fn random_weights(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+    fn random_weights(cfg: &EagleConfig, max_positions: usize, seed: u64, device: &Device) -> Result<Self> {
         let c = &cfg.layer;
-        B::seed(device, seed);
+        device.seed(seed);
         let lin = |_: &str, i: usize, o: usize, b: bool| Ok(Linear::random(i, o, b, 0.02, device));
         Ok(Self {
             fc: Linear::random(2 * c.hidden_size, c.hidden_size, cfg.fc_bias, 0.02, device),
@@ -96,15 +97,15 @@ impl<B: Backend> EagleHead<B> {
     }
 
     /// Load from EAGLE's names (`fc.*`, `layers.0.*`); any `embed_tokens` in the file is ignored.
-    pub fn load(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+    pub fn load(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &Device) -> Result<Self> {
         cfg.layer.validate()?;
-        hierspec_kernels::memory::persistent::<B, _>(device, || Self::load_weights(cfg, src, max_positions, device))
+        hierspec_kernels::memory::persistent::<_>(device, || Self::load_weights(cfg, src, max_positions, device))
     }
 
-    fn load_weights(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+    fn load_weights(cfg: &EagleConfig, src: &dyn WeightSource, max_positions: usize, device: &Device) -> Result<Self> {
         let c = &cfg.layer;
         let h = c.hidden_size;
-        let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
+        let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
             Linear::from_torch(name, src.tensor(&format!("{name}.weight"))?, b, d_in, d_out, device)
         };
@@ -119,11 +120,11 @@ impl<B: Backend> EagleHead<B> {
     }
 
     /// A KV cache for this head (one layer) with `capacity` rows.
-    pub fn new_cache(&self, cfg: &EagleConfig, capacity: usize) -> KvCache<B> {
+    pub fn new_cache(&self, cfg: &EagleConfig, capacity: usize) -> KvCache {
         KvCache::new(&cfg.layer, 1, capacity, &self.fc_device())
     }
 
-    fn fc_device(&self) -> B::Device {
+    fn fc_device(&self) -> Device {
         self.post_attention_layernorm.weight.device()
     }
 
@@ -131,18 +132,18 @@ impl<B: Backend> EagleHead<B> {
     /// `positions`. Returns the predicted features f^_{t+1} [1, n, H].
     pub fn forward(
         &self,
-        embeds: Tensor<B, 3>,
-        features: Tensor<B, 3>,
-        positions: Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        mask: Option<&AttnMask<B>>,
-    ) -> Tensor<B, 3> {
+        embeds: Tensor<3>,
+        features: Tensor<3>,
+        positions: Tensor<1, Int>,
+        cache: &mut KvCache,
+        mask: Option<&AttnMask>,
+    ) -> Tensor<3> {
         let n = embeds.dims()[1];
         let cache_len = cache.len();
         let causal = AttnMask::causal_unless_given(mask, cache_len, n, &embeds.device());
         let mask = mask.or(causal.as_ref());
         let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
-        let step = Step { rope: &self.rope, positions, cache_len, mask };
+        let step = Step { rope: &self.rope, positions, start: cache.start(), mask };
         // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.
         let a = self.self_attn.attend(x.clone(), None, &step, &mut cache.layers[0]);
         let h = self.self_attn.o_proj.forward_add(a, x);
@@ -179,7 +180,7 @@ pub fn head_source(dir: &Path) -> Result<Box<dyn WeightSource>> {
 }
 
 /// Load a head directory (config.json + weights) for the base model `base`.
-pub fn load_head<B: Backend>(dir: &Path, base: &LlamaConfig, max_positions: usize, device: &B::Device) -> Result<(EagleHead<B>, EagleConfig)> {
+pub fn load_head(dir: &Path, base: &LlamaConfig, max_positions: usize, device: &Device) -> Result<(EagleHead, EagleConfig)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let cfg = EagleConfig::from_json(&text)?;
@@ -190,8 +191,8 @@ pub fn load_head<B: Backend>(dir: &Path, base: &LlamaConfig, max_positions: usiz
 }
 
 /// A linear layer's weight in PyTorch layout [out, in] (and bias) on the host, f32.
-fn torch_weights<B: Backend>(name: &str, l: &Linear<B>) -> Result<Vec<(String, (Vec<f32>, Vec<usize>))>> {
-    let host = |t: Tensor<B, 2>| t.cast(burn::tensor::DType::F32).into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+fn torch_weights(name: &str, l: &Linear) -> Result<Vec<(String, (Vec<f32>, Vec<usize>))>> {
+    let host = |t: Tensor<2>| t.cast(burn::tensor::DType::F32).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
     let w = match &l.weight {
         LinearWeight::Dense(w) => w.val(),
         LinearWeight::Int4(_) => return Err(Error::Unsupported(format!("{name}: an EAGLE head with int4 weights cannot be saved"))),
@@ -207,13 +208,13 @@ fn torch_weights<B: Backend>(name: &str, l: &Linear<B>) -> Result<Vec<(String, (
 /// Write `head` as a head directory `load_head` reads (EAGLE's names, PyTorch layouts): config.json
 /// (the layer's Llama/Qwen2 config plus EAGLE's `bias`) and safetensors files of at most
 /// `max_file_bytes` each.
-pub fn save_head<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, dir: &Path, dtype: StoreDtype, max_file_bytes: usize) -> Result<()> {
+pub fn save_head(head: &EagleHead, cfg: &EagleConfig, dir: &Path, dtype: StoreDtype, max_file_bytes: usize) -> Result<()> {
     let mut named = torch_weights("fc", &head.fc)?;
     let a = &head.self_attn;
     for (n, l) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
         named.extend(torch_weights(&format!("layers.0.self_attn.{n}"), l)?);
     }
-    let norm = head.post_attention_layernorm.weight.val().cast(burn::tensor::DType::F32).into_data().convert::<f32>().into_vec::<f32>().expect("f32");
+    let norm = head.post_attention_layernorm.weight.val().cast(burn::tensor::DType::F32).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
     named.push(("layers.0.post_attention_layernorm.weight".into(), (norm, vec![cfg.layer.hidden_size])));
     let m = &head.mlp;
     for (n, l) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {

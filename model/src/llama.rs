@@ -2,8 +2,9 @@
 //! driven by `LlamaConfig`. The forward pass takes explicit position ids and an optional mask over
 //! (cache rows + new rows), so the same code serves prefill, decode, and tree / sequence verification.
 
+use burn::tensor::Device;
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
@@ -13,72 +14,74 @@ pub use hierspec_kernels::attention::AttnMask;
 use hierspec_kernels::attention::attention_rows;
 use hierspec_kernels::dense::SMALL_M_MAX;
 use hierspec_kernels::fused::{swiglu, QkvLayout};
+use hierspec_kernels::start::CacheStart;
 use crate::nn::{Linear, QuantSpec, RmsNorm, Rope};
 use crate::weights::WeightSource;
 
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
 }
 
 #[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
 }
 
 #[derive(Module, Debug)]
-pub struct DecoderLayer<B: Backend> {
-    pub input_layernorm: RmsNorm<B>,
-    pub self_attn: Attention<B>,
-    pub post_attention_layernorm: RmsNorm<B>,
-    pub mlp: Mlp<B>,
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
 }
 
 #[derive(Module, Debug)]
-pub struct Llama<B: Backend> {
-    pub embed_tokens: Param<Tensor<B, 2>>,
-    pub layers: Vec<DecoderLayer<B>>,
-    pub norm: RmsNorm<B>,
+pub struct Llama {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
     /// [hidden, vocab]; for tied embeddings a transposed copy of `embed_tokens`.
-    pub lm_head: Linear<B>,
-    pub rope: Rope<B>,
+    pub lm_head: Linear,
+    pub rope: Rope,
 }
 
 /// Which positions get logits: prefill only needs the last one, verification needs all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogitsFor {
     All,
     Last,
 }
 
-pub struct ForwardOutput<B: Backend> {
+#[derive(Clone)]
+pub struct ForwardOutput {
     /// [batch, n or 1, vocab]
-    pub logits: Tensor<B, 3>,
+    pub logits: Tensor<3>,
     /// Last hidden state after the final norm: [batch, n, hidden] (EAGLE's feature).
-    pub hidden: Tensor<B, 3>,
+    pub hidden: Tensor<3>,
 }
 
 /// Where the new rows of one forward go, shared by every layer: their RoPE positions, the cache
-/// length L they are written after, and the mask over (cache + new rows). `mask: None` is only valid
-/// for a single new row (it sees every cached row and itself).
-pub struct Step<'a, B: Backend> {
-    pub rope: &'a Rope<B>,
-    pub positions: Tensor<B, 1, Int>,
-    pub cache_len: usize,
-    pub mask: Option<&'a AttnMask<B>>,
+/// length L they are written after (on the host and on the device), and the mask over (cache + new
+/// rows). `mask: None` is only valid for a single new row (it sees every cached row and itself).
+pub struct Step<'a> {
+    pub rope: &'a Rope,
+    pub positions: Tensor<1, Int>,
+    pub start: CacheStart,
+    pub mask: Option<&'a AttnMask>,
 }
 
-impl<B: Backend> Attention<B> {
+impl Attention {
     /// Build from `lin(name, d_in, d_out, bias)`, called for q_proj, k_proj, v_proj, o_proj in order.
-    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear<B>>) -> Result<Self> {
+    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear>) -> Result<Self> {
         let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
         // q and k packed in RoPE pair order, so that the q|k|v product can rotate them itself.
         Ok(Self {
@@ -93,27 +96,26 @@ impl<B: Backend> Attention<B> {
     }
 
     /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
-    pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<3>, step: &Step, kv: &mut LayerKv) -> Tensor<3> {
         self.o_proj.forward(self.attend(x, None, step, kv))
     }
 
     /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input), of x or of
     /// `norm(x)` (the norm folded into the q|k|v product where the kernel takes it).
-    pub fn attend(&self, x: Tensor<B, 3>, norm: Option<&RmsNorm<B>>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
-        let n = x.dims()[1];
+    pub fn attend(&self, x: Tensor<3>, norm: Option<&RmsNorm>, step: &Step, kv: &mut LayerKv) -> Tensor<3> {
         let layout = QkvLayout { heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
         // q|k|v in one product; RoPE on q and k with k and v going straight into the cache (in the
         // product's epilogue on tensor cores).
         let parts = [self.q_proj.part(), self.k_proj.part(), self.v_proj.part()];
         let norm = norm.map(RmsNorm::pre_norm);
-        let q = step.rope.qkv_product(x, norm.as_ref(), &parts, step.positions.clone(), layout, kv, step.cache_len);
-        attention_rows(q, &kv.k, &kv.v, step.cache_len + n, step.mask)
+        let q = step.rope.qkv_product(x, norm.as_ref(), &parts, step.positions.clone(), layout, kv, &step.start);
+        attention_rows(q, &kv.k, &kv.v, &step.start, step.mask)
     }
 }
 
-impl<B: Backend> Mlp<B> {
+impl Mlp {
     /// Build from `lin(name, d_in, d_out, bias)`, called for gate_proj, up_proj, down_proj in order.
-    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear<B>>) -> Result<Self> {
+    pub fn build(cfg: &LlamaConfig, mut lin: impl FnMut(&str, usize, usize, bool) -> Result<Linear>) -> Result<Self> {
         let (h, ffn) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate_proj: lin("gate_proj", h, ffn, false)?,
@@ -124,12 +126,12 @@ impl<B: Backend> Mlp<B> {
 
     /// `residual + down(silu(gate(h)) * up(h))` with h = x or `norm(x)`: two launches on cubecl
     /// runtimes (the norm folded into gate|up where the kernel takes it).
-    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, norm: Option<&RmsNorm<B>>) -> Tensor<B, 3> {
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>, norm: Option<&RmsNorm>) -> Tensor<3> {
         Linear::swiglu_mlp(&self.gate_proj, &self.up_proj, &self.down_proj, x, residual, norm)
     }
 
     /// gate(x) | up(x) side by side, [b, n, 2 ffn], in one product.
-    pub fn gate_up(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn gate_up(&self, x: Tensor<3>) -> Tensor<3> {
         Linear::forward_many(&[&self.gate_proj, &self.up_proj], x)
     }
 }
@@ -147,8 +149,8 @@ pub enum LinearInput {
     Down,
 }
 
-impl<B: Backend> DecoderLayer<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, step: &Step<B>, kv: &mut LayerKv<B>) -> Tensor<B, 3> {
+impl DecoderLayer {
+    pub fn forward(&self, x: Tensor<3>, step: &Step, kv: &mut LayerKv) -> Tensor<3> {
         self.forward_observed(x, step, kv, None)
     }
 
@@ -157,13 +159,13 @@ impl<B: Backend> DecoderLayer<B> {
     /// materialized so it can be shown.
     pub fn forward_observed(
         &self,
-        x: Tensor<B, 3>,
-        step: &Step<B>,
-        kv: &mut LayerKv<B>,
-        mut observe: Option<&mut dyn FnMut(LinearInput, &Tensor<B, 3>)>,
-    ) -> Tensor<B, 3> {
+        x: Tensor<3>,
+        step: &Step,
+        kv: &mut LayerKv,
+        mut observe: Option<&mut dyn FnMut(LinearInput, &Tensor<3>)>,
+    ) -> Tensor<3> {
         let observing = observe.is_some();
-        let mut see = |what: LinearInput, t: &Tensor<B, 3>| {
+        let mut see = |what: LinearInput, t: &Tensor<3>| {
             if let Some(o) = observe.as_mut() {
                 o(what, t)
             }
@@ -189,7 +191,7 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl Llama {
     /// Run `tokens` ([batch, n]) at `positions` ([n]) after the `cache.len()` cached rows.
     ///
     /// A long causal forward (a prompt, `mask: None`) runs in chunks of at most [`SMALL_M_MAX`] rows:
@@ -198,19 +200,19 @@ impl<B: Backend> Llama<B> {
     /// attention scores' memory.
     pub fn forward(
         &self,
-        tokens: Tensor<B, 2, Int>,
-        positions: Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        mask: Option<&AttnMask<B>>,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<1, Int>,
+        cache: &mut KvCache,
+        mask: Option<&AttnMask>,
         logits_for: LogitsFor,
-    ) -> ForwardOutput<B> {
+    ) -> ForwardOutput {
         let [b, n] = tokens.dims();
         if mask.is_some() || n <= SMALL_M_MAX {
             return self.forward_rows(tokens, positions, cache, mask, logits_for);
         }
         // Each chunk computes the logits it is asked for (with `Last`, the earlier chunks' one row is
         // discarded: one lm_head row per 128 prompt rows).
-        let mut outs: Vec<ForwardOutput<B>> = Vec::new();
+        let mut outs: Vec<ForwardOutput> = Vec::new();
         for start in (0..n).step_by(SMALL_M_MAX) {
             let end = (start + SMALL_M_MAX).min(n);
             outs.push(self.forward_rows(tokens.clone().slice([0..b, start..end]), positions.clone().slice([start..end]), cache, None, logits_for));
@@ -226,24 +228,43 @@ impl<B: Backend> Llama<B> {
     /// One forward over all `n` rows.
     fn forward_rows(
         &self,
-        tokens: Tensor<B, 2, Int>,
-        positions: Tensor<B, 1, Int>,
-        cache: &mut KvCache<B>,
-        mask: Option<&AttnMask<B>>,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<1, Int>,
+        cache: &mut KvCache,
+        mask: Option<&AttnMask>,
         logits_for: LogitsFor,
-    ) -> ForwardOutput<B> {
-        let [b, n] = tokens.dims();
+    ) -> ForwardOutput {
+        let n = tokens.dims()[1];
         let cache_len = cache.len();
         assert!(cache_len + n <= cache.capacity(), "KV cache overflow: {cache_len} + {n} > {}", cache.capacity());
-        let hidden_size = self.embed_tokens.dims()[1];
         let causal = AttnMask::causal_unless_given(mask, cache_len, n, &tokens.device());
-        let mask = mask.or(causal.as_ref());
+        let start = cache.start();
+        let out = self.forward_at(tokens, positions, &start, &mut cache.layers, mask.or(causal.as_ref()), logits_for);
+        cache.advance(n);
+        out
+    }
+
+    /// The forward of `tokens` after the cache rows [0, `start`), writing each layer's new k and v at
+    /// rows [start, start + n) of `layers`: [`Llama::forward`] without the cache bookkeeping, and
+    /// without a host upload (`mask` is given whole, `None` only for one row). On cubecl devices every
+    /// kernel reads the start row from `start`'s device buffer, so a captured graph of this call
+    /// replays at any cache length of its attention segment count.
+    pub fn forward_at(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<1, Int>,
+        start: &CacheStart,
+        layers: &mut [LayerKv],
+        mask: Option<&AttnMask>,
+        logits_for: LogitsFor,
+    ) -> ForwardOutput {
+        let [b, n] = tokens.dims();
+        let hidden_size = self.embed_tokens.dims()[1];
         let mut x = self.embed(tokens);
-        let step = Step { rope: &self.rope, positions, cache_len, mask };
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let step = Step { rope: &self.rope, positions, start: start.clone(), mask };
+        for (layer, kv) in self.layers.iter().zip(layers.iter_mut()) {
             x = layer.forward(x, &step, kv);
         }
-        cache.advance(n);
         let hidden = self.norm.forward(x);
         let last = match logits_for {
             LogitsFor::All => hidden.clone(),
@@ -253,14 +274,14 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Token embeddings: [b, n] -> [b, n, hidden].
-    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, n] = tokens.dims();
         let h = self.embed_tokens.dims()[1];
         self.embed_tokens.val().select(0, tokens.reshape([b * n])).reshape([b, n, h])
     }
 
     /// Convenience: positions [start, start + n) as a device tensor.
-    pub fn positions(start: usize, n: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    pub fn positions(start: usize, n: usize, device: &Device) -> Tensor<1, Int> {
         Tensor::arange(start as i64..(start + n) as i64, device)
     }
 
@@ -268,7 +289,7 @@ impl<B: Backend> Llama<B> {
     pub fn weight_bytes_per_token(&self) -> usize {
         let elem = self.embed_tokens.val().dtype().size();
         let h = self.embed_tokens.dims()[1];
-        let per_layer = |l: &DecoderLayer<B>| {
+        let per_layer = |l: &DecoderLayer| {
             let a = &l.self_attn;
             let m = &l.mlp;
             [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
@@ -285,7 +306,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// A model with random weights at the config's shapes, made on the device from `seed`.
-    pub fn random(cfg: &LlamaConfig, max_positions: usize, seed: u64, device: &B::Device) -> Result<Self> {
+    pub fn random(cfg: &LlamaConfig, max_positions: usize, seed: u64, device: &Device) -> Result<Self> {
         Self::random_with(cfg, max_positions, seed, None, device)
     }
 
@@ -295,15 +316,15 @@ impl<B: Backend> Llama<B> {
         max_positions: usize,
         seed: u64,
         quant: Option<&QuantSpec>,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        hierspec_kernels::memory::persistent::<B, _>(device, || Self::random_weights(cfg, max_positions, seed, quant, device))
+        hierspec_kernels::memory::persistent::<_>(device, || Self::random_weights(cfg, max_positions, seed, quant, device))
     }
 
-    fn random_weights(cfg: &LlamaConfig, max_positions: usize, seed: u64, quant: Option<&QuantSpec>, device: &B::Device) -> Result<Self> {
-        B::seed(device, seed);
-        let lin = |d_in: usize, d_out: usize, bias: bool, q: Option<&QuantSpec>| -> Result<Linear<B>> {
+    fn random_weights(cfg: &LlamaConfig, max_positions: usize, seed: u64, quant: Option<&QuantSpec>, device: &Device) -> Result<Self> {
+        device.seed(seed);
+        let lin = |d_in: usize, d_out: usize, bias: bool, q: Option<&QuantSpec>| -> Result<Linear> {
             match q {
                 Some(q) => Linear::random_int4(d_in, d_out, bias, q, device),
                 None => Ok(Linear::random(d_in, d_out, bias, 0.02, device)),
@@ -333,7 +354,7 @@ impl<B: Backend> Llama<B> {
 
     /// Build from any weight source (HF names), checking every shape against the config.
     /// `max_positions` bounds the RoPE table (and so the usable context).
-    pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, device: &B::Device) -> Result<Self> {
+    pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, device: &Device) -> Result<Self> {
         Self::load_with(cfg, src, max_positions, None, device)
     }
 
@@ -344,16 +365,16 @@ impl<B: Backend> Llama<B> {
         src: &dyn WeightSource,
         max_positions: usize,
         quant: Option<&QuantSpec>,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
         // The weights in cubecl's persistent pool, away from the activations' pages (memory.rs).
-        hierspec_kernels::memory::persistent::<B, _>(device, || Self::load_weights(cfg, src, max_positions, quant, device))
+        hierspec_kernels::memory::persistent::<_>(device, || Self::load_weights(cfg, src, max_positions, quant, device))
     }
 
-    fn load_weights(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, quant: Option<&QuantSpec>, device: &B::Device) -> Result<Self> {
+    fn load_weights(cfg: &LlamaConfig, src: &dyn WeightSource, max_positions: usize, quant: Option<&QuantSpec>, device: &Device) -> Result<Self> {
         let h = cfg.hidden_size;
-        let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear<B>> {
+        let linear_q = |name: &str, d_in: usize, d_out: usize, bias: bool, quant: Option<&QuantSpec>| -> Result<Linear> {
             let b = if bias { Some(src.tensor(&format!("{name}.bias"))?) } else { None };
             // A dense lm_head stays dense unless asked (or stored int4 by the checkpoint).
             let int4_ok = quant.is_some() || name != "lm_head" || src.contains("lm_head.qweight");

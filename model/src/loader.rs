@@ -1,9 +1,9 @@
 //! From a user's `--model` (an alias, a Hugging Face directory, or a .gguf file) to a model on a
 //! device plus its tokenizer.
 
+use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -18,14 +18,14 @@ use crate::weights::{GgufSource, SafetensorsSource, WeightSource};
 /// RoPE tables beyond this many positions cost memory for contexts nobody runs at batch 1 here.
 pub const DEFAULT_MAX_CONTEXT: usize = 32_768;
 
-pub struct LoadedModel<B: Backend> {
-    pub model: Llama<B>,
+pub struct LoadedModel {
+    pub model: Llama,
     pub config: LlamaConfig,
     pub tokenizer: TextTokenizer,
     pub source: PathBuf,
 }
 
-impl<B: Backend> LoadedModel<B> {
+impl LoadedModel {
     /// Usable context: the model's own limit, capped by the RoPE table we built.
     pub fn context_len(&self) -> usize {
         self.model.max_positions()
@@ -58,11 +58,11 @@ impl LoadOptions {
     }
 }
 
-pub fn load<B: Backend>(spec: &str, max_context: usize, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load(spec: &str, max_context: usize, device: &Device) -> Result<LoadedModel> {
     load_with(spec, &LoadOptions::new(max_context), device)
 }
 
-pub fn load_with<B: Backend>(spec: &str, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load_with(spec: &str, opts: &LoadOptions, device: &Device) -> Result<LoadedModel> {
     let ckpt = Checkpoint::open(spec)?;
     let config = ckpt.config.clone();
     // W4A16 loads take GGUF Q4_0 / Q4_1 / Q4_K weights as they are; other types requantize.
@@ -72,11 +72,11 @@ pub fn load_with<B: Backend>(spec: &str, opts: &LoadOptions, device: &B::Device)
     Ok(LoadedModel { model, config, tokenizer: ckpt.tokenizer, source: ckpt.path })
 }
 
-pub fn load_hf_dir<B: Backend>(dir: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load_hf_dir(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<LoadedModel> {
     load_with(&dir.display().to_string(), opts, device)
 }
 
-pub fn load_gguf<B: Backend>(path: &Path, opts: &LoadOptions, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load_gguf(path: &Path, opts: &LoadOptions, device: &Device) -> Result<LoadedModel> {
     load_with(&path.display().to_string(), opts, device)
 }
 

@@ -5,16 +5,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::DType;
-use burn_store::pytorch::PytorchReader;
-use burn_store::TensorSnapshot;
+use burn_store::pytorch_reader::{DType, PytorchReader, Tensor};
+use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, WeightSource};
 
 pub struct PytorchSource {
     path: PathBuf,
-    tensors: HashMap<String, TensorSnapshot>,
+    tensors: HashMap<String, Tensor>,
 }
 
 impl PytorchSource {
@@ -26,14 +25,18 @@ impl PytorchSource {
 
 impl WeightSource for PytorchSource {
     fn tensor(&self, name: &str) -> Result<HostTensor> {
-        let snap = self.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
-        if !matches!(snap.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
-            return Err(Error::Unsupported(format!("{}: tensor {name} has dtype {:?}", self.path.display(), snap.dtype)));
-        }
-        let data = snap.to_data().map_err(|e| Error::Unsupported(format!("{}: tensor {name}: {e:?}", self.path.display())))?;
-        let shape = data.shape.clone();
-        let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| Error::Unsupported(format!("{}: tensor {name}: {e:?}", self.path.display())))?;
-        Ok((values, shape.to_vec()))
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+        let fail = |e: String| Error::Unsupported(format!("{}: tensor {name}: {e}", self.path.display()));
+        let bytes = t.read().map_err(|e| fail(e.to_string()))?;
+        // `read` gives native-endian, row-major bytes of exactly `byte_len`.
+        let values: Vec<f32> = match t.dtype() {
+            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            DType::F64 => bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+            DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_ne_bytes([b[0], b[1]]).to_f32()).collect(),
+            DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_ne_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(fail(format!("dtype {other:?}, not a float"))),
+        };
+        Ok((values, t.shape().to_vec()))
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -15,7 +15,7 @@ use crate::quantized::{self, CheckpointQuant, QuantMethod, QuantTensor};
 
 pub type HostTensor = (Vec<f32>, Vec<usize>);
 
-pub trait WeightSource {
+pub trait WeightSource: Sync {
     /// The tensor under its Hugging Face name, as f32 in PyTorch (outermost-first) layout.
     fn tensor(&self, name: &str) -> Result<HostTensor>;
     fn contains(&self, name: &str) -> bool;

@@ -3,7 +3,6 @@
 # binaries: bench-kernels, bench, kernels_vs_reference, mma_vs_reference) and $OUT.
 # Usage: bash scripts/gpu/mma.sh <revision> <part>...
 #   tests:     both kernel test binaries on CUDA (or $TESTS), f32 (the mma kernel emulated) and bf16 (tensor cores)
-#   launch:    host cost of launches (bench-kernels --launch-overhead)
 #   matmul:    device times under ncu from cold caches (bench-kernels --launches 3), the wall-clock
 #              run, the PyTorch peers, merged into int4-matmul.json / .md by scripts/ncu_times.py
 #   attention: tree attention, kernel vs reference, cache 512..8192, N 1..64
@@ -29,8 +28,6 @@ tests)
       HIERSPEC_TEST_DTYPE=$dtype timeout 240 $BIN/$t --test-threads 1 2>&1 | grep -E "^test |test result|panicked|error|relative|left|right" | head -40
     done
   done ;;
-launch)
-  timeout 120 $BIN/bench-kernels --device cuda --dtype bf16 --launch-overhead --revision $REV --json $OUT/launch.json ;;
 matmul)
   M=${MS:-1,2,4,8,16,32,64,128}
   echo "ncu: $NCU"

@@ -34,11 +34,11 @@ launches)
 ab)
   mkdir -p $OUT/rope
   for shape in ${SHAPES:-qwen15b-int4 qwen05b-bf16}; do
-    for mode in ${MODES:-channel direct}; do
+    for mode in channel; do
       for r in $(seq 1 ${ROUNDS:-3}); do
         for fuse in 0 1; do
           tag=$shape-$mode-fuse$fuse-r$r
-          env HIERSPEC_FUSE_ROPE=$fuse $( [ $mode != channel ] && echo CUBECL_DEVICE_HANDLE=$mode ) timeout 200 $BIN/bench \
+          env HIERSPEC_FUSE_ROPE=$fuse timeout 200 $BIN/bench \
             --synthetic $(syn $shape) --device cuda --dtype bf16 --prompt-len 128 --new-tokens 256 --repeats 3 \
             --curve-cache 512 --curve-n 1,16,64 --revision $REV --json $OUT/rope/$tag.json 2>&1 \
             | grep -E "^\| (qwen|llama)|^\| 512" | sed "s/^/$tag /"

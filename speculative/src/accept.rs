@@ -4,7 +4,7 @@
 //! row's argmax for greedy (the walk over them is on the host), the candidates' probabilities for
 //! sampling.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::ar::read_id;
 use crate::sampling::{Fault, Sampler};
@@ -27,7 +27,7 @@ pub struct TreeAccept {
 /// a depth-weighted argmax: five uploads and ~12 launches for two integers). It read fewer bytes
 /// but cost ~0.6 ms per tree on the H200 in host launch time (`docs/perf/real.md`, session 13),
 /// where reading n integers instead of two costs nothing measurable.
-pub fn accept_tree_greedy<B: Backend>(logits: Tensor<B, 2>, tree: &DraftTree) -> TreeAccept {
+pub fn accept_tree_greedy(logits: Tensor<2>, tree: &DraftTree) -> TreeAccept {
     let choice = read_ids(hierspec_kernels::topk::argmax(logits));
     let mut valid = vec![false; tree.len()];
     let mut best = 0;
@@ -51,14 +51,14 @@ pub fn accept_tree_greedy<B: Backend>(logits: Tensor<B, 2>, tree: &DraftTree) ->
 /// Greedy sequence acceptance. `logits` [K + 1, vocab] are the verifier's outputs after the pending
 /// token and after each of the K draft tokens. Returns (accepted drafts j, the verifier's token after
 /// them). One argmax launch and one read of the K + 1 choices (as [`accept_tree_greedy`]).
-pub fn accept_sequence_greedy<B: Backend>(logits: Tensor<B, 2>, draft: &[u32]) -> (usize, u32) {
+pub fn accept_sequence_greedy(logits: Tensor<2>, draft: &[u32]) -> (usize, u32) {
     let choice = read_ids(hierspec_kernels::topk::argmax(logits));
     let j = draft.iter().zip(&choice).take_while(|(d, c)| d == c).count();
     (j, choice[j])
 }
 
 /// The ids of an int tensor, on the host.
-fn read_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<u32> {
+fn read_ids(ids: Tensor<1, Int>) -> Vec<u32> {
     ids.into_data().iter::<i64>().map(|v| v as u32).collect()
 }
 
@@ -68,13 +68,13 @@ fn read_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<u32> {
 /// with the rejected children removed. The drafts are deterministic top-k picks (draft probability
 /// 1), so the emitted tokens are exact samples of the verifier. `probs` [n, vocab] from
 /// [`Sampler::probs`]. Reads n probabilities and one token.
-pub fn accept_tree_sampled<B: Backend>(probs: Tensor<B, 2>, tree: &DraftTree, sampler: &mut Sampler) -> TreeAccept {
+pub fn accept_tree_sampled(probs: Tensor<2>, tree: &DraftTree, sampler: &mut Sampler) -> TreeAccept {
     let n = tree.len();
     let vocab = probs.dims()[1];
     let device = probs.device();
     // p_parent(token) of every node (the root reads a dummy entry).
     let flat: Vec<i64> = (0..n).map(|i| tree.parents[i].map_or(0, |p| (p * vocab + tree.tokens[i] as usize) as i64)).collect();
-    let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n]), &device);
+    let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [n]), &device);
     let p_child: Vec<f32> = probs.clone().reshape([n * vocab]).select(0, flat).into_data().iter::<f32>().collect();
     let mut children = vec![Vec::new(); n];
     for i in 1..n {
@@ -101,7 +101,7 @@ pub fn accept_tree_sampled<B: Backend>(probs: Tensor<B, 2>, tree: &DraftTree, sa
         break;
     }
     let u = *path.last().unwrap();
-    let row = probs.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(vec![u as i64], [1]), &device)).reshape([vocab]);
+    let row = probs.select(0, Tensor::<1, Int>::from_data(TensorData::new(vec![u as i64], [1]), &device)).reshape([vocab]);
     let bonus = read_id(sampler.draw_without(row, &rejected));
     TreeAccept { path, bonus }
 }
@@ -111,16 +111,16 @@ pub fn accept_tree_sampled<B: Backend>(probs: Tensor<B, 2>, tree: &DraftTree, sa
 /// drafter's warped distribution each draft was sampled from. Accept s_j with probability
 /// min(1, p(s_j) / q(s_j)); on the first rejection draw from norm(max(0, p - q)); when all pass,
 /// draw one more token from p. Returns (accepted drafts, next token). Reads 2K numbers and one token.
-pub fn accept_sequence_sampled<B: Backend>(p: Tensor<B, 2>, q: Tensor<B, 2>, draft: &[u32], sampler: &mut Sampler) -> (usize, u32) {
+pub fn accept_sequence_sampled(p: Tensor<2>, q: Tensor<2>, draft: &[u32], sampler: &mut Sampler) -> (usize, u32) {
     let k = draft.len();
     let vocab = p.dims()[1];
     let device = p.device();
-    let row = |t: Tensor<B, 2>, i: usize| t.slice([i..i + 1]).reshape([vocab]);
+    let row = |t: Tensor<2>, i: usize| t.slice([i..i + 1]).reshape([vocab]);
     let mut j = 0;
     if k > 0 {
         let flat: Vec<i64> = draft.iter().enumerate().map(|(i, &t)| (i * vocab + t as usize) as i64).collect();
-        let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [k]), &device);
-        let pick = |t: Tensor<B, 2>| t.slice([0..k]).reshape([k * vocab]).select(0, flat.clone());
+        let flat = Tensor::<1, Int>::from_data(TensorData::new(flat, [k]), &device);
+        let pick = |t: Tensor<2>| t.slice([0..k]).reshape([k * vocab]).select(0, flat.clone());
         let both: Vec<f32> = Tensor::cat(vec![pick(p.clone()), pick(q.clone())], 0).into_data().iter::<f32>().collect();
         while j < k {
             let (pj, qj) = (both[j] as f64, both[k + j] as f64);
@@ -143,14 +143,14 @@ pub fn accept_sequence_sampled<B: Backend>(p: Tensor<B, 2>, q: Tensor<B, 2>, dra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::tensor::Device;
 
-    fn logits_for(argmax: &[u32], vocab: usize) -> Tensor<Flex, 2> {
+    fn logits_for(argmax: &[u32], vocab: usize) -> Tensor<2> {
         let mut v = vec![0f32; argmax.len() * vocab];
         for (i, &a) in argmax.iter().enumerate() {
             v[i * vocab + a as usize] = 1.0;
         }
-        Tensor::from_data(TensorData::new(v, [argmax.len(), vocab]), &Default::default())
+        Tensor::from_data(TensorData::new(v, [argmax.len(), vocab]), &Device::flex())
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Autoregressive decoding: the baseline every speculative method must reproduce token for token.
 
+use burn::tensor::Device;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
@@ -100,19 +101,19 @@ impl<'a, F: FnMut(u32)> Emitter<'a, F> {
     }
 }
 
-pub fn tokens_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+pub fn tokens_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     let v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     Tensor::from_data(TensorData::new(v, [1, ids.len()]), device)
 }
 
-pub fn read_id<B: Backend>(t: Tensor<B, 1, Int>) -> u32 {
+pub fn read_id(t: Tensor<1, Int>) -> u32 {
     t.into_data().iter::<i64>().next().expect("one id") as u32
 }
 
 /// Generate up to `max_new` tokens after `prompt`, stopping after any of `stop`. `on_token` sees each
 /// new id as soon as it is on the host (for streaming).
-pub fn generate<B: Backend>(
-    model: &Llama<B>,
+pub fn generate(
+    model: &Llama,
     config: &LlamaConfig,
     prompt: &[u32],
     max_new: usize,
@@ -136,7 +137,7 @@ pub fn generate<B: Backend>(
     let t1 = Instant::now();
     let device = target.device();
     while !em.emit(id) {
-        id = crate::profile::phase::<B, _>("ar.step", &device, || read_id(sampler.sample(target.forward(&[id], LogitsFor::Last).reshape([config.vocab_size]))));
+        id = crate::profile::phase::<_>("ar.step", &device, || read_id(sampler.sample(target.forward(&[id], LogitsFor::Last).reshape([config.vocab_size]))));
         stats.target_forwards += 1;
     }
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;

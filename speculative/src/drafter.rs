@@ -6,11 +6,12 @@
 //!   draft(root)                     a tree rooted at the newest token (the verifier's pending one)
 //!   truncate(len)                   forget positions >= len (re-sync after a rejection upstream)
 
+use burn::tensor::Device;
 use std::collections::HashMap;
 
 use hierspec_kernels::dense::SMALL_M_MAX;
 use hierspec_kernels::topk::log_softmax_top_k;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, Result};
 
@@ -18,10 +19,10 @@ use crate::ar::tokens_tensor;
 use crate::profile::phase;
 use crate::tree::{build_tree, DraftTree, FrontierNode, Proposal, TreeConfig};
 
-pub trait TreeDrafter<B: Backend> {
+pub trait TreeDrafter {
     /// Pairs for the next positions: the verifier's final-norm features [n, H] at positions
     /// t..t+n and the token at each position + 1.
-    fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()>;
+    fn observe(&mut self, features: Tensor<2>, next_tokens: &[u32]) -> Result<()>;
     /// Run the observed pairs through the drafter now rather than at the next `draft` (which
     /// otherwise does it first). The prefill calls it so that a drafter's pass over the prompt is
     /// timed as prefill, not as the first decode round.
@@ -39,31 +40,31 @@ pub trait TreeDrafter<B: Backend> {
 /// After the prefill: the pairs (f_t, token t+1) of every prompt position (the prompt shifted by
 /// one, then the first generated token), run through the drafter before returning (the device
 /// work included), so that the prefill's time covers the drafter's prompt pass.
-pub fn observe_prompt<B: Backend>(drafter: &mut dyn TreeDrafter<B>, features: Tensor<B, 2>, prompt: &[u32], first: u32) -> Result<()> {
+pub fn observe_prompt(drafter: &mut dyn TreeDrafter, features: Tensor<2>, prompt: &[u32], first: u32) -> Result<()> {
     let device = features.device();
     let next: Vec<u32> = prompt[1..].iter().copied().chain(std::iter::once(first)).collect();
     drafter.observe(features, &next)?;
     drafter.catch_up()?;
-    B::sync(&device).map_err(|e| Error::Setting(format!("device sync after the drafter's prompt pass: {e:?}")))
+    device.sync().map_err(|e| Error::Setting(format!("device sync after the drafter's prompt pass: {e:?}")))
 }
 
 /// An EAGLE head drafting for `base` (whose embedding and lm_head it uses).
-pub struct EagleDrafter<'a, B: Backend> {
-    head: &'a EagleHead<B>,
-    base: &'a Llama<B>,
-    cache: KvCache<B>,
+pub struct EagleDrafter<'a> {
+    head: &'a EagleHead,
+    base: &'a Llama,
+    cache: KvCache,
     /// Observed pairs not yet run through the head.
-    pending_features: Vec<Tensor<B, 2>>,
+    pending_features: Vec<Tensor<2>>,
     pending_tokens: Vec<u32>,
     /// The head's prediction f^ at the newest position (the root's feature).
-    last: Option<Tensor<B, 2>>,
+    last: Option<Tensor<2>>,
     forwards: usize,
 }
 
-impl<'a, B: Backend> EagleDrafter<'a, B> {
+impl<'a> EagleDrafter<'a> {
     /// `capacity`: cache rows for the sequence (prompt + new tokens); room for the draft rows of
     /// `tree` is added.
-    pub fn new(head: &'a EagleHead<B>, cfg: &EagleConfig, base: &'a Llama<B>, capacity: usize, tree: &TreeConfig) -> Result<Self> {
+    pub fn new(head: &'a EagleHead, cfg: &EagleConfig, base: &'a Llama, capacity: usize, tree: &TreeConfig) -> Result<Self> {
         let [vocab, hidden] = base.embed_tokens.dims();
         cfg.check_dims(hidden, vocab)?;
         let capacity = capacity + tree.depth * tree.top_k + 1;
@@ -83,13 +84,13 @@ impl<'a, B: Backend> EagleDrafter<'a, B> {
 
     /// The head's prediction f^ at the newest position run so far [1, H] (the next tree's root
     /// feature), or `None` before the first catch-up.
-    pub fn last_feature(&self) -> Option<Tensor<B, 2>> {
+    pub fn last_feature(&self) -> Option<Tensor<2>> {
         self.last.clone()
     }
 }
 
-impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
-    fn observe(&mut self, features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()> {
+impl TreeDrafter for EagleDrafter<'_> {
+    fn observe(&mut self, features: Tensor<2>, next_tokens: &[u32]) -> Result<()> {
         if features.dims()[0] != next_tokens.len() {
             return Err(Error::Setting(format!("{} features for {} next tokens", features.dims()[0], next_tokens.len())));
         }
@@ -130,7 +131,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
         if start + n > self.cache.capacity() {
             return Err(Error::Setting("EAGLE head cache is full".into()));
         }
-        let out = phase::<B, _>("draft.catch_up", &device, || {
+        let out = phase::<_>("draft.catch_up", &device, || {
             let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
             let h = feats.dims()[1];
             let mut out = None;
@@ -138,7 +139,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
                 let e = (s + SMALL_M_MAX).min(n);
                 let embeds = self.base.embed(tokens_tensor(&self.pending_tokens[s..e], &device));
                 let f = feats.clone().slice([s..e]).reshape([1, e - s, h]);
-                out = Some(self.head.forward(embeds, f, Llama::<B>::positions(start + s, e - s, &device), &mut self.cache, None));
+                out = Some(self.head.forward(embeds, f, Llama::positions(start + s, e - s, &device), &mut self.cache, None));
             }
             out.expect("n > 0")
         });
@@ -156,7 +157,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
         self.catch_up()?;
         let last = self.last.clone().ok_or_else(|| Error::Setting("EAGLE drafter: nothing observed yet".into()))?;
         let committed = self.cache.len();
-        let first = phase::<B, _>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0);
+        let first = phase::<_>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0);
 
         // Tree levels: each frontier node's input is (its parent's predicted feature, its token) at
         // position committed + depth - 1; it sees the committed rows and the rows of its ancestors.
@@ -164,7 +165,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
         let mut parent_of: HashMap<usize, Option<usize>> = HashMap::new();
         // The previous level's predictions f^ [f, H], and each of its nodes' row there: a level's
         // parents are the previous level's nodes, so one gather builds its input features.
-        let mut prev: Option<(Tensor<B, 2>, HashMap<usize, usize>)> = None;
+        let mut prev: Option<(Tensor<2>, HashMap<usize, usize>)> = None;
         let head = self.head;
         let base = self.base;
         let cache = &mut self.cache;
@@ -176,12 +177,12 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
                 return Err(Error::Setting("EAGLE head cache is full".into()));
             }
             let h = last.dims()[1];
-            let (embeds, feats, positions, mask) = phase::<B, _>("draft.level_inputs", &device, || {
+            let (embeds, feats, positions, mask) = phase::<_>("draft.level_inputs", &device, || {
                 let feats = parent_features(&last, prev.as_ref(), nodes, &device)?.reshape([1, f, h]);
                 let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
                 let embeds = base.embed(tokens_tensor(&tokens, &device));
                 let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
-                let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [f]), &device);
+                let positions = Tensor::<1, Int>::from_data(TensorData::new(pos, [f]), &device);
                 // Mask over the draft rows [committed, start + f).
                 let cols = start + f - committed;
                 let mut allowed = vec![false; f * cols];
@@ -196,14 +197,14 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
                 }
                 Ok::<_, Error>((embeds, feats, positions, AttnMask::new(committed, f, cols, &allowed, &device)))
             })?;
-            let out = phase::<B, _>("draft.level_forward", &device, || head.forward(embeds, feats, positions, cache, Some(&mask)));
+            let out = phase::<_>("draft.level_forward", &device, || head.forward(embeds, feats, positions, cache, Some(&mask)));
             forwards += 1;
             let out = out.reshape([f, h]);
             for (i, nd) in nodes.iter().enumerate() {
                 row_of.insert(nd.history, start + i);
             }
             prev = Some((out.clone(), nodes.iter().enumerate().map(|(i, nd)| (nd.history, i)).collect()));
-            Ok(phase::<B, _>("draft.top_k", &device, || top_k_rows(base, out, cfg.top_k)))
+            Ok(phase::<_>("draft.top_k", &device, || top_k_rows(base, out, cfg.top_k)))
         });
         self.forwards += forwards;
         // Draft rows are scratch: the committed rows stay, the rest is overwritten next time.
@@ -219,7 +220,7 @@ impl<B: Backend> TreeDrafter<B> for EagleDrafter<'_, B> {
 /// The input features of a level's nodes [f, H]: the root's predicted feature `last` [1, H] for
 /// level-1 nodes, else their parents' rows of the previous level's predictions, in one gather (the
 /// per-node slices and their concatenation were ~2 launches per node).
-fn parent_features<B: Backend>(last: &Tensor<B, 2>, prev: Option<&(Tensor<B, 2>, HashMap<usize, usize>)>, nodes: &[FrontierNode], device: &B::Device) -> Result<Tensor<B, 2>> {
+fn parent_features(last: &Tensor<2>, prev: Option<&(Tensor<2>, HashMap<usize, usize>)>, nodes: &[FrontierNode], device: &Device) -> Result<Tensor<2>> {
     if nodes.iter().all(|nd| nd.parent.is_none()) {
         return Ok(last.clone().repeat_dim(0, nodes.len()));
     }
@@ -230,11 +231,11 @@ fn parent_features<B: Backend>(last: &Tensor<B, 2>, prev: Option<&(Tensor<B, 2>,
         .collect::<Option<Vec<i64>>>()
         .ok_or_else(|| Error::Setting("EAGLE drafter: a frontier node's parent is not in the previous level".into()))?;
     let n = idx.len();
-    Ok(out.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), device)))
+    Ok(out.clone().select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), device)))
 }
 
 /// The base lm_head's log-softmax top-k over features [n, H]: per row, (token, log-probability).
-fn top_k_rows<B: Backend>(base: &Llama<B>, features: Tensor<B, 2>, k: usize) -> Vec<Vec<Proposal>> {
+fn top_k_rows(base: &Llama, features: Tensor<2>, k: usize) -> Vec<Vec<Proposal>> {
     let [n, h] = features.dims();
     let logits = base.lm_head.forward(features.reshape([1, n, h]));
     let v = logits.dims()[2];
@@ -274,8 +275,8 @@ impl OracleDrafter {
     }
 }
 
-impl<B: Backend> TreeDrafter<B> for OracleDrafter {
-    fn observe(&mut self, _features: Tensor<B, 2>, next_tokens: &[u32]) -> Result<()> {
+impl TreeDrafter for OracleDrafter {
+    fn observe(&mut self, _features: Tensor<2>, next_tokens: &[u32]) -> Result<()> {
         // The first observation covers the prompt: positions 0..n and the tokens 1..=n.
         self.known = if self.known == 0 { next_tokens.len() + 1 } else { self.known + next_tokens.len() };
         Ok(())

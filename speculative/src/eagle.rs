@@ -12,7 +12,6 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 
 use hierspec_model::{Llama, LlamaConfig, Result};
 
@@ -24,10 +23,10 @@ use crate::verify::Runner;
 
 /// Generate up to `max_new` tokens with trees from `drafter`.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_eagle<B: Backend>(
-    model: &Llama<B>,
+pub fn generate_eagle(
+    model: &Llama,
     config: &LlamaConfig,
-    drafter: &mut dyn TreeDrafter<B>,
+    drafter: &mut dyn TreeDrafter,
     tree: &TreeConfig,
     prompt: &[u32],
     max_new: usize,

@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 use hierspec_model::{Error, LogitsFor, Result};
 
@@ -60,10 +60,10 @@ impl HierConfig {
 /// Generate up to `max_new` tokens of `target`, with `drafter` (a head built on `inter`, sized for
 /// `prompt.len() + max_new + cfg.max_sequence()` positions) and `inter` in between.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_hier<B: Backend>(
-    target: Model<B>,
-    inter: Model<B>,
-    drafter: &mut dyn TreeDrafter<B>,
+pub fn generate_hier(
+    target: Model,
+    inter: Model,
+    drafter: &mut dyn TreeDrafter,
     cfg: &HierConfig,
     prompt: &[u32],
     max_new: usize,
@@ -132,7 +132,7 @@ pub fn generate_hier<B: Backend>(
             drafter.truncate(l + j);
             drafter.observe(Tensor::cat(features, 0).slice([j..j + 1]), &[next])?;
         } else {
-            let (_, f) = phase::<B, _>("hier.catch_up", &device, || mid.forward_features(&s[j - 1..j]));
+            let (_, f) = phase::<_>("hier.catch_up", &device, || mid.forward_features(&s[j - 1..j]));
             stats.intermediate_forwards += 1;
             drafter.observe(f, &[next])?;
         }

@@ -6,6 +6,7 @@ pub mod accept;
 pub mod ar;
 pub mod drafter;
 pub mod eagle;
+pub mod graphs;
 pub mod hier;
 pub mod profile;
 pub mod sampling;

@@ -6,11 +6,11 @@
 //! so each phase is charged its own device work (and the run gets slower). [`report`] renders the
 //! totals; `bench` prints it at the end of a run.
 
+use burn::tensor::Device;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -42,7 +42,7 @@ pub fn scope(name: &'static str) {
 }
 
 /// Run `f` as phase `name` (on `device`'s queue, for the `sync` mode).
-pub fn phase<B: Backend, R>(name: &'static str, device: &B::Device, f: impl FnOnce() -> R) -> R {
+pub fn phase<R>(name: &'static str, device: &Device, f: impl FnOnce() -> R) -> R {
     let m = mode();
     if m == Mode::Off {
         return f();
@@ -51,7 +51,7 @@ pub fn phase<B: Backend, R>(name: &'static str, device: &B::Device, f: impl FnOn
     let r = f();
     if m == Mode::Sync {
         // A failed sync surfaces at the next read of a result; the profile only loses accuracy.
-        let _ = B::sync(device);
+        let _ = device.sync();
     }
     record(name, t.elapsed());
     r

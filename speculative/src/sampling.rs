@@ -5,7 +5,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -80,7 +80,7 @@ impl Sampler {
 
     /// The warped next-token distribution of every row of `logits` [n, vocab] -> [n, vocab] f32:
     /// temperature, then top-k, then top-p over the top-k renormalised, zeros outside the kept set.
-    pub fn probs<B: Backend>(&self, logits: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn probs(&self, logits: Tensor<2>) -> Tensor<2> {
         let p = &self.params;
         let [n, vocab] = logits.dims();
         let scaled = logits.cast(DType::F32) / p.temperature.max(f32::MIN_POSITIVE) as f64;
@@ -96,7 +96,7 @@ impl Sampler {
             let before = sp.clone().cumsum(1) - sp;
             before.lower_elem(p.top_p as f64).int().sum_dim(1) // [n, 1], >= 1
         } else {
-            Tensor::<B, 2, Int>::full([n, 1], k as i64, &scaled.device())
+            Tensor::<2, Int>::full([n, 1], k as i64, &scaled.device())
         };
         let threshold = sorted.gather(1, keep.sub_scalar(1)).expand([n, vocab]);
         softmax(scaled.clone().mask_fill(scaled.lower(threshold), -1e30f32), 1)
@@ -104,7 +104,7 @@ impl Sampler {
 
     /// Draw a token from `weights` [vocab] (non-negative, not necessarily normalised); stays on
     /// the device.
-    pub fn draw<B: Backend>(&mut self, weights: Tensor<B, 1>) -> Tensor<B, 1, Int> {
+    pub fn draw(&mut self, weights: Tensor<1>) -> Tensor<1, Int> {
         let vocab = weights.dims()[0];
         let u = self.uniform();
         let cdf = weights.cumsum(0);
@@ -115,19 +115,19 @@ impl Sampler {
 
     /// Draw from `weights` [vocab] with the listed tokens removed (the residual after the tree
     /// rule rejected them), unless the test fault says to forget them.
-    pub fn draw_without<B: Backend>(&mut self, weights: Tensor<B, 1>, removed: &[u32]) -> Tensor<B, 1, Int> {
+    pub fn draw_without(&mut self, weights: Tensor<1>, removed: &[u32]) -> Tensor<1, Int> {
         if removed.is_empty() || self.fault == Some(Fault::NoResidual) {
             return self.draw(weights);
         }
         let device = weights.device();
         let ids: Vec<i64> = removed.iter().map(|&t| t as i64).collect();
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [removed.len()]), &device);
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [removed.len()]), &device);
         let minus = weights.clone().select(0, ids.clone()).neg();
         self.draw(weights.select_assign(0, ids, minus, IndexingUpdateOp::Add).clamp_min(0.0))
     }
 
     /// Choose the next token from `logits` ([vocab]); the result stays on the device.
-    pub fn sample<B: Backend>(&mut self, logits: Tensor<B, 1>) -> Tensor<B, 1, Int> {
+    pub fn sample(&mut self, logits: Tensor<1>) -> Tensor<1, Int> {
         let vocab = logits.dims()[0];
         if self.is_greedy() {
             return hierspec_kernels::topk::argmax(logits.reshape([1, vocab]));
@@ -140,15 +140,14 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::tensor::Device;
 
-    type B = Flex;
 
-    fn logits(v: &[f32]) -> Tensor<B, 1> {
-        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())
+    fn logits(v: &[f32]) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
     }
 
-    fn id(t: Tensor<B, 1, Int>) -> i64 {
+    fn id(t: Tensor<1, Int>) -> i64 {
         t.into_data().iter::<i64>().next().unwrap()
     }
 

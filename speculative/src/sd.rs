@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
@@ -21,21 +21,21 @@ use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::verify::Runner;
 
-pub struct Model<'a, B: Backend> {
-    pub model: &'a Llama<B>,
+pub struct Model<'a> {
+    pub model: &'a Llama,
     pub config: &'a LlamaConfig,
 }
 
 // By hand: a derive would ask `B: Copy`.
-impl<B: Backend> Clone for Model<'_, B> {
+impl Clone for Model<'_> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<B: Backend> Copy for Model<'_, B> {}
+impl Copy for Model<'_> {}
 
 /// Both models must share the vocabulary: a draft's token ids are the target's.
-pub fn check_same_vocab<B: Backend>(target: Model<B>, draft: Model<B>) -> Result<()> {
+pub fn check_same_vocab(target: Model, draft: Model) -> Result<()> {
     if draft.config.vocab_size != target.config.vocab_size {
         return Err(Error::Setting(format!(
             "the draft model's vocabulary ({}) differs from the target's ({}): they must share a tokenizer",
@@ -46,9 +46,9 @@ pub fn check_same_vocab<B: Backend>(target: Model<B>, draft: Model<B>) -> Result
 }
 
 /// Generate up to `max_new` tokens with `draft_len` drafts per round.
-pub fn generate_sd<B: Backend>(
-    target: Model<B>,
-    draft: Model<B>,
+pub fn generate_sd(
+    target: Model,
+    draft: Model,
     prompt: &[u32],
     max_new: usize,
     draft_len: usize,
@@ -86,11 +86,11 @@ pub fn generate_sd<B: Backend>(
         let k = draft_len.min(em.remaining());
         let unseen: Vec<u32> = prompt.iter().chain(&em.out).skip(drf.cache.len()).copied().collect();
         let device = drf.device();
-        let mut logits = phase::<B, _>("sd.draft_forward", &device, || drf.forward(&unseen, LogitsFor::Last));
+        let mut logits = phase::<_>("sd.draft_forward", &device, || drf.forward(&unseen, LogitsFor::Last));
         let mut drafts = Vec::with_capacity(k);
         let mut q = Vec::new();
         loop {
-            let t = phase::<B, _>("sd.draft_pick", &device, || {
+            let t = phase::<_>("sd.draft_pick", &device, || {
                 if sampler.is_greedy() {
                     read_id(hierspec_kernels::topk::argmax(logits))
                 } else {
@@ -103,7 +103,7 @@ pub fn generate_sd<B: Backend>(
             if drafts.len() == k {
                 break;
             }
-            logits = phase::<B, _>("sd.draft_forward", &device, || drf.forward(&[t], LogitsFor::Last));
+            logits = phase::<_>("sd.draft_forward", &device, || drf.forward(&[t], LogitsFor::Last));
         }
         stats.draft_forwards += k;
         stats.draft_ms += td.elapsed().as_secs_f64() * 1e3;

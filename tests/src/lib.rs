@@ -6,33 +6,29 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Element, Tensor};
+pub use burn::tensor::Device;
+use burn::tensor::{DType, FloatDType, Tensor};
 use serde::Deserialize;
-
-#[cfg(all(feature = "cuda", not(feature = "cpu")))]
-pub type B = burn::backend::Cuda;
-#[cfg(all(feature = "wgpu", not(feature = "cpu"), not(feature = "cuda")))]
-pub type B = burn::backend::Wgpu;
-#[cfg(feature = "cpu")]
-pub type B = burn::backend::Flex;
-
-pub type Device = <B as burn::tensor::backend::BackendTypes>::Device;
 
 /// The device under test, with its float dtype set once from `HIERSPEC_TEST_DTYPE` (default f32).
 pub fn device() -> Device {
     static INIT: std::sync::Once = std::sync::Once::new();
-    let device = Device::default();
+    #[cfg(feature = "cpu")]
+    let mut device = Device::flex();
+    #[cfg(all(feature = "cuda", not(feature = "cpu")))]
+    let mut device = Device::cuda(0);
+    #[cfg(all(feature = "wgpu", not(feature = "cpu"), not(feature = "cuda")))]
+    let mut device = Device::wgpu(burn::tensor::DeviceKind::default());
     INIT.call_once(|| {
         let dtype = test_dtype();
-        let int = <<B as burn::tensor::backend::BackendTypes>::IntElem as Element>::dtype();
-        burn::tensor::set_default_dtypes::<B>(&device, dtype, int).expect("dtype supported on the test device");
+        device.configure(FloatDType::from(dtype)).expect("dtype supported on the test device");
         // burn-cuda runs f32 matmuls on TF32 tensor cores; the f32 reference mode splits them.
         hierspec_model::nn::matmul::set_split_f32(cfg!(feature = "cuda") && dtype == DType::F32);
     });
     device
 }
 
-/// burn's backends seed one process-wide RNG (`B::seed`), and the tests of one file run on parallel
+/// burn's devices seed one process-wide RNG (`Device::seed`), and the tests of one file run on parallel
 /// threads: a test whose random weights or draws must come out the same (a seed replayed, a run
 /// resumed, a fixed model under a statistical test) holds this guard while it draws, so that no
 /// other test draws in between.
@@ -104,7 +100,7 @@ pub fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
-pub fn to_vec_f32<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn to_vec_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().iter::<f32>().collect()
 }
 
@@ -134,7 +130,7 @@ pub fn compare_top_logits(name: &str, ours: &[f32], vocab: usize, top_ids: &[Vec
 }
 
 /// The 20 mixed prompts of `assets/prompts/mixed20.txt`, chat-templated and tokenized for `m`.
-pub fn chat_prompts(m: &hierspec_model::LoadedModel<B>) -> Vec<Vec<u32>> {
+pub fn chat_prompts(m: &hierspec_model::LoadedModel) -> Vec<Vec<u32>> {
     let text = std::fs::read_to_string(repo_root().join("assets/prompts/mixed20.txt")).unwrap();
     text.lines()
         .filter(|l| !l.is_empty())

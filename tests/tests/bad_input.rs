@@ -42,7 +42,7 @@ fn truncated_gguf_header_and_data() {
         let msg = err_of(GgufFile::open(&p));
         assert!(msg.contains(want), "cut at {n}: {msg}");
         // and through the user-facing loader
-        let msg = err_of(loader::load::<B>(p.to_str().unwrap(), 4096, &device()));
+        let msg = err_of(loader::load(p.to_str().unwrap(), 4096, &device()));
         assert!(msg.contains("GGUF"), "{msg}");
     }
     let p = d.join("notgguf.gguf");
@@ -127,26 +127,26 @@ fn inconsistent_config_and_truncated_safetensors() {
     std::fs::copy(fixture_dir().join("hf-llama-tiny/tokenizer.json"), d.join("tokenizer.json")).unwrap();
     std::fs::write(d.join("config.json"), tiny_config(3)).unwrap();
     std::fs::write(d.join("model.safetensors"), safetensors_bytes(&[("x", vec![2])])).unwrap();
-    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    let msg = err_of(loader::load(d.to_str().unwrap(), 4096, &device()));
     assert!(msg.contains("num_key_value_heads"), "{msg}");
 
     std::fs::write(d.join("config.json"), tiny_config(2)).unwrap();
     let full = safetensors_bytes(&[("model.embed_tokens.weight", vec![32, 16])]);
     std::fs::write(d.join("model.safetensors"), &full[..full.len() - 10]).unwrap();
-    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    let msg = err_of(loader::load(d.to_str().unwrap(), 4096, &device()));
     assert!(msg.contains("safetensors"), "{msg}");
 
     // complete file, but a tensor of the wrong shape
     let wrong = safetensors_bytes(&[("model.embed_tokens.weight", vec![31, 16])]);
     std::fs::write(d.join("model.safetensors"), wrong).unwrap();
-    let msg = err_of(loader::load::<B>(d.to_str().unwrap(), 4096, &device()));
+    let msg = err_of(loader::load(d.to_str().unwrap(), 4096, &device()));
     assert!(msg.contains("expected shape [32, 16]"), "{msg}");
 }
 
 #[test]
 fn prompt_beyond_context() {
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 64, &device).expect("load");
+    let m = loader::load("smollm2-135m", 64, &device).expect("load");
     let ids = m.tokenizer.encode(&"word ".repeat(80)).unwrap();
     assert!(ids.len() > 64);
     let mut s = Sampler::new(SamplingParams::default()).unwrap();
@@ -163,7 +163,7 @@ fn prompt_beyond_context() {
 
 #[test]
 fn unknown_model_spec() {
-    let msg = err_of(loader::load::<B>("no-such-model", 4096, &device()));
+    let msg = err_of(loader::load("no-such-model", 4096, &device()));
     assert!(msg.contains("smollm2-135m"), "the message lists the aliases: {msg}");
 }
 
@@ -172,13 +172,13 @@ fn impossible_sd_settings() {
     use hierspec_model::{Llama, LlamaConfig};
     use hierspec_speculative::sd::{generate_sd, Model};
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let m = loader::load("smollm2-135m", 256, &device).expect("load");
     let ids = m.tokenizer.encode("hello").unwrap();
     let target = || Model { model: &m.model, config: &m.config };
     let msg = err_of(generate_sd(target(), target(), &ids, 8, 0, &mut greedy(), &[], |_| {}));
     assert!(msg.contains("--draft-len must be at least 1"), "{msg}");
     let other = LlamaConfig { vocab_size: 1000, num_hidden_layers: 1, ..m.config.clone() };
-    let small = Llama::<B>::random(&other, 256, 0, &device).unwrap();
+    let small = Llama::random(&other, 256, 0, &device).unwrap();
     let msg = err_of(generate_sd(target(), Model { model: &small, config: &other }, &ids, 8, 3, &mut greedy(), &[], |_| {}));
     assert!(msg.contains("must share a tokenizer"), "{msg}");
     let msg = err_of(generate_sd(target(), target(), &ids, 250, 8, &mut greedy(), &[], |_| {}));
@@ -193,10 +193,10 @@ fn impossible_eagle_settings() {
     use hierspec_speculative::generate_eagle;
     use hierspec_speculative::tree::TreeConfig;
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let m = loader::load("smollm2-135m", 256, &device).expect("load");
     let ids = m.tokenizer.encode("hello").unwrap();
     let cfg = EagleConfig::for_base(&m.config);
-    let head = EagleHead::<B>::random(&cfg, 256, 0, &device).unwrap();
+    let head = EagleHead::random(&cfg, 256, 0, &device).unwrap();
     let good = TreeConfig::default();
     // Tree shapes with a zero.
     for (bad, what) in [((0, 6, 60), "top-k 0"), ((10, 0, 60), "depth 0"), ((10, 6, 0), "nodes 0")] {
@@ -207,7 +207,7 @@ fn impossible_eagle_settings() {
     }
     // A head trained for another model (hidden size), or another vocabulary.
     let wide = EagleConfig::for_base(&LlamaConfig { hidden_size: 640, num_attention_heads: 10, num_key_value_heads: 5, head_dim: 64, ..m.config.clone() });
-    let wide_head = EagleHead::<B>::random(&wide, 256, 0, &device).unwrap();
+    let wide_head = EagleHead::random(&wide, 256, 0, &device).unwrap();
     let msg = err_of(EagleDrafter::new(&wide_head, &wide, &m.model, 64, &good).map(|_| ()));
     assert!(msg.contains("hidden size (640) does not match the model's (576)"), "{msg}");
     let other_vocab = EagleConfig::for_base(&LlamaConfig { vocab_size: 1000, ..m.config.clone() });
@@ -216,11 +216,11 @@ fn impossible_eagle_settings() {
     // A head directory without weights, and one with a broken pickle.
     let d = tmp_dir("eagle-head");
     std::fs::write(d.join("config.json"), r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 1, "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 2048}"#).unwrap();
-    let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
+    let msg = err_of(load_head(&d, &m.config, 256, &device).map(|_| ()));
     assert!(msg.contains("no weights for the EAGLE head"), "{msg}");
     // A pickle that is not one.
     std::fs::write(d.join("pytorch_model.bin"), b"not a zip, not a pickle").unwrap();
-    let msg = err_of(load_head::<B>(&d, &m.config, 256, &device).map(|_| ()));
+    let msg = err_of(load_head(&d, &m.config, 256, &device).map(|_| ()));
     assert!(msg.contains("not a readable PyTorch checkpoint"), "{msg}");
 }
 
@@ -237,12 +237,12 @@ fn impossible_hier_settings() {
     use hierspec_speculative::tree::TreeConfig;
     use hierspec_speculative::{generate_hier, HierConfig};
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 256, &device).expect("load");
+    let m = loader::load("smollm2-135m", 256, &device).expect("load");
     let ids = m.tokenizer.encode("hello").unwrap();
     let cfg = EagleConfig::for_base(&m.config);
-    let head = EagleHead::<B>::random(&cfg, 256, 0, &device).unwrap();
+    let head = EagleHead::random(&cfg, 256, 0, &device).unwrap();
     let model = || Model { model: &m.model, config: &m.config };
-    let run = |hier: HierConfig, inter: Model<B>, new: usize| {
+    let run = |hier: HierConfig, inter: Model, new: usize| {
         let mut d = EagleDrafter::new(&head, &cfg, &m.model, 64, &TreeConfig::default()).unwrap();
         err_of(generate_hier(model(), inter, &mut d, &hier, &ids, new, &mut greedy(), &[], |_| {}))
     };
@@ -251,7 +251,7 @@ fn impossible_hier_settings() {
     let no_depth = HierConfig { tree: TreeConfig { depth: 0, ..HierConfig::default().tree }, ..Default::default() };
     assert!(run(no_depth, model(), 8).contains("tree settings must be positive"));
     let other = LlamaConfig { vocab_size: 1000, num_hidden_layers: 1, ..m.config.clone() };
-    let small = Llama::<B>::random(&other, 256, 0, &device).unwrap();
+    let small = Llama::random(&other, 256, 0, &device).unwrap();
     let msg = run(HierConfig::default(), Model { model: &small, config: &other }, 8);
     assert!(msg.contains("must share a tokenizer"), "{msg}");
     let msg = run(HierConfig::default(), model(), 230);

@@ -16,7 +16,7 @@ fn check_model(alias: &str) {
     assert!(path.exists());
 
     let device = device();
-    let m = loader::load::<B>(alias, 4096, &device).expect("load");
+    let m = loader::load(alias, 4096, &device).expect("load");
     let vocab = m.config.vocab_size;
     let tol = logit_tolerance();
     for (pi, p) in fx.prompts.iter().enumerate() {
@@ -25,7 +25,7 @@ fn check_model(alias: &str) {
         assert_eq!(ids, p.ids, "{alias} prompt {pi} ({}): token ids differ", p.kind);
 
         let mut cache = KvCache::new(&m.config, 1, ids.len(), &device);
-        let positions = Llama::<B>::positions(0, ids.len(), &device);
+        let positions = Llama::positions(0, ids.len(), &device);
         let out = m.model.forward(tokens_tensor(&ids, &device), positions, &mut cache, None, LogitsFor::All);
         let logits = to_vec_f32(out.logits);
         let d = compare_top_logits(&format!("{alias} prompt {pi}"), &logits, vocab, &p.top_ids, &p.top_logits, tol);
@@ -47,7 +47,7 @@ fn check_greedy(alias: &str) {
     let p = &fx.prompts[0];
     assert!(p.greedy.len() >= 32);
     let device = device();
-    let m = loader::load::<B>(alias, 4096, &device).expect("load");
+    let m = loader::load(alias, 4096, &device).expect("load");
     let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
     // No stop tokens: the reference generated exactly this many.
     let (tokens, _) = generate(&m.model, &m.config, &p.ids, p.greedy.len(), &mut sampler, &[], |_| {}).unwrap();
@@ -81,24 +81,24 @@ fn prefill_and_incremental_decode_agree() {
     let fx = load_fixture("smollm2-135m");
     let ids = &fx.prompts[3].ids;
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 4096, &device).expect("load");
+    let m = loader::load("smollm2-135m", 4096, &device).expect("load");
     let vocab = m.config.vocab_size;
     let mut cache = KvCache::new(&m.config, 1, ids.len(), &device);
     let all = to_vec_f32(
         m.model
-            .forward(tokens_tensor(ids, &device), Llama::<B>::positions(0, ids.len(), &device), &mut cache, None, LogitsFor::All)
+            .forward(tokens_tensor(ids, &device), Llama::positions(0, ids.len(), &device), &mut cache, None, LogitsFor::All)
             .logits,
     );
     let split = ids.len() / 2;
     let mut cache = KvCache::new(&m.config, 1, ids.len(), &device);
-    let first: Tensor<B, 3> = m
+    let first: Tensor<3> = m
         .model
-        .forward(tokens_tensor(&ids[..split], &device), Llama::<B>::positions(0, split, &device), &mut cache, None, LogitsFor::All)
+        .forward(tokens_tensor(&ids[..split], &device), Llama::positions(0, split, &device), &mut cache, None, LogitsFor::All)
         .logits;
     let mut got = to_vec_f32(first);
     for (i, &t) in ids[split..].iter().enumerate() {
         let pos = split + i;
-        let l = m.model.forward(tokens_tensor(&[t], &device), Llama::<B>::positions(pos, 1, &device), &mut cache, None, LogitsFor::Last);
+        let l = m.model.forward(tokens_tensor(&[t], &device), Llama::positions(pos, 1, &device), &mut cache, None, LogitsFor::Last);
         got.extend(to_vec_f32(l.logits));
     }
     assert_eq!(cache.len(), ids.len());

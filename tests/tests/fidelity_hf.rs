@@ -18,12 +18,12 @@ fn check(name: &str, expect_rope_scaling: bool) {
     let dir = fixture_dir().join(name);
     let r: Reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let device = device();
-    let m = loader::load::<B>(dir.to_str().unwrap(), 4096, &device).expect("load HF directory");
+    let m = loader::load(dir.to_str().unwrap(), 4096, &device).expect("load HF directory");
     assert_eq!(m.config.rope_scaling.is_some(), expect_rope_scaling, "{name}: rope scaling read from config.json");
     let vocab = m.config.vocab_size;
     let n = r.ids.len();
     let mut cache = KvCache::new(&m.config, 1, n, &device);
-    let out = m.model.forward(tokens_tensor(&r.ids, &device), Llama::<B>::positions(0, n, &device), &mut cache, None, LogitsFor::All);
+    let out = m.model.forward(tokens_tensor(&r.ids, &device), Llama::positions(0, n, &device), &mut cache, None, LogitsFor::All);
     let ours = to_vec_f32(out.logits);
     let tol = logit_tolerance();
     let mut max = 0f64;

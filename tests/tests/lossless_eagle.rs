@@ -12,12 +12,12 @@ use hierspec_tests::*;
 
 const NEW: usize = 64;
 
-fn ar(m: &LoadedModel<B>, ids: &[u32]) -> Vec<u32> {
+fn ar(m: &LoadedModel, ids: &[u32]) -> Vec<u32> {
     let mut s = Sampler::new(SamplingParams::default()).unwrap();
     generate(&m.model, &m.config, ids, NEW, &mut s, &[], |_| {}).unwrap().0
 }
 
-fn eagle(m: &LoadedModel<B>, drafter: &mut dyn TreeDrafter<B>, tree: &TreeConfig, ids: &[u32]) -> (Vec<u32>, GenerationStats) {
+fn eagle(m: &LoadedModel, drafter: &mut dyn TreeDrafter, tree: &TreeConfig, ids: &[u32]) -> (Vec<u32>, GenerationStats) {
     generate_eagle(&m.model, &m.config, drafter, tree, ids, NEW, &mut Sampler::new(SamplingParams::default()).unwrap(), &[], |_| {}).unwrap()
 }
 
@@ -29,9 +29,9 @@ fn tree(top_k: usize, depth: usize, total_nodes: usize) -> TreeConfig {
 /// `random_prompts`; the other tree shapes (both drafters) on the first `shape_prompts`.
 fn check(alias: &str, n_prompts: usize, random_prompts: usize, shape_prompts: usize) {
     let device = device();
-    let m = loader::load::<B>(alias, 4096, &device).expect("load");
+    let m = loader::load(alias, 4096, &device).expect("load");
     let head_cfg = EagleConfig::for_base(&m.config);
-    let head = EagleHead::<B>::random(&head_cfg, 4096, 3, &device).unwrap();
+    let head = EagleHead::random(&head_cfg, 4096, 3, &device).unwrap();
     let mut oracle_tau = Vec::new();
     for (pi, ids) in chat_prompts(&m).iter().take(n_prompts).enumerate() {
         let want = ar(&m, ids);

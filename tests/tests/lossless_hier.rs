@@ -23,11 +23,11 @@ fn greedy() -> Sampler {
     Sampler::new(SamplingParams::default()).unwrap()
 }
 
-fn load(alias: &str, quant: Option<QuantSpec>) -> LoadedModel<B> {
-    loader::load_with::<B>(alias, &LoadOptions { max_context: 4096, quant }, &device()).expect("load")
+fn load(alias: &str, quant: Option<QuantSpec>) -> LoadedModel {
+    loader::load_with(alias, &LoadOptions { max_context: 4096, quant }, &device()).expect("load")
 }
 
-fn hier(t: &LoadedModel<B>, d: &LoadedModel<B>, drafter: &mut dyn TreeDrafter<B>, cfg: &HierConfig, ids: &[u32]) -> (Vec<u32>, GenerationStats) {
+fn hier(t: &LoadedModel, d: &LoadedModel, drafter: &mut dyn TreeDrafter, cfg: &HierConfig, ids: &[u32]) -> (Vec<u32>, GenerationStats) {
     let target = Model { model: &t.model, config: &t.config };
     let inter = Model { model: &d.model, config: &d.config };
     generate_hier(target, inter, drafter, cfg, ids, NEW, &mut greedy(), &[], |_| {}).unwrap()
@@ -39,14 +39,14 @@ fn shape(min_draft_len: usize, top_k: usize, depth: usize, total_nodes: usize) -
 
 /// The oracle with the default schedule on `n_prompts` prompts; the random head on the first
 /// `random_prompts`; other K_min and tree shapes (both drafters) on the first `shape_prompts`.
-fn check(t: &LoadedModel<B>, d: &LoadedModel<B>, name: &str, n_prompts: usize, random_prompts: usize, shape_prompts: usize) {
+fn check(t: &LoadedModel, d: &LoadedModel, name: &str, n_prompts: usize, random_prompts: usize, shape_prompts: usize) {
     check_from(t, d, name, 0, n_prompts, random_prompts, shape_prompts)
 }
 
 /// As `check`, starting at prompt `first` (a long run split over several invocations).
-fn check_from(t: &LoadedModel<B>, d: &LoadedModel<B>, name: &str, first: usize, n_prompts: usize, random_prompts: usize, shape_prompts: usize) {
+fn check_from(t: &LoadedModel, d: &LoadedModel, name: &str, first: usize, n_prompts: usize, random_prompts: usize, shape_prompts: usize) {
     let head_cfg = EagleConfig::for_base(&d.config);
-    let head = EagleHead::<B>::random(&head_cfg, 4096, 5, &device()).unwrap();
+    let head = EagleHead::random(&head_cfg, 4096, 5, &device()).unwrap();
     let (mut inner, mut outer) = (Vec::new(), Vec::new());
     for (pi, ids) in chat_prompts(t).iter().enumerate().skip(first).take(n_prompts) {
         let want = generate(&t.model, &t.config, ids, NEW, &mut greedy(), &[], |_| {}).unwrap().0;

@@ -2,26 +2,27 @@
 //! high-acceptance drafter (the target itself), a low-acceptance one (random weights, same
 //! vocabulary) and several draft lengths, on 20 prompts of different kinds, 64 new tokens each.
 
+use burn::tensor::Device;
 use hierspec_model::{loader, Llama, LlamaConfig};
 use hierspec_speculative::sd::{generate_sd, Model};
 use hierspec_speculative::{generate, Sampler, SamplingParams};
 use hierspec_tests::*;
 
-fn random_drafter(cfg: &LlamaConfig, device: &Device) -> (Llama<B>, LlamaConfig) {
+fn random_drafter(cfg: &LlamaConfig, device: &Device) -> (Llama, LlamaConfig) {
     let small = LlamaConfig { num_hidden_layers: 2, ..cfg.clone() };
     (Llama::random(&small, cfg.max_position_embeddings.min(4096), 7, device).unwrap(), small)
 }
 
 fn check(alias: &str, n_prompts: usize, new_tokens: usize) {
     let device = device();
-    let m = loader::load::<B>(alias, 4096, &device).expect("load");
+    let m = loader::load(alias, 4096, &device).expect("load");
     let (rand_model, rand_cfg) = random_drafter(&m.config, &device);
     let mut accepted = (0usize, 0usize);
     for (pi, ids) in chat_prompts(&m).iter().take(n_prompts).enumerate() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         // No stop tokens: every method must produce the same 64 tokens.
         let (ar, _) = generate(&m.model, &m.config, ids, new_tokens, &mut s, &[], |_| {}).unwrap();
-        let drafters: [(&str, &Llama<B>, &LlamaConfig, usize); 3] = [
+        let drafters: [(&str, &Llama, &LlamaConfig, usize); 3] = [
             ("self k=4", &m.model, &m.config, 4),
             ("random k=3", &rand_model, &rand_cfg, 3),
             ("self k=1", &m.model, &m.config, 1),
@@ -68,8 +69,8 @@ fn lossless_sd_qwen_05b_all_prompts() {
 #[ignore]
 fn lossless_sd_qwen_15b_with_05b_draft() {
     let device = device();
-    let t = loader::load::<B>("qwen2.5-coder-1.5b", 4096, &device).expect("load target");
-    let d = loader::load::<B>("qwen2.5-coder-0.5b", 4096, &device).expect("load draft");
+    let t = loader::load("qwen2.5-coder-1.5b", 4096, &device).expect("load target");
+    let d = loader::load("qwen2.5-coder-0.5b", 4096, &device).expect("load draft");
     let n = env_count("HIERSPEC_LOSSLESS_PROMPTS", 20);
     for (pi, ids) in chat_prompts(&t).iter().take(n).enumerate() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();

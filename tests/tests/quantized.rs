@@ -64,7 +64,7 @@ fn quantized_directory_roundtrips_exactly() {
     // the f16 rounding of the scales differs).
     let device = device();
     let run = |spec: &str, quant: Option<QuantSpec>| {
-        let m = loader::load_with::<B>(spec, &LoadOptions { max_context: 256, quant }, &device).unwrap();
+        let m = loader::load_with(spec, &LoadOptions { max_context: 256, quant }, &device).unwrap();
         let ids: Vec<u32> = (1..40).collect();
         let mut r = Runner::new(&m.model, &m.config, ids.len()).unwrap();
         to_vec_f32(r.forward(&ids, LogitsFor::All))
@@ -89,7 +89,7 @@ fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (safetensors:
 }
 
 fn load_err(dir: &Path) -> String {
-    match loader::load_with::<B>(dir.to_str().unwrap(), &LoadOptions::new(256), &device()) {
+    match loader::load_with(dir.to_str().unwrap(), &LoadOptions::new(256), &device()) {
         Ok(_) => panic!("{} loaded, expected an error", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -133,10 +133,10 @@ fn gguf_q4_blocks_load_as_int4_and_generate_like_the_dequantized_model() {
     // SmolLM2's GGUF is Q4_1 (+ Q8_0 embedding): a W4A16 load maps the Q4_1 blocks exactly (group
     // 32 with their minimum), so its logits match the dequantized model's up to float rounding.
     let device = device();
-    let full = loader::load_with::<B>("smollm2-135m", &LoadOptions::new(256), &device).unwrap();
-    let quant = loader::load_with::<B>("smollm2-135m", &LoadOptions { max_context: 256, quant: Some(QuantSpec::default()) }, &device).unwrap();
+    let full = loader::load_with("smollm2-135m", &LoadOptions::new(256), &device).unwrap();
+    let quant = loader::load_with("smollm2-135m", &LoadOptions { max_context: 256, quant: Some(QuantSpec::default()) }, &device).unwrap();
     let ids: Vec<u32> = full.tokenizer.encode("The quick brown fox jumps over the lazy dog.").unwrap();
-    let logits = |m: &hierspec_model::LoadedModel<B>| {
+    let logits = |m: &hierspec_model::LoadedModel| {
         let mut r = Runner::new(&m.model, &m.config, ids.len()).unwrap();
         to_vec_f32(r.forward(&ids, LogitsFor::All))
     };
@@ -158,8 +158,8 @@ fn gguf_mixed_blocks_requantize_to_their_fused_siblings_group() {
     let path = loader::resolve(alias).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let device = device();
-    let m = loader::load_with::<B>(alias, &LoadOptions { max_context: 64, quant: Some(QuantSpec::default()) }, &device).unwrap();
-    let group = |l: &hierspec_model::nn::Linear<B>| match &l.weight {
+    let m = loader::load_with(alias, &LoadOptions { max_context: 64, quant: Some(QuantSpec::default()) }, &device).unwrap();
+    let group = |l: &hierspec_model::nn::Linear| match &l.weight {
         LinearWeight::Int4(w) => w.q.group,
         LinearWeight::Dense(_) => panic!("a decoder linear layer stayed dense under --quant"),
     };
@@ -187,15 +187,15 @@ fn eagle_head_from_pytorch_bin_equals_safetensors() {
     let device = device();
     // The base the fixture head was written for (scripts/make_eagle_bin_fixture.py).
     let base = tiny_llama(16, 2);
-    let (bin, cfg) = load_head::<B>(&fixture_dir().join("eagle-head-bin"), &base, 64, &device).expect("pytorch_model.bin head");
-    let (st, _) = load_head::<B>(&fixture_dir().join("eagle-head-st"), &base, 64, &device).expect("safetensors head");
+    let (bin, cfg) = load_head(&fixture_dir().join("eagle-head-bin"), &base, 64, &device).expect("pytorch_model.bin head");
+    let (st, _) = load_head(&fixture_dir().join("eagle-head-st"), &base, 64, &device).expect("safetensors head");
     assert!(!cfg.fc_bias, "the fixture's config says bias: false");
-    let model = Llama::<B>::random(&base, 64, 1, &device).unwrap();
+    let model = Llama::random(&base, 64, 1, &device).unwrap();
     let embeds = model.embed(hierspec_speculative::ar::tokens_tensor(&[3, 1, 4, 1, 5], &device));
-    let feats = burn::tensor::Tensor::<B, 3>::random([1, 5, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let out = |head: &hierspec_model::eagle::EagleHead<B>| {
+    let feats = burn::tensor::Tensor::<3>::random([1, 5, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let out = |head: &hierspec_model::eagle::EagleHead| {
         let mut cache = head.new_cache(&cfg, 8);
-        let pos = Llama::<B>::positions(0, 5, &device);
+        let pos = Llama::positions(0, 5, &device);
         to_vec_f32(head.forward(embeds.clone(), feats.clone(), pos, &mut cache, None))
     };
     let (a, b) = (out(&bin), out(&st));
@@ -204,7 +204,7 @@ fn eagle_head_from_pytorch_bin_equals_safetensors() {
 }
 
 /// x^T x of a [n, k] tensor, on the host in f64.
-fn gram_of(x: burn::tensor::Tensor<B, 2>) -> Vec<f64> {
+fn gram_of(x: burn::tensor::Tensor<2>) -> Vec<f64> {
     let [n, k] = x.dims();
     let v: Vec<f64> = to_vec_f32(x).into_iter().map(f64::from).collect();
     let mut g = vec![0.0; k * k];
@@ -225,7 +225,7 @@ fn gptq_calibration_sees_each_layers_inputs() {
     use hierspec_model::nn::LinearWeight;
     let cfg = tiny_llama(40, 2);
     let dev = device();
-    let model = Llama::<B>::random(&cfg, 32, 3, &dev).unwrap();
+    let model = Llama::random(&cfg, 32, 3, &dev).unwrap();
     let chunks = vec![vec![1, 5, 7, 9, 2, 3], vec![4, 4, 8, 30, 39]];
     let mut c = Calibrator::new(&model, &cfg, &chunks).unwrap();
     let close = |a: &[f64], b: &[f64], what: &str| {
@@ -244,7 +244,7 @@ fn gptq_calibration_sees_each_layers_inputs() {
         // What layer 1 receives: layer 0 run in full (its weights "quantized" to themselves below).
         let mut cache = hierspec_model::KvCache::new(&hierspec_model::LlamaConfig { num_hidden_layers: 1, ..cfg.clone() }, 1, ch.len(), &dev);
         let mask = hierspec_model::AttnMask::causal_unless_given(None, 0, ch.len(), &dev);
-        let step = hierspec_model::llama::Step { rope: &model.rope, positions: Llama::<B>::positions(0, ch.len(), &dev), cache_len: 0, mask: mask.as_ref() };
+        let step = hierspec_model::llama::Step { rope: &model.rope, positions: Llama::positions(0, ch.len(), &dev), start: cache.start(), mask: mask.as_ref() };
         layer1_inputs.push(model.layers[0].forward(x, &step, &mut cache.layers[0]));
     }
     let h = c.hessian(0, LinearInput::Qkv).unwrap();

@@ -31,14 +31,14 @@ fn tiny(layers: usize) -> LlamaConfig {
 
 struct Models {
     target_cfg: LlamaConfig,
-    target: Llama<B>,
+    target: Llama,
     inter_cfg: LlamaConfig,
-    inter: Llama<B>,
+    inter: Llama,
     head_cfg: EagleConfig,
     /// Trained (here: random) on the target, for `eagle`.
-    target_head: EagleHead<B>,
+    target_head: EagleHead,
     /// On the intermediate, for `hier`.
-    inter_head: EagleHead<B>,
+    inter_head: EagleHead,
 }
 
 fn models() -> Models {

@@ -5,21 +5,22 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
+use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
 use hierspec_model::checkpoint::StoreDtype;
 use hierspec_model::eagle::{load_head, save_head};
 use hierspec_model::weights::{SafetensorsSource, WeightSource};
 use hierspec_model::{EagleConfig, EagleHead, KvCache, Llama, LlamaConfig};
-use hierspec_tests::{device, rng_lock, tiny_llama, B};
+use hierspec_tests::{device, rng_lock, tiny_llama, Device};
 use hierspec_train::data::{features, ShardWriter};
 use hierspec_train::trainer::{evaluate, train, Frozen, Metrics, RunLimits, TrainConfig};
 use hierspec_train::Dataset;
 use rand::{Rng, SeedableRng};
 
-type AD = Autodiff<B>;
+/// The autodiff form of the test device, where heads train.
+fn ad(device: &Device) -> Device {
+    device.clone().autodiff()
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hierspec-train-{}-{name}", std::process::id()));
@@ -29,7 +30,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// `n` random sequences of `len` tokens with the tiny base model's features, as a dataset in `dir`.
-fn base_data(base: &Llama<B>, cfg: &LlamaConfig, dir: &Path, prefix: &str, n: usize, len: usize, seed: u64) -> Dataset {
+fn base_data(base: &Llama, cfg: &LlamaConfig, dir: &Path, prefix: &str, n: usize, len: usize, seed: u64) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut w = ShardWriter::new(dir, prefix, cfg.hidden_size, 100);
     let mut cache = KvCache::new(cfg, 1, len, &device());
@@ -50,9 +51,9 @@ fn no_noise(tc: TrainConfig) -> TrainConfig {
     TrainConfig { noise: 0.0, ..tc }
 }
 
-fn tiny_base(seed: u64) -> (LlamaConfig, Llama<B>) {
+fn tiny_base(seed: u64) -> (LlamaConfig, Llama) {
     let cfg = tiny_llama(48, 2);
-    let base = Llama::<B>::random(&cfg, 64, seed, &device()).unwrap();
+    let base = Llama::random(&cfg, 64, seed, &device()).unwrap();
     (cfg, base)
 }
 
@@ -63,8 +64,8 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
     let (cfg, base) = tiny_base(1);
     let data = base_data(&base, &cfg, &dir, "train", 4, 12, 7);
     let head_cfg = EagleConfig::for_base(&cfg);
-    let head = EagleHead::<AD>::random(&head_cfg, 64, 3, &device()).unwrap();
-    let frozen = Frozen::from_base(&base).lift::<AD>();
+    let head = EagleHead::random(&head_cfg, 64, 3, &ad(&device())).unwrap();
+    let frozen = Frozen::from_base(&base).lift();
     // Four sequences, batch four: every step sees the same batch.
     let tc = no_noise(TrainConfig { epochs: 200.0, batch: 4, max_len: 12, lr: 3e-3, warmup: 0.05, ..Default::default() });
     let mut losses = Vec::new();
@@ -87,9 +88,9 @@ fn head_learns_a_known_function() {
     let (v, h) = (32, 64);
     let cfg = LlamaConfig { hidden_size: h, head_dim: 16, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 128, ..tiny_llama(v, 1) };
     let dev = device();
-    B::seed(&dev, 5);
-    let g = Tensor::<B, 2>::random([v, h], Distribution::Normal(0.0, 1.0), &dev);
-    let embed = Tensor::<B, 2>::random([v, h], Distribution::Normal(0.0, 1.0), &dev);
+    dev.seed(5);
+    let g = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 1.0), &dev);
+    let embed = Tensor::<2>::random([v, h], Distribution::Normal(0.0, 1.0), &dev);
     let frozen = Frozen { embed, lm_head: g.clone().transpose() * 0.5 };
     let table: Vec<f32> = g.into_data().iter::<f32>().collect();
     let dir = tmp("known");
@@ -105,10 +106,10 @@ fn head_learns_a_known_function() {
     };
     let (train_set, held_out) = (write("train", 64, 1), write("eval", 16, 2));
     let head_cfg = EagleConfig::for_base(&cfg);
-    let head = EagleHead::<AD>::random(&head_cfg, 64, 9, &dev).unwrap();
+    let head = EagleHead::random(&head_cfg, 64, 9, &ad(&dev)).unwrap();
     let tc = no_noise(TrainConfig { epochs: 25.0, batch: 8, max_len: 16, lr: 3e-3, warmup: 0.05, ..Default::default() });
     let before = evaluate(&head.valid(), &head_cfg, &frozen, &held_out, &tc, 16);
-    let r = train(head, &head_cfg, &frozen.clone().lift::<AD>(), &train_set, &tc, &dir.join("ckpt"), &limits(1000), &mut |_, _| {}).unwrap();
+    let r = train(head, &head_cfg, &frozen.clone().lift(), &train_set, &tc, &dir.join("ckpt"), &limits(1000), &mut |_, _| {}).unwrap();
     let after = evaluate(&r.head.valid(), &head_cfg, &frozen, &held_out, &tc, 16);
     eprintln!("held-out top1 {:.3} -> {:.3}, top3 {:.3}", before.top1, after.top1, after.top3);
     assert!(before.top1 < 0.2);
@@ -143,13 +144,13 @@ fn saved_head_reloads_bit_identically() {
     let cfg = LlamaConfig { hidden_size: 128, intermediate_size: 640, head_dim: 32, attention_bias: true, ..tiny_llama(48, 1) };
     let head_cfg = EagleConfig { layer: LlamaConfig { num_hidden_layers: 1, ..cfg.clone() }, fc_bias: true };
     let dev = device();
-    let head = EagleHead::<B>::random(&head_cfg, 64, 11, &dev).unwrap();
+    let head = EagleHead::random(&head_cfg, 64, 11, &dev).unwrap();
     let (d32, d32b, d16) = (tmp("save-f32"), tmp("save-f32-again"), tmp("save-bf16"));
     save_head(&head, &head_cfg, &d32, StoreDtype::F32, 200 << 10).unwrap();
     let files: Vec<_> = std::fs::read_dir(&d32).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).collect();
     assert!(files.len() > 2, "expected several files");
     assert!(files.iter().all(|f| f.metadata().unwrap().len() <= 200 << 10));
-    let (loaded, loaded_cfg) = load_head::<B>(&d32, &cfg, 64, &dev).unwrap();
+    let (loaded, loaded_cfg) = load_head(&d32, &cfg, 64, &dev).unwrap();
     assert_eq!(loaded_cfg, head_cfg);
     save_head(&loaded, &loaded_cfg, &d32b, StoreDtype::F32, 200 << 10).unwrap();
     let (a, b) = (head_tensors(&d32, &NAMES), head_tensors(&d32b, &NAMES));
@@ -158,15 +159,15 @@ fn saved_head_reloads_bit_identically() {
         assert!(x.0.iter().zip(&y.0).all(|(p, q)| p.to_bits() == q.to_bits()), "{n}: not bit-identical");
     }
     // The same forward, exactly.
-    let run = |h: &EagleHead<B>| {
-        let e = Tensor::<B, 3>::random([1, 5, 128], Distribution::Normal(0.0, 1.0), &dev);
-        let f = Tensor::<B, 3>::random([1, 5, 128], Distribution::Normal(0.0, 1.0), &dev);
+    let run = |h: &EagleHead| {
+        let e = Tensor::<3>::random([1, 5, 128], Distribution::Normal(0.0, 1.0), &dev);
+        let f = Tensor::<3>::random([1, 5, 128], Distribution::Normal(0.0, 1.0), &dev);
         let mut cache = h.new_cache(&head_cfg, 8);
         h.forward(e, f, Tensor::arange(0..5, &dev), &mut cache, None).into_data().iter::<f32>().collect::<Vec<_>>()
     };
-    B::seed(&dev, 1);
+    dev.seed(1);
     let x = run(&head);
-    B::seed(&dev, 1);
+    dev.seed(1);
     assert_eq!(x, run(&loaded));
     // bf16 files hold the f32 weights rounded to bf16.
     save_head(&head, &head_cfg, &d16, StoreDtype::Bf16, 200 << 10).unwrap();
@@ -185,16 +186,16 @@ fn a_saved_head_continues_training_where_it_stopped() {
     let data = base_data(&base, &cfg, &dir, "train", 4, 12, 5);
     let head_cfg = EagleConfig::for_base(&cfg);
     let frozen_inner = Frozen::from_base(&base);
-    let frozen = frozen_inner.clone().lift::<AD>();
+    let frozen = frozen_inner.clone().lift();
     let tc = no_noise(TrainConfig { epochs: 40.0, batch: 4, max_len: 12, lr: 3e-3, warmup: 0.05, ..Default::default() });
-    let random = EagleHead::<AD>::random(&head_cfg, 64, 6, &device()).unwrap();
+    let random = EagleHead::random(&head_cfg, 64, 6, &ad(&device())).unwrap();
     let at_random = evaluate(&random.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
     let first = train(random, &head_cfg, &frozen, &data, &tc, &dir.join("a"), &limits(1000), &mut |_, _| {}).unwrap();
     let trained = evaluate(&first.head.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
     let saved = tmp("init-head");
     save_head(&first.head.valid(), &head_cfg, &saved, StoreDtype::F32, 1 << 30).unwrap();
 
-    let (loaded, _) = load_head::<AD>(&saved, &cfg, 64, &device()).unwrap();
+    let (loaded, _) = load_head(&saved, &cfg, 64, &ad(&device())).unwrap();
     let reloaded = evaluate(&loaded.valid(), &head_cfg, &frozen_inner, &data, &tc, 4);
     assert!((reloaded.loss - trained.loss).abs() <= 1e-5 * trained.loss.abs(), "reloaded loss {} vs saved {}", reloaded.loss, trained.loss);
     assert!(trained.loss < at_random.loss - 0.1, "the first run did not train: {} -> {}", at_random.loss, trained.loss);
@@ -214,10 +215,10 @@ fn killed_run_resumes_from_its_checkpoint() {
     let (cfg, base) = tiny_base(2);
     let data = base_data(&base, &cfg, &dir, "train", 8, 10, 3);
     let head_cfg = EagleConfig::for_base(&cfg);
-    let frozen = Frozen::from_base(&base).lift::<AD>();
+    let frozen = Frozen::from_base(&base).lift();
     // 8 sequences, batch 2: 4 steps per epoch, 3 epochs; noise on (its draws must replay too).
     let tc = TrainConfig { epochs: 3.0, batch: 2, max_len: 10, lr: 2e-3, ..Default::default() };
-    let fresh = || EagleHead::<AD>::random(&head_cfg, 64, 4, &device()).unwrap();
+    let fresh = || EagleHead::random(&head_cfg, 64, 4, &ad(&device())).unwrap();
 
     let mut whole = Vec::new();
     let a = train(fresh(), &head_cfg, &frozen, &data, &tc, &dir.join("a"), &limits(4), &mut |s, m: &Metrics| whole.push((s, m.loss))).unwrap();
@@ -252,8 +253,8 @@ fn impossible_training_settings_are_errors() {
     let (cfg, base) = tiny_base(3);
     let data = base_data(&base, &cfg, &dir, "train", 4, 8, 5);
     let head_cfg = EagleConfig::for_base(&cfg);
-    let frozen = Frozen::from_base(&base).lift::<AD>();
-    let fresh = || EagleHead::<AD>::random(&head_cfg, 64, 4, &device()).unwrap();
+    let frozen = Frozen::from_base(&base).lift();
+    let fresh = || EagleHead::random(&head_cfg, 64, 4, &ad(&device())).unwrap();
     let run = |tc: &TrainConfig, ckpt: &str| train(fresh(), &head_cfg, &frozen, &data, tc, &dir.join(ckpt), &limits(1), &mut |_, _| {}).map(|r| r.step);
     let ok = TrainConfig { epochs: 1.0, batch: 2, max_len: 8, ..Default::default() };
     for bad in [
@@ -273,7 +274,7 @@ fn impossible_training_settings_are_errors() {
 
 #[test]
 fn conversations_render_with_the_assistant_tokens_marked() {
-    let m = hierspec_model::load::<B>("smollm2-135m", 64, &device()).unwrap();
+    let m = hierspec_model::load("smollm2-135m", 64, &device()).unwrap();
     let tok = &m.tokenizer;
     let conv = hierspec_train::Conversation {
         turns: [("user", "Name a colour."), ("assistant", "Blue, like the sea."), ("user", "Another?"), ("assistant", "Green.")]
@@ -298,7 +299,7 @@ fn conversations_render_with_the_assistant_tokens_marked() {
 #[test]
 fn self_distillation_data_are_the_models_own_answers() {
     use hierspec_train::{make_data, Answers, DataSpec};
-    let m = hierspec_model::load::<B>("smollm2-135m", 256, &device()).unwrap();
+    let m = hierspec_model::load("smollm2-135m", 256, &device()).unwrap();
     let convs: Vec<hierspec_train::Conversation> = ["Name a colour.", "What is 2 + 2?", "Say hello.", "Count to three."]
         .iter()
         .map(|p| hierspec_train::Conversation { turns: vec![("user".into(), p.to_string()), ("assistant".into(), "ignored".into())] })

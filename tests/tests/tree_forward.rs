@@ -2,12 +2,13 @@
 //! logits of running its root..node path as a plain sequence, and compacting the cache to one path
 //! must leave it equal to the cache of that sequence.
 
+use burn::tensor::Device;
 use hierspec_model::{loader, AttnMask, KvCache, Llama, LogitsFor};
 use hierspec_speculative::ar::tokens_tensor;
 use hierspec_speculative::tree::DraftTree;
 use hierspec_tests::*;
 
-fn positions_of(list: &[usize], device: &Device) -> burn::tensor::Tensor<B, 1, burn::tensor::Int> {
+fn positions_of(list: &[usize], device: &Device) -> burn::tensor::Tensor<1, burn::tensor::Int> {
     let v: Vec<i64> = list.iter().map(|&p| p as i64).collect();
     burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, [list.len()]), device)
 }
@@ -15,7 +16,7 @@ fn positions_of(list: &[usize], device: &Device) -> burn::tensor::Tensor<B, 1, b
 #[test]
 fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 4096, &device).expect("load");
+    let m = loader::load("smollm2-135m", 4096, &device).expect("load");
     let vocab = m.config.vocab_size;
     let prompt = m.tokenizer.encode("The capital of France is").unwrap();
     let l = prompt.len();
@@ -35,14 +36,14 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
         p.reverse();
         p
     };
-    let prefill = |cache: &mut KvCache<B>| {
-        m.model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, l, &device), cache, None, LogitsFor::Last);
+    let prefill = |cache: &mut KvCache| {
+        m.model.forward(tokens_tensor(&prompt, &device), Llama::positions(0, l, &device), cache, None, LogitsFor::Last);
     };
     // The reference: prompt then `seq` as a plain causal sequence in a fresh cache; last logits.
     let sequential = |seq: &[u32]| {
         let mut c = KvCache::new(&m.config, 1, l + seq.len(), &device);
         prefill(&mut c);
-        let out = m.model.forward(tokens_tensor(seq, &device), Llama::<B>::positions(l, seq.len(), &device), &mut c, None, LogitsFor::Last);
+        let out = m.model.forward(tokens_tensor(seq, &device), Llama::positions(l, seq.len(), &device), &mut c, None, LogitsFor::Last);
         to_vec_f32(out.logits)
     };
 
@@ -70,7 +71,7 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
     let next = 1406u32;
     let got = to_vec_f32(
         m.model
-            .forward(tokens_tensor(&[next], &device), Llama::<B>::positions(cache.len(), 1, &device), &mut cache, None, LogitsFor::Last)
+            .forward(tokens_tensor(&[next], &device), Llama::positions(cache.len(), 1, &device), &mut cache, None, LogitsFor::Last)
             .logits,
     );
     let mut seq: Vec<u32> = accepted.iter().map(|&j| tree.tokens[j]).collect();
@@ -85,15 +86,15 @@ fn tree_forward_equals_sequential_paths_and_compaction_keeps_the_path() {
 #[test]
 fn chunked_prefill_equals_one_causal_pass() {
     let device = device();
-    let m = loader::load::<B>("smollm2-135m", 4096, &device).expect("load");
+    let m = loader::load("smollm2-135m", 4096, &device).expect("load");
     let text = "Chunked prefill keeps every product on the small-M kernels. ".repeat(40);
     let prompt = m.tokenizer.encode(&text).unwrap();
     let n = prompt.len();
     assert!(n > 2 * hierspec_kernels::dense::SMALL_M_MAX, "prompt of {n} tokens spans at least three chunks");
-    let run = |mask: Option<&AttnMask<B>>| {
+    let run = |mask: Option<&AttnMask>| {
         let mut cache = KvCache::new(&m.config, 1, n + 1, &device);
-        let out = m.model.forward(tokens_tensor(&prompt, &device), Llama::<B>::positions(0, n, &device), &mut cache, mask, LogitsFor::All);
-        let next = m.model.forward(tokens_tensor(&[42], &device), Llama::<B>::positions(n, 1, &device), &mut cache, None, LogitsFor::Last);
+        let out = m.model.forward(tokens_tensor(&prompt, &device), Llama::positions(0, n, &device), &mut cache, mask, LogitsFor::All);
+        let next = m.model.forward(tokens_tensor(&[42], &device), Llama::positions(n, 1, &device), &mut cache, None, LogitsFor::Last);
         (to_vec_f32(out.logits), to_vec_f32(out.hidden), to_vec_f32(next.logits))
     };
     let chunked = run(None);

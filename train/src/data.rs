@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, DType};
+use burn::tensor::{DType};
 use half::bf16;
 use hierspec_model::{Error, KvCache, LlamaConfig, LoadedModel, LogitsFor, Result};
 use hierspec_model::llama::Llama;
@@ -248,7 +248,7 @@ impl Dataset {
 pub const PAD_MULTIPLE: usize = 64;
 
 /// The base model's final-norm features at every position of `ids` ([n * hidden], f32).
-pub fn features<B: Backend>(model: &Llama<B>, cache: &mut KvCache<B>, ids: &[u32]) -> Vec<f32> {
+pub fn features(model: &Llama, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
     let device = model.embed_tokens.device();
     let n = ids.len();
     if n == 0 {
@@ -259,17 +259,17 @@ pub fn features<B: Backend>(model: &Llama<B>, cache: &mut KvCache<B>, ids: &[u32
     let mut run: Vec<u32> = ids.to_vec();
     run.resize(padded, ids[n - 1]);
     cache.truncate(0);
-    let tokens = hierspec_speculative::ar::tokens_tensor::<B>(&run, &device);
-    let out = model.forward(tokens, Llama::<B>::positions(0, padded, &device), cache, None, LogitsFor::Last);
+    let tokens = hierspec_speculative::ar::tokens_tensor(&run, &device);
+    let out = model.forward(tokens, Llama::positions(0, padded, &device), cache, None, LogitsFor::Last);
     let h = out.hidden.dims()[2];
-    out.hidden.slice([0..1, 0..n, 0..h]).cast(DType::F32).into_data().convert::<f32>().into_vec().expect("f32 features")
+    out.hidden.slice([0..1, 0..n, 0..h]).cast(DType::F32).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 features")
 }
 
 /// Make the data directory: tokenize (and, for `Answers::Self_`, answer) each conversation, run the
 /// base model over it, and stream features to shards. Reuses `dir` when its manifest matches `spec`.
 /// With `time_limit`, conversations after the limit are left out (the manifest says how many were
 /// used, so `max_conversations` reproduces the set).
-pub fn make_data<B: Backend>(base: &LoadedModel<B>, convs: &[Conversation], spec: &DataSpec, dir: &Path, shard_tokens: usize, time_limit: Option<std::time::Duration>) -> Result<Manifest> {
+pub fn make_data(base: &LoadedModel, convs: &[Conversation], spec: &DataSpec, dir: &Path, shard_tokens: usize, time_limit: Option<std::time::Duration>) -> Result<Manifest> {
     if let Ok(m) = Manifest::read(dir) {
         if m.spec == *spec {
             eprintln!("data: reusing {} ({} train / {} held-out tokens)", dir.display(), m.train_tokens, m.eval_tokens);
@@ -337,7 +337,7 @@ pub fn make_data<B: Backend>(base: &LoadedModel<B>, convs: &[Conversation], spec
 
 /// The base model's own answer to the first prompt of `conv`; None when the prompt alone fills the
 /// context.
-fn self_answer<B: Backend>(base: &LoadedModel<B>, conv: &Conversation, spec: &DataSpec, max_len: usize, sampler: &mut Sampler) -> Result<Option<Tokenized>> {
+fn self_answer(base: &LoadedModel, conv: &Conversation, spec: &DataSpec, max_len: usize, sampler: &mut Sampler) -> Result<Option<Tokenized>> {
     let Some(prompt) = conv.first_prompt() else { return Ok(None) };
     let prompt = tokenize(&base.tokenizer, &Conversation { turns: vec![("user".into(), prompt.into())] }, max_len)?;
     let room = max_len.saturating_sub(prompt.ids.len()).min(spec.answer_tokens);

@@ -11,12 +11,10 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::HuberLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 use hierspec_model::nn::linear::LinearWeight;
 use hierspec_model::{EagleConfig, EagleHead, Error, KvCache, Llama, Result};
 use rand::seq::SliceRandom;
@@ -100,14 +98,14 @@ impl TrainConfig {
 
 /// The base model's frozen pieces the loss needs: embedding [V, H] and lm_head weight [H, V].
 #[derive(Clone)]
-pub struct Frozen<B: Backend> {
-    pub embed: Tensor<B, 2>,
-    pub lm_head: Tensor<B, 2>,
+pub struct Frozen {
+    pub embed: Tensor<2>,
+    pub lm_head: Tensor<2>,
 }
 
-impl<B: Backend> Frozen<B> {
+impl Frozen {
     /// From the base model, in f32 (an int4 lm_head is dequantized).
-    pub fn from_base(base: &Llama<B>) -> Self {
+    pub fn from_base(base: &Llama) -> Self {
         let lm_head = match &base.lm_head.weight {
             LinearWeight::Dense(w) => w.val(),
             LinearWeight::Int4(w) => w.q.dequantize(),
@@ -115,8 +113,8 @@ impl<B: Backend> Frozen<B> {
         Self { embed: base.embed_tokens.val().cast(DType::F32), lm_head: lm_head.cast(DType::F32) }
     }
 
-    /// The same tensors as constants of an autodiff backend over `B`.
-    pub fn lift<A: AutodiffBackend<InnerBackend = B>>(self) -> Frozen<A> {
+    /// The same tensors as constants on the autodiff form of their device.
+    pub fn lift(self) -> Frozen {
         Frozen { embed: Tensor::from_inner(self.embed), lm_head: Tensor::from_inner(self.lm_head) }
     }
 }
@@ -162,33 +160,33 @@ impl Batch {
 }
 
 /// Loss terms and accuracy counts of one batch.
-pub struct LossParts<B: Backend> {
-    pub loss: Tensor<B, 1>,
-    pub feature: Tensor<B, 1>,
-    pub ce: Tensor<B, 1>,
+pub struct LossParts {
+    pub loss: Tensor<1>,
+    pub feature: Tensor<1>,
+    pub ce: Tensor<1>,
     /// Rows where the head's top-1 / top-3 tokens contain the base model's greedy next token.
-    pub top1: Tensor<B, 1, Int>,
-    pub top3: Tensor<B, 1, Int>,
-    pub rows: Tensor<B, 1>,
+    pub top1: Tensor<1, Int>,
+    pub top3: Tensor<1, Int>,
+    pub rows: Tensor<1>,
 }
 
 /// The loss of `head` on `batch` (any backend: autodiff for training, plain for evaluation).
 /// `noise`: (width, seed) of the input noise, None for none.
-pub fn loss<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, frozen: &Frozen<B>, batch: &Batch, ce_weight: f64, noise: Option<(f64, u64)>) -> LossParts<B> {
+pub fn loss(head: &EagleHead, cfg: &EagleConfig, frozen: &Frozen, batch: &Batch, ce_weight: f64, noise: Option<(f64, u64)>) -> LossParts {
     let device = frozen.embed.device();
     let (b, rows, h) = (batch.b, batch.rows, cfg.layer.hidden_size);
     let n = b * rows;
-    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.next_ids.clone(), [n]), &device);
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(batch.next_ids.clone(), [n]), &device);
     let embeds = frozen.embed.clone().select(0, ids).reshape([b, rows, h]);
-    let mut feats = Tensor::<B, 3>::from_data(TensorData::new(batch.feats.clone(), [b, rows, h]), &device);
+    let mut feats = Tensor::<3>::from_data(TensorData::new(batch.feats.clone(), [b, rows, h]), &device);
     if let Some((width, seed)) = noise {
         // EAGLE scales the noise by 512 / sequence length.
         let a = width * 0.5 * 512.0 / (rows + 1) as f64;
-        B::seed(&device, seed);
+        device.seed(seed);
         feats = feats + Tensor::random([b, rows, h], Distribution::Uniform(-a, a), &device);
     }
-    let target = Tensor::<B, 2>::from_data(TensorData::new(batch.target.clone(), [n, h]), &device);
-    let mask = Tensor::<B, 1>::from_data(TensorData::new(batch.mask.clone(), [n]), &device);
+    let target = Tensor::<2>::from_data(TensorData::new(batch.target.clone(), [n, h]), &device);
+    let mask = Tensor::<1>::from_data(TensorData::new(batch.mask.clone(), [n]), &device);
     let count = mask.clone().sum().clamp_min(1.0);
 
     let mut cache = KvCache::new(&cfg.layer, b, rows, &device);
@@ -225,9 +223,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn of<B: Backend>(p: &LossParts<B>) -> Self {
-        let f = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
-        let i = |t: &Tensor<B, 1, Int>| t.clone().into_scalar().elem::<i64>() as f64;
+    fn of(p: &LossParts) -> Self {
+        let f = |t: &Tensor<1>| t.clone().into_scalar::<f64>();
+        let i = |t: &Tensor<1, Int>| t.clone().into_scalar::<i64>() as f64;
         let rows = f(&p.rows);
         Self { loss: f(&p.loss), feature: f(&p.feature), ce: f(&p.ce), top1: i(&p.top1) / rows, top3: i(&p.top3) / rows, rows }
     }
@@ -244,7 +242,7 @@ impl Metrics {
 }
 
 /// Held-out metrics of `head` over the first `max_seqs` sequences of `data` (no noise, no grad).
-pub fn evaluate<B: Backend>(head: &EagleHead<B>, cfg: &EagleConfig, frozen: &Frozen<B>, data: &Dataset, tc: &TrainConfig, max_seqs: usize) -> Metrics {
+pub fn evaluate(head: &EagleHead, cfg: &EagleConfig, frozen: &Frozen, data: &Dataset, tc: &TrainConfig, max_seqs: usize) -> Metrics {
     let mut m = Metrics::default();
     let idx: Vec<usize> = (0..data.len().min(max_seqs)).collect();
     for chunk in idx.chunks(tc.batch) {
@@ -278,8 +276,8 @@ struct State {
     losses: Vec<(usize, f64)>,
 }
 
-pub struct TrainResult<B: Backend> {
-    pub head: EagleHead<B>,
+pub struct TrainResult {
+    pub head: EagleHead,
     pub step: usize,
     pub total: usize,
     pub losses: Vec<(usize, f64)>,
@@ -287,40 +285,37 @@ pub struct TrainResult<B: Backend> {
     pub rows_seen: f64,
 }
 
-impl<B: Backend> TrainResult<B> {
+impl TrainResult {
     pub fn finished(&self) -> bool {
         self.step >= self.total
     }
 }
 
-type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
-
 /// Train `head` on `data`; checkpoints go to `ckpt`, and a checkpoint there with the same settings
 /// is resumed. `on_step(step, metrics)` runs after each step. Returns the head at the last step run.
-pub fn train<B: AutodiffBackend>(
-    mut head: EagleHead<B>,
+pub fn train(
+    mut head: EagleHead,
     cfg: &EagleConfig,
-    frozen: &Frozen<B>,
+    frozen: &Frozen,
     data: &Dataset,
     tc: &TrainConfig,
     ckpt: &Path,
     limits: &RunLimits,
     on_step: &mut dyn FnMut(usize, &Metrics),
-) -> Result<TrainResult<B>> {
+) -> Result<TrainResult> {
     tc.validate()?;
     if data.is_empty() {
         return Err(Error::Setting("no training sequences".into()));
     }
-    let device = frozen.embed.device();
     let per_epoch = (data.len() / tc.batch).max(1);
     let mut total = tc.steps.unwrap_or((tc.epochs * per_epoch as f64).ceil() as usize);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.95)
         .with_weight_decay(tc.weight_decay)
         .with_grad_clipping(Some(GradientClippingConfig::Norm(tc.clip)))
-        .init::<B, EagleHead<B>>();
+        .init();
     let mut state = State { step: 0, total, config: tc.clone(), train_sequences: data.len(), losses: Vec::new() };
-    let state_path = ckpt.join("state.json");
+    let state_path = ckpt.join(STATE);
     if state_path.exists() {
         let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
         let saved: State = serde_json::from_str(&text).map_err(|e| Error::Setting(format!("{}: {e}", state_path.display())))?;
@@ -330,10 +325,9 @@ pub fn train<B: AutodiffBackend>(
                 ckpt.display()
             )));
         }
-        let rec = Rec::new();
-        let err = |e: burn::record::RecorderError| Error::Setting(format!("{}: {e:?}", ckpt.display()));
-        head = head.load_record(rec.load(ckpt.join("head"), &device).map_err(err)?);
-        optim = optim.load_record(rec.load(ckpt.join("optim"), &device).map_err(err)?);
+        let err = |e: burn::store::RecordError| Error::Setting(format!("{}: {e:?}", ckpt.display()));
+        head = head.try_load_file(ckpt.join(HEAD)).map_err(err)?;
+        optim = optim.load(ckpt.join(OPTIM)).map_err(err)?;
         eprintln!("train: resuming at step {} of {}", saved.step, saved.total);
         total = saved.total;
         state = saved;
@@ -445,20 +439,23 @@ impl ScheduleFit {
     }
 }
 
+/// The checkpoint's files: head and optimizer state as burnpack files, and the run's state.
+const HEAD: &str = "head.bpk";
+const OPTIM: &str = "optim.bpk";
+const STATE: &str = "state.json";
+
 /// Head, optimizer and state, each written to a temporary name and renamed: a run killed while
 /// saving leaves the previous checkpoint whole.
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<EagleHead<B>, B>>(head: &EagleHead<B>, optim: &O, state: &State, dir: &Path) -> Result<()> {
+fn save_checkpoint(head: &EagleHead, optim: &ModuleOptimizer, state: &State, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let rec = Rec::new();
-    let err = |e: burn::record::RecorderError| Error::Setting(format!("saving a checkpoint in {}: {e:?}", dir.display()));
-    // The recorder sets the `.mpk` extension itself.
-    let tmp = |n: &str| dir.join(format!("{n}-tmp"));
-    rec.record(head.clone().into_record(), tmp("head")).map_err(err)?;
-    rec.record(optim.to_record(), tmp("optim")).map_err(err)?;
+    let err = |e: burn::store::RecordError| Error::Setting(format!("saving a checkpoint in {}: {e:?}", dir.display()));
+    let tmp = |n: &str| dir.join(format!("{n}.tmp"));
+    head.clone().save_file(tmp(HEAD)).map_err(err)?;
+    optim.save(tmp(OPTIM)).map_err(err)?;
     let text = serde_json::to_string(state).expect("json");
-    std::fs::write(tmp("state"), text).map_err(|e| Error::io(dir, e))?;
-    for (from, to) in [("head-tmp.mpk", "head.mpk"), ("optim-tmp.mpk", "optim.mpk"), ("state-tmp", "state.json")] {
-        std::fs::rename(dir.join(from), dir.join(to)).map_err(|e| Error::io(dir.join(to), e))?;
+    std::fs::write(tmp(STATE), text).map_err(|e| Error::io(dir, e))?;
+    for name in [HEAD, OPTIM, STATE] {
+        std::fs::rename(tmp(name), dir.join(name)).map_err(|e| Error::io(dir.join(name), e))?;
     }
     Ok(())
 }

@@ -6,18 +6,17 @@
 //! from cold caches (`scripts/ncu_times.py` reads it back). Bytes = weights +
 //! scales/offsets + activations in and out; bandwidth fraction = achieved bytes/s over the measured
 //! copy bandwidth. Prints one table and writes JSON (`docs/perf/int4-matmul.json` layout).
-//! `--launch-overhead` times the host side of launches (enqueue, and enqueue to completion).
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::attention::{self, AttnMask};
 use hierspec_kernels::fused::{self, Input, Part, PartWeight, PreNorm};
 use hierspec_kernels::mma::MmaWeight;
-use hierspec_kernels::probe::{self, Probe};
 use hierspec_kernels::{dense, int4, int4::Int4Weight};
 use hierspec_model::{Error, Result};
 
@@ -57,9 +56,6 @@ struct Args {
     /// Launch every measured kernel this many times without timing it (for ncu); 0: time as usual.
     #[arg(long, default_value_t = 0)]
     launches: usize,
-    /// Time the host side of kernel launches instead.
-    #[arg(long)]
-    launch_overhead: bool,
     /// Time the int4 and dense tensor-core products with an RMSNorm of x folded in
     /// (`fused::normed_linear`, the decoder's q|k|v and gate|up), instead of plain.
     #[arg(long)]
@@ -97,21 +93,9 @@ struct Record {
     mma: bool,
 }
 
-#[derive(serde::Serialize, Clone)]
-struct LaunchRecord {
-    what: String,
-    launches: usize,
-    /// host time per launch until the call returned
-    enqueue_us: f64,
-    /// per launch, enqueue to completion of all
-    total_us: f64,
-}
-
 #[derive(serde::Serialize)]
 struct Report {
     device: String,
-    /// `channel`, `queue` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
-    device_handle: &'static str,
     dtype: Precision,
     revision: String,
     date: String,
@@ -121,7 +105,6 @@ struct Report {
     copy_gbps: f64,
     records: Vec<Record>,
     attention: Vec<AttnRecord>,
-    launches: Vec<LaunchRecord>,
 }
 
 /// (name, k, n) of one decoder layer's products: fused qkv, o, fused gate_up, down.
@@ -148,23 +131,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 impl Args {
     /// Microseconds per call of `f`: median over `samples` batches of `calls` calls, after warm-up.
     /// With `--launches N`: N untimed calls (ncu measures them).
-    fn time<B: Backend, T>(&self, device: &B::Device, mut f: impl FnMut() -> T) -> f64 {
+    fn time<T>(&self, device: &Device, mut f: impl FnMut() -> T) -> f64 {
         if self.launches > 0 {
             for _ in 0..self.launches {
                 drop(f());
             }
-            B::sync(device).expect("sync");
+            device.sync().expect("sync");
             return f64::NAN;
         }
         for _ in 0..3 {
             drop(f());
         }
-        B::sync(device).expect("sync");
+        device.sync().expect("sync");
         let mut per_call = Vec::with_capacity(self.samples);
         for _ in 0..self.samples {
             let t = Instant::now();
             let outs: Vec<T> = (0..self.calls).map(|_| f()).collect();
-            B::sync(device).expect("sync");
+            device.sync().expect("sync");
             per_call.push(t.elapsed().as_secs_f64() * 1e6 / self.calls as f64);
             drop(outs);
         }
@@ -173,26 +156,26 @@ impl Args {
 }
 
 /// Device copy bandwidth (bytes read + written) of a 1 GiB elementwise pass.
-fn copy_gbps<B: Backend>(args: &Args, device: &B::Device) -> f64 {
+fn copy_gbps(args: &Args, device: &Device) -> f64 {
     let n: usize = 256 << 20; // f32 elements
-    let x = Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, 1.0), device).cast(burn::tensor::DType::F32);
-    let us = args.time::<B, _>(device, || x.clone().mul_scalar(1.0001));
+    let x = Tensor::<1>::random([n], Distribution::Uniform(0.0, 1.0), device).cast(burn::tensor::DType::F32);
+    let us = args.time::<_>(device, || x.clone().mul_scalar(1.0001));
     (2 * 4 * n) as f64 / (us * 1e-6) / 1e9
 }
 
 /// Tree attention at the Llama-3-8B attention shape, kernel vs reference, random tree masks. Every
 /// kernel point is timed before any reference point: the reference's matmuls autotune (and compile)
 /// on every new shape, and a run cut short by a time limit should still hold the kernel's numbers.
-fn attention_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<AttnRecord> {
+fn attention_records(args: &Args, device: &Device) -> Vec<AttnRecord> {
     let (heads, kv_heads, hd) = (32, 8, 128);
     let mut out = Vec::new();
     let mut inputs = Vec::new();
     for cache_len in [512, 2048, 8192] {
         for n in [1, 4, 16, 32, 64] {
             let t = cache_len + n;
-            let k = Tensor::<B, 4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
-            let v = Tensor::<B, 4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
-            let q = Tensor::<B, 4>::random([1, heads, n, hd], Distribution::Normal(0.0, 1.0), device);
+            let k = Tensor::<4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
+            let v = Tensor::<4>::random([1, kv_heads, t + 64, hd], Distribution::Normal(0.0, 1.0), device).slice([0..1, 0..kv_heads, 0..t, 0..hd]);
+            let q = Tensor::<4>::random([1, heads, n, hd], Distribution::Normal(0.0, 1.0), device);
             // A binary tree in breadth-first order: node i's parent is (i - 1) / 2.
             let allowed: Vec<bool> = (0..n * n)
                 .map(|x| {
@@ -207,89 +190,23 @@ fn attention_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<AttnRec
                     false
                 })
                 .collect();
-            let mask = (n > 1).then(|| AttnMask::<B>::from_new_rows(cache_len, n, &allowed, device));
-            let kernel_us = args.time::<B, _>(device, || attention::attention(q.clone(), k.clone(), v.clone(), mask.as_ref()));
+            let mask = (n > 1).then(|| AttnMask::from_new_rows(cache_len, n, &allowed, device));
+            let kernel_us = args.time::<_>(device, || attention::attention(q.clone(), k.clone(), v.clone(), mask.as_ref()));
             eprintln!("attention cache {cache_len} n {n}: kernel {kernel_us:.1} us");
             out.push(AttnRecord { cache_len, n, kernel_us, reference_us: f64::NAN });
             inputs.push((q, k, v, mask));
         }
     }
     for (rec, (q, k, v, mask)) in out.iter_mut().zip(inputs) {
-        rec.reference_us = args.time::<B, _>(device, || attention::reference(q.clone(), k.clone(), v.clone(), mask.as_ref()));
+        rec.reference_us = args.time::<_>(device, || attention::reference(q.clone(), k.clone(), v.clone(), mask.as_ref()));
         eprintln!("attention cache {} n {}: kernel {:.1} us, reference {:.1} us", rec.cache_len, rec.n, rec.kernel_us, rec.reference_us);
     }
     out
 }
 
-/// Host cost of launches: `launches` back-to-back calls of a tiny elementwise op, a tiny scalar
-/// product (15 tensor arguments) and a tiny tensor-core product (12), enqueue time and total.
-fn launch_records<B: Backend>(args: &Args, device: &B::Device) -> Vec<LaunchRecord> {
-    let launches = 500;
-    let (k, n) = (256, 64);
-    let q = Int4Weight::<B>::random(k, n, 128, true, device).expect("shape");
-    let packed = MmaWeight::int4(&q);
-    let x = Tensor::<B, 2>::random([1, k], Distribution::Normal(0.0, 1.0), device);
-    let v = Tensor::<B, 1>::random([64], Distribution::Normal(0.0, 1.0), device);
-    let mut out = Vec::new();
-    let mut measure = |what: &str, f: &mut dyn FnMut()| {
-        for _ in 0..20 {
-            f();
-        }
-        B::sync(device).expect("sync");
-        let t = Instant::now();
-        for _ in 0..launches {
-            f();
-        }
-        let enqueue = t.elapsed().as_secs_f64();
-        B::sync(device).expect("sync");
-        let total = t.elapsed().as_secs_f64();
-        let r = LaunchRecord { what: what.into(), launches, enqueue_us: enqueue * 1e6 / launches as f64, total_us: total * 1e6 / launches as f64 };
-        eprintln!("{what}: enqueue {:.1} us, total {:.1} us per launch", r.enqueue_us, r.total_us);
-        out.push(r);
-    };
-    measure("burn elementwise (x * 1.0001)", &mut || drop(v.clone().mul_scalar(1.0001)));
-    // Near-empty kernels: what a launch costs by itself, per kind of buffer argument, and with a
-    // fresh output buffer.
-    let (a, o) = (v.clone().cast(DType::F32), v.clone().cast(DType::F32));
-    for p in Probe::ALL {
-        if probe::launch(p, &a, &o) {
-            measure(&format!("probe {p:?}"), &mut || {
-                probe::launch(p, &a, &o);
-            });
-        }
-    }
-    // A host read of a result (what every speculative round does a few times): one launch, then
-    // 4 bytes read back, right away and after 300 us of host work (time the device thread may
-    // spend idle; subtract the 300 us).
-    let read_back = |o: &Tensor<B, 1>| drop(o.clone().slice([0..1]).into_data());
-    if probe::launch(Probe::Array1, &a, &o) {
-        measure("round trip: a probe launch, then a 4-byte read", &mut || {
-            probe::launch(Probe::Array1, &a, &o);
-            read_back(&o);
-        });
-        measure("round trip after 300 us of host work (includes the 300 us)", &mut || {
-            let t = Instant::now();
-            while t.elapsed().as_micros() < 300 {
-                std::hint::spin_loop();
-            }
-            probe::launch(Probe::Array1, &a, &o);
-            read_back(&o);
-        });
-    }
-    measure("sync with nothing queued", &mut || B::sync(device).expect("sync"));
-    let scalar = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: None }];
-    measure("scalar int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &scalar, Input::Plain, None)));
-    if let Some(p) = packed.as_ref() {
-        let mma = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: Some(p) }];
-        measure("tensor-core int4 product 1x256x64", &mut || drop(fused::linear(x.clone(), &mma, Input::Plain, None)));
-    }
-    let _ = args;
-    out
-}
-
 impl BackendJob for Args {
     type Output = Report;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+    fn run(self, device: Device) -> Result<Report> {
         let ms: Vec<usize> = self
             .m
             .split(',')
@@ -298,10 +215,8 @@ impl BackendJob for Args {
         if self.samples == 0 || self.calls == 0 || ms.iter().any(|&m| m == 0) {
             return Err(Error::Setting("--samples, --calls and every M must be >= 1".into()));
         }
-        let handle = hierspec::backend::device_handle()?;
-        let empty = |attention, launches| Report {
+        let empty = |attention| Report {
             device: format!("{:?}", self.device),
-            device_handle: handle,
             dtype: self.dtype,
             revision: self.revision.clone(),
             date: String::new(),
@@ -310,38 +225,34 @@ impl BackendJob for Args {
             copy_gbps: 0.0,
             records: Vec::new(),
             attention,
-            launches,
         };
         if self.attention {
-            return Ok(empty(attention_records::<B>(&self, &device), Vec::new()));
+            return Ok(empty(attention_records(&self, &device)));
         }
-        if self.launch_overhead {
-            return Ok(empty(Vec::new(), launch_records::<B>(&self, &device)));
-        }
-        let copy = if self.launches > 0 { f64::NAN } else { copy_gbps::<B>(&self, &device) };
+        let copy = if self.launches > 0 { f64::NAN } else { copy_gbps(&self, &device) };
         eprintln!("copy bandwidth: {copy:.0} GB/s");
         let mut records = Vec::new();
         for model in self.models.split(',') {
             for (name, k, n) in shapes(model.trim())? {
-                let q = Int4Weight::<B>::random(k, n, self.group, true, &device).map_err(|e| Error::Setting(e.0))?;
-                let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.02), &device);
+                let q = Int4Weight::random(k, n, self.group, true, &device).map_err(|e| Error::Setting(e.0))?;
+                let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.02), &device);
                 let (q_mma, w_mma) = (MmaWeight::int4(&q), MmaWeight::dense(&w));
                 let int4_mma = [Part { weight: PartWeight::Int4(&q), perm: None, bias: None, mma: q_mma.as_ref() }];
                 let dense_mma = [Part { weight: PartWeight::Dense(w.clone()), perm: None, bias: None, mma: w_mma.as_ref() }];
                 let act = w.dtype().size();
-                let pre = self.norm.then(|| PreNorm { weight: Tensor::<B, 1>::random([k], Distribution::Uniform(0.5, 1.5), &device), eps: 1e-6 });
+                let pre = self.norm.then(|| PreNorm { weight: Tensor::<1>::random([k], Distribution::Uniform(0.5, 1.5), &device), eps: 1e-6 });
                 for &m in &ms {
-                    let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+                    let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
                     let io = (m * k + m * n) * act;
-                    let product = |parts: &[Part<B>]| match &pre {
+                    let product = |parts: &[Part]| match &pre {
                         Some(pre) => fused::normed_linear(x.clone(), pre, parts),
                         None => fused::linear(x.clone(), parts, Input::Plain, None),
                     };
-                    let us = self.time::<B, _>(&device, || product(&int4_mma));
-                    let scalar_us = self.time::<B, _>(&device, || int4::matmul(x.clone(), &q));
-                    let dense_us = self.time::<B, _>(&device, || product(&dense_mma));
-                    let dense_scalar_us = self.time::<B, _>(&device, || dense::linear(x.clone(), w.clone()));
-                    let bf16_us = (!self.no_burn && self.launches == 0).then(|| self.time::<B, _>(&device, || x.clone().matmul(w.clone())));
+                    let us = self.time::<_>(&device, || product(&int4_mma));
+                    let scalar_us = self.time::<_>(&device, || int4::matmul(x.clone(), &q));
+                    let dense_us = self.time::<_>(&device, || product(&dense_mma));
+                    let dense_scalar_us = self.time::<_>(&device, || dense::linear(x.clone(), w.clone()));
+                    let bf16_us = (!self.no_burn && self.launches == 0).then(|| self.time::<_>(&device, || x.clone().matmul(w.clone())));
                     let gbps = (q.bytes() + io) as f64 / (us * 1e-6) / 1e9;
                     let dense_gbps = (k * n * act + io) as f64 / (dense_us * 1e-6) / 1e9;
                     let r = Record {
@@ -367,7 +278,6 @@ impl BackendJob for Args {
         }
         Ok(Report {
             device: format!("{:?}", self.device),
-            device_handle: handle,
             dtype: self.dtype,
             revision: self.revision.clone(),
             date: String::new(),
@@ -376,7 +286,6 @@ impl BackendJob for Args {
             copy_gbps: copy,
             records,
             attention: Vec::new(),
-            launches: Vec::new(),
         })
     }
 }
@@ -399,13 +308,6 @@ fn main() {
             println!("|---|---|---|---|---|");
             for a in &r.attention {
                 println!("| {} | {} | {:.1} | {:.1} | {:.2}x |", a.cache_len, a.n, a.kernel_us, a.reference_us, a.reference_us / a.kernel_us);
-            }
-        }
-        if !r.launches.is_empty() {
-            println!("| launch | launches | host enqueue us / launch | enqueue to done us / launch |");
-            println!("|---|---|---|---|");
-            for l in &r.launches {
-                println!("| {} | {} | {:.1} | {:.1} |", l.what, l.launches, l.enqueue_us, l.total_us);
             }
         }
         if r.records.is_empty() {

@@ -4,9 +4,9 @@
 //! - `--synthetic <shape>`: AR decode of a random-weight model at a published shape (weights made on
 //!   the device from a seed: speed does not depend on their values), against the bandwidth bound.
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
@@ -81,6 +81,10 @@ struct Args {
     curve_cache: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,24,32,48,64")]
     curve_n: Vec<usize>,
+    /// Time single forwards of N new tokens after the prompt (the shapes decoding repeats, replayed
+    /// as graphs on CUDA): wall time per forward, and per forward of many issued back to back.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    forward_n: Vec<usize>,
     /// Sample the host threads over the timed runs (after warm-up) and write <path>.folded and
     /// <path>.svg (needs the `host-profile` feature).
     #[arg(long)]
@@ -101,8 +105,6 @@ struct SpecBenchReport {
     revision: String,
     date: String,
     device: DeviceKind,
-    /// `channel`, `queue` or `direct`: how launches reach the driver (`hierspec::backend::device_handle`).
-    device_handle: &'static str,
     dtype: Precision,
     model: String,
     draft: Option<String>,
@@ -119,7 +121,6 @@ struct Synthetic {
     shape: String,
     int4: bool,
     device: DeviceKind,
-    device_handle: &'static str,
     dtype: Precision,
     prompt_len: usize,
     new_tokens: usize,
@@ -134,6 +135,22 @@ struct Synthetic {
     /// One forward of N new tokens (causal) after `cache_len` cached rows: median ms, and its ratio
     /// to N = 1 at the same cache length.
     verify_curve: Vec<CurvePoint>,
+    /// Forwards after the prompt ([`ForwardTime`]), and how many graphs they captured (0: eager).
+    forwards: Vec<ForwardTime>,
+    graphs_captured: usize,
+    graphs_on_device: usize,
+}
+
+/// One forward of `n` new tokens after the prompt.
+#[derive(serde::Serialize)]
+struct ForwardTime {
+    n: usize,
+    /// Median wall time of one forward through a device sync (the latency a decode step sees).
+    wall_us: f64,
+    /// Wall time per forward of 50 issued back to back, one sync at the end: the device's time per
+    /// forward wherever the host issues faster than the device runs (a replayed graph); the host's
+    /// where it does not (eager launches).
+    pipelined_us: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -154,22 +171,22 @@ fn median(v: &mut [f64]) -> f64 {
 
 impl BackendJob for Args {
     type Output = Report;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+    fn run(self, device: Device) -> Result<Report> {
         match &self.prompts {
-            Some(p) => self.spec_bench::<B>(p.clone(), device).map(Report::SpecBench),
-            None => self.synthetic::<B>(device).map(Report::Synthetic),
+            Some(p) => self.spec_bench(p.clone(), device).map(Report::SpecBench),
+            None => self.synthetic(device).map(Report::Synthetic),
         }
     }
 }
 
 impl Args {
-    fn spec_bench<B: Backend>(&self, path: PathBuf, device: B::Device) -> Result<SpecBenchReport> {
+    fn spec_bench(&self, path: PathBuf, device: Device) -> Result<SpecBenchReport> {
         if self.methods.is_empty() || self.turns == 0 || self.max_new_tokens == 0 {
             return Err(Error::Setting("--methods, --turns >= 1 and --max-new-tokens >= 1 are required".into()));
         }
         let questions = specbench::read_questions(&path, self.per_category, &self.categories)?;
         let t0 = std::time::Instant::now();
-        let engine = Engine::<B>::load(self.engine.clone(), &self.methods, &device)?;
+        let engine = Engine::load(self.engine.clone(), &self.methods, &device)?;
         eprintln!("loaded {} (and what {:?} need) in {:.1} s", self.engine.model, self.methods, t0.elapsed().as_secs_f64());
         let params = self.sampling.params(self.engine.seed);
         let spec = RunSpec {
@@ -190,7 +207,6 @@ impl Args {
             revision: self.revision.clone(),
             date: date_utc(),
             device: self.device,
-            device_handle: hierspec::backend::device_handle()?,
             dtype: self.dtype,
             model: e.model.clone(),
             draft: e.draft.clone(),
@@ -206,7 +222,7 @@ impl Args {
         })
     }
 
-    fn synthetic<B: Backend>(&self, device: B::Device) -> Result<Synthetic> {
+    fn synthetic(&self, device: Device) -> Result<Synthetic> {
         let shape = self.synthetic.clone().unwrap_or_default();
         if self.repeats == 0 || self.new_tokens < 2 || self.prompt_len == 0 {
             return Err(Error::Setting("--repeats >= 1, --new-tokens >= 2 and --prompt-len >= 1 are required".into()));
@@ -215,7 +231,7 @@ impl Args {
         let curve_max = self.curve_cache.iter().max().copied().unwrap_or(0) + self.curve_n.iter().max().copied().unwrap_or(0);
         let ctx = (self.prompt_len + self.new_tokens).max(curve_max);
         let quant = self.int4.then(QuantSpec::default);
-        let model = Llama::<B>::random_with(&cfg, ctx, self.engine.seed, quant.as_ref(), &device)?;
+        let model = Llama::random_with(&cfg, ctx, self.engine.seed, quant.as_ref(), &device)?;
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut prefill = Vec::new();
         let mut rates = Vec::new();
@@ -234,6 +250,7 @@ impl Args {
         }
         profile.map(HostProfile::finish).transpose()?;
         let verify_curve = self.verify_curve(&model, &cfg, &device)?;
+        let (forwards, graphs_captured, graphs_on_device) = self.forward_times(&model, &cfg, &prompt, &device)?;
         let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
         let decode = median(&mut rates.clone());
@@ -241,7 +258,6 @@ impl Args {
             shape,
             int4: self.int4,
             device: self.device,
-            device_handle: hierspec::backend::device_handle()?,
             dtype: self.dtype,
             prompt_len: self.prompt_len,
             new_tokens: self.new_tokens,
@@ -254,12 +270,57 @@ impl Args {
             bound_tok_s: bound,
             bound_fraction: decode / bound,
             verify_curve,
+            forwards,
+            graphs_captured,
+            graphs_on_device,
         })
+    }
+
+    /// [`ForwardTime`] for each of --forward-n after the prompt; the cache is cut back after each
+    /// forward. Also the graphs the runner captured, and how many of them replay on the device.
+    fn forward_times(&self, model: &Llama, cfg: &LlamaConfig, prompt: &[u32], device: &Device) -> Result<(Vec<ForwardTime>, usize, usize)> {
+        const BACK_TO_BACK: usize = 50;
+        let max_n = self.forward_n.iter().max().copied().unwrap_or(0);
+        let mut r = Runner::new(model, cfg, prompt.len() + max_n)?;
+        r.forward(prompt, LogitsFor::Last);
+        let sync = || device.sync().map_err(|e| Error::Setting(format!("device sync: {e:?}")));
+        let mut out = Vec::new();
+        for &n in &self.forward_n {
+            let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
+            let logits_for = if n == 1 { LogitsFor::Last } else { LogitsFor::All };
+            let forward = |r: &mut Runner| {
+                let logits = r.forward(&ids, logits_for);
+                r.cache.truncate(prompt.len());
+                logits
+            };
+            // Warm-up (autotune, and the graph's capture).
+            for _ in 0..3 {
+                forward(&mut r);
+            }
+            sync()?;
+            let mut walls = Vec::new();
+            for _ in 0..BACK_TO_BACK {
+                let t = std::time::Instant::now();
+                forward(&mut r);
+                sync()?;
+                walls.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let t = std::time::Instant::now();
+            for _ in 0..BACK_TO_BACK {
+                forward(&mut r);
+            }
+            sync()?;
+            let pipelined_us = t.elapsed().as_secs_f64() * 1e6 / BACK_TO_BACK as f64;
+            let wall_us = median(&mut walls);
+            eprintln!("forward n {n}: {wall_us:.0} us wall, {pipelined_us:.0} us back to back");
+            out.push(ForwardTime { n, wall_us, pipelined_us });
+        }
+        Ok((out, r.graphs.captured, r.graphs.hardware))
     }
 
     /// The verification-cost curve: after a cache of each length, one forward of N tokens (the
     /// logits read back), median of --repeats after a warm-up; the cache is cut back after each.
-    fn verify_curve<B: Backend>(&self, model: &Llama<B>, cfg: &LlamaConfig, device: &B::Device) -> Result<Vec<CurvePoint>> {
+    fn verify_curve(&self, model: &Llama, cfg: &LlamaConfig, device: &Device) -> Result<Vec<CurvePoint>> {
         let mut out = Vec::new();
         let max_n = self.curve_n.iter().max().copied().unwrap_or(0);
         for &cache_len in &self.curve_cache {
@@ -272,7 +333,7 @@ impl Args {
             for &n in &self.curve_n {
                 let (mut times, mut enqueue) = (Vec::new(), Vec::new());
                 for run in 0..=self.repeats {
-                    B::sync(device).map_err(|e| Error::Setting(format!("device sync: {e:?}")))?;
+                    device.sync().map_err(|e| Error::Setting(format!("device sync: {e:?}")))?;
                     let t = std::time::Instant::now();
                     let logits = r.forward(&ids[cache_len..cache_len + n], LogitsFor::All);
                     let queued = t.elapsed().as_secs_f64() * 1e3;
@@ -320,6 +381,15 @@ fn main() {
             r.shape, if r.int4 { "W4A16 g128" } else { "dense" }, r.device, r.dtype, r.prompt_len, r.new_tokens, r.prefill_ms, r.decode_tok_s, r.ms_per_token,
             r.bound_tok_s, 100.0 * r.bound_fraction
         );
+        if !r.forwards.is_empty() {
+            println!();
+            println!("graphs captured: {} ({} replayed on the device)", r.graphs_captured, r.graphs_on_device);
+            println!("| N new tokens | wall us per forward | us per forward back to back |");
+            println!("|---|---|---|");
+            for f in &r.forwards {
+                println!("| {} | {:.0} | {:.0} |", f.n, f.wall_us, f.pipelined_us);
+            }
+        }
         if !r.verify_curve.is_empty() {
             println!();
             println!("| cache len | N new tokens | forward ms | x N = 1 | host enqueue ms |");

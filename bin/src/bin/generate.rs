@@ -1,5 +1,6 @@
 //! `generate`: run a model on a prompt, streaming tokens to stdout and a stats line to stderr.
 
+use burn::tensor::Device;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -65,11 +66,11 @@ struct Stats {
 
 impl BackendJob for Args {
     type Output = ();
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<()> {
+    fn run(self, device: Device) -> Result<()> {
         let params = self.sampling.params(self.engine.seed);
         let mut sampler = Sampler::new(params)?;
         let prompt = self.prompt.clone().or(self.prompt_flag.clone()).unwrap_or_else(|| "Write a haiku about the sea.".into());
-        let engine = Engine::<B>::load(self.engine.clone(), &[self.method], &device)?;
+        let engine = Engine::load(self.engine.clone(), &[self.method], &device)?;
         let m = &engine.target;
         let text = match (&m.tokenizer.chat_template, self.no_chat) {
             (Some(t), false) => t.render(self.system.as_deref(), &[("user", &prompt)]),

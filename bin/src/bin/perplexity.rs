@@ -4,10 +4,10 @@
 //! Variants: `rtn:<group>` / `rtn-sym:<group>` (quantized at load), `native` (GGUF Q4 blocks kept as
 //! int4, other types RTN g128), or a quantized model directory / file.
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
@@ -60,7 +60,7 @@ struct Report {
 }
 
 /// Per position: log-probabilities [n, vocab] (f32) of a model on `ids`.
-fn log_probs<B: Backend>(m: &loader::LoadedModel<B>, ids: &[u32]) -> Tensor<B, 2> {
+fn log_probs(m: &loader::LoadedModel, ids: &[u32]) -> Tensor<2> {
     let mut r = Runner::new(&m.model, &m.config, ids.len()).expect("cache");
     log_softmax(r.forward(ids, LogitsFor::All).cast(DType::F32), 1)
 }
@@ -84,25 +84,25 @@ fn read_text(path: &PathBuf) -> Result<String> {
 
 impl BackendJob for Args {
     type Output = Report;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+    fn run(self, device: Device) -> Result<Report> {
         if self.chunk < 2 || self.chunks == 0 {
             return Err(Error::Setting("--chunk >= 2 and --chunks >= 1 are required".into()));
         }
         let ctx = self.chunk + 1;
-        let reference = loader::load_with::<B>(&self.model, &LoadOptions::new(ctx), &device)?;
+        let reference = loader::load_with(&self.model, &LoadOptions::new(ctx), &device)?;
         let ids = reference.tokenizer.encode(&read_text(&self.text)?)?;
         let chunks: Vec<&[u32]> = ids.chunks_exact(self.chunk).take(self.chunks).collect();
         if chunks.is_empty() {
             return Err(Error::Setting(format!("{}: fewer than {} tokens of text", self.text.display(), self.chunk)));
         }
-        let reference_lp: Vec<Tensor<B, 2>> = chunks.iter().map(|c| log_probs(&reference, c)).collect();
+        let reference_lp: Vec<Tensor<2>> = chunks.iter().map(|c| log_probs(&reference, c)).collect();
         let mut variants = vec![("reference".to_string(), None)];
         variants.extend(self.variants.iter().map(|v| (v.clone(), Some(v.clone()))));
         let mut rows = Vec::new();
         for (name, spec) in variants {
             let m = match spec.as_deref() {
                 None => None,
-                Some(v) => Some(self.load_variant::<B>(v, ctx, &device)?),
+                Some(v) => Some(self.load_variant(v, ctx, &device)?),
             };
             let model = m.as_ref().unwrap_or(&reference);
             let (mut nll, mut agree, mut kl, mut n) = (0f64, 0usize, 0f64, 0usize);
@@ -112,7 +112,7 @@ impl BackendJob for Args {
                 let lp = lp.slice([0..rows]);
                 let rlp = ref_lp.clone().slice([0..rows]);
                 let next: Vec<i64> = c[1..].iter().map(|&t| t as i64).collect();
-                let next = Tensor::<B, 1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(next, [rows]), &device);
+                let next = Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(next, [rows]), &device);
                 nll -= lp.clone().gather(1, next.reshape([rows, 1])).sum().into_scalar_f64();
                 agree += lp.clone().argmax(1).equal(rlp.clone().argmax(1)).int().sum().into_scalar_f64() as usize;
                 kl += (rlp.clone().exp() * (rlp - lp)).sum().into_scalar_f64();
@@ -133,7 +133,7 @@ impl BackendJob for Args {
 }
 
 impl Args {
-    fn load_variant<B: Backend>(&self, v: &str, ctx: usize, device: &B::Device) -> Result<loader::LoadedModel<B>> {
+    fn load_variant(&self, v: &str, ctx: usize, device: &Device) -> Result<loader::LoadedModel> {
         let quant = |sym: bool, g: &str| -> Result<QuantSpec> {
             let group: usize = g.parse().map_err(|_| Error::Setting(format!("variant {v}: group {g:?} is not a number")))?;
             Ok(QuantSpec { group, asymmetric: !sym, lm_head: false })
@@ -155,7 +155,7 @@ impl Args {
                 drop(weights);
                 Ok(loader::LoadedModel { model, config, tokenizer: src.tokenizer, source: src.path })
             }
-            _ => loader::load_with::<B>(v, &LoadOptions::new(ctx), device),
+            _ => loader::load_with(v, &LoadOptions::new(ctx), device),
         }
     }
 }
@@ -163,12 +163,12 @@ impl Args {
 trait Scalar {
     fn into_scalar_f64(self) -> f64;
 }
-impl<B: Backend> Scalar for Tensor<B, 1> {
+impl Scalar for Tensor<1> {
     fn into_scalar_f64(self) -> f64 {
         self.into_data().iter::<f64>().next().unwrap_or(0.0)
     }
 }
-impl<B: Backend> Scalar for Tensor<B, 1, burn::tensor::Int> {
+impl Scalar for Tensor<1, burn::tensor::Int> {
     fn into_scalar_f64(self) -> f64 {
         self.into_data().iter::<i64>().next().unwrap_or(0) as f64
     }

@@ -4,9 +4,9 @@
 //! text (`--calib`): each layer's inputs are captured in order and every weight is quantized with
 //! GPTQ's error feedback (lm_head, when asked for, stays RTN).
 
+use burn::tensor::Device;
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::int4::quantize_rtn;
@@ -97,12 +97,12 @@ fn calibration_chunks(args: &Args, tok: &hierspec_model::TextTokenizer) -> Resul
 
 impl BackendJob for &Args {
     type Output = ();
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        run::<B>(self, &device)
+    fn run(self, device: Device) -> Result<()> {
+        run(self, &device)
     }
 }
 
-fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+fn run(args: &Args, device: &Device) -> Result<()> {
     if !matches!(args.group, 32 | 64 | 128 | 256) {
         return Err(Error::Setting(format!("--group {} (use 32, 64, 128 or 256)", args.group)));
     }
@@ -122,7 +122,7 @@ fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let spec = WriteSpec { group: args.group, sym: args.sym, lm_head: args.lm_head, method: method.into() };
     // GPTQ runs the model (f32) over the calibration chunks, one layer ahead of the writer.
     let model = match args.method {
-        Method::Gptq => Some(loader::load_with::<B>(&args.model, &LoadOptions::new(args.calib_len), device)?),
+        Method::Gptq => Some(loader::load_with(&args.model, &LoadOptions::new(args.calib_len), device)?),
         Method::Rtn => None,
     };
     let chunks = match &model {

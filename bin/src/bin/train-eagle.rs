@@ -8,12 +8,11 @@
 //! 4. evaluation: top-1 / top-3 of the head on held-out sequences, and tau of `eagle` with the
 //!    default tree on `--eval-prompts` (Spec-Bench format), per category; `<out>/report.json`.
 
+use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
+use burn::module::Module;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method};
@@ -206,7 +205,7 @@ impl Args {
 
 impl BackendJob for Args {
     type Output = Report;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Report> {
+    fn run(self, device: Device) -> Result<Report> {
         // TF32 tensor cores are fine for training; the exact-f32 split is for fidelity checks.
         hierspec_model::nn::matmul::set_split_f32(false);
         let tc = self.train_config();
@@ -217,7 +216,7 @@ impl BackendJob for Args {
         let out = self.out();
         let data_dir = self.data_dir.clone().unwrap_or_else(|| out.join("data"));
         let quant = self.engine.quant_spec();
-        let base = loader::load_with::<B>(&self.engine.model, &LoadOptions { max_context: self.engine.max_context.max(self.max_len), quant }, &device)?;
+        let base = loader::load_with(&self.engine.model, &LoadOptions { max_context: self.engine.max_context.max(self.max_len), quant }, &device)?;
 
         let mut convs = Vec::new();
         let wanted = self.max_conversations.map(|m| m + self.skip_conversations);
@@ -288,16 +287,18 @@ impl BackendJob for Args {
         }
 
         let t0 = Instant::now();
+        // The head trains on the autodiff form of the device; the frozen base stays on the plain one.
+        let train_device = device.clone().autodiff();
         let head = match &self.init {
             Some(dir) => {
-                let (head, cfg) = load_head::<Autodiff<B>>(dir, &base.config, self.max_len, &device)?;
+                let (head, cfg) = load_head(dir, &base.config, self.max_len, &train_device)?;
                 if cfg != head_cfg {
                     return Err(Error::Setting(format!("--init {}: a head of another shape ({cfg:?}; this base makes {head_cfg:?})", dir.display())));
                 }
                 eprintln!("train: starting from the head in {}", dir.display());
                 head
             }
-            None => EagleHead::<Autodiff<B>>::random(&head_cfg, self.max_len, self.engine.seed, &device)?,
+            None => EagleHead::random(&head_cfg, self.max_len, self.engine.seed, &train_device)?,
         };
         let frozen = Frozen::from_base(&base.model);
         let limits = RunLimits {
@@ -324,7 +325,7 @@ impl BackendJob for Args {
         drop((head, frozen, train_set, held_out, base));
 
         if let Some(prompts) = &self.eval_prompts {
-            let (tau, by_cat) = eagle_tau::<B>(&self, &out, prompts, &device)?;
+            let (tau, by_cat) = eagle_tau(&self, &out, prompts, &device)?;
             report.tau = Some(tau);
             report.tau_by_category = by_cat;
         }
@@ -342,10 +343,10 @@ fn quant_name(e: &EngineArgs) -> String {
 }
 
 /// Tau of `eagle` with the trained head and the engine's tree on the first prompts of each category.
-fn eagle_tau<B: Backend>(args: &Args, head: &Path, prompts: &Path, device: &B::Device) -> Result<(f64, std::collections::BTreeMap<String, f64>)> {
+fn eagle_tau(args: &Args, head: &Path, prompts: &Path, device: &Device) -> Result<(f64, std::collections::BTreeMap<String, f64>)> {
     let questions = specbench::read_questions(prompts, Some(args.eval_per_category), &[])?;
     let engine_args = EngineArgs { eagle: Some(head.display().to_string()), ..args.engine.clone() };
-    let engine = Engine::<B>::load(engine_args, &[Method::Eagle], device)?;
+    let engine = Engine::load(engine_args, &[Method::Eagle], device)?;
     let spec = RunSpec {
         methods: &[Method::Eagle],
         max_new: args.eval_max_new,

@@ -19,7 +19,7 @@
 //! no copy.
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::arg;
@@ -29,7 +29,7 @@ pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// runtime (chunking must not depend on the rows verified).
 const THREADS: usize = 256;
 /// Keys per segment: a multiple of [`THREADS`].
-const SEGMENT: usize = 512;
+const SEGMENT: usize = crate::attention::SEGMENT;
 /// Slots per unrolled group of a warp's V loop (their loads in flight at once; divides 32).
 const UNROLL: usize = 16;
 
@@ -53,22 +53,23 @@ struct Strides {
 /// K is read `N` values at a time (8 where rows are 16-byte aligned and dims contiguous, else 1).
 #[cube(launch_unchecked)]
 fn tree_attention_kernel<F: Float, N: Size>(
-    q: &Array<F>,
-    k: &Array<Vector<F, N>>,
-    v: &Array<F>,
-    visible: &Array<i32>,
-    out: &mut Array<F>,
-    part_acc: &mut Array<f32>,
-    part_ml: &mut Array<f32>,
+    q: &[F],
+    k: &[Vector<F, N>],
+    v: &[F],
+    visible: &[i32],
+    out: &mut [F],
+    part_acc: &mut [f32],
+    part_ml: &mut [f32],
     strides: Strides,
-    t: usize,
+    start: &[i32],
+    added: usize,
     cols: usize,
     group: usize,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] masked: bool,
     #[comptime] direct: bool,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let i = CUBE_POS_X as usize;
     let h = CUBE_POS_Y as usize;
@@ -79,19 +80,22 @@ fn tree_attention_kernel<F: Float, N: Size>(
     let lane = tid % 32;
     let warp = tid / 32;
     let kv = h / group;
+    // Keys: the cache rows before the new ones (read on the device, so that a captured graph
+    // replays at any cache length), then the new rows.
+    let t = start[0] as usize + added;
     let prefix = t - cols;
     let width = k.vector_size();
     let vecs = comptime!(head_dim / width);
     let warps = comptime!(THREADS / 32);
     let per_lane = comptime!(head_dim.div_ceil(32));
 
-    let mut q_s = SharedMemory::<f32>::new(head_dim);
-    let mut sc = SharedMemory::<f32>::new(THREADS);
-    let mut p_s = SharedMemory::<f32>::new(THREADS);
-    let mut r_s = SharedMemory::<u32>::new(THREADS);
-    let mut wm = SharedMemory::<f32>::new(warps);
-    let mut wl = SharedMemory::<f32>::new(warps);
-    let mut wo = SharedMemory::<f32>::new(comptime!(warps * head_dim));
+    let mut q_s = Shared::<[f32]>::new_slice(head_dim);
+    let mut sc = Shared::<[f32]>::new_slice(THREADS);
+    let mut p_s = Shared::<[f32]>::new_slice(THREADS);
+    let mut r_s = Shared::<[u32]>::new_slice(THREADS);
+    let mut wm = Shared::<[f32]>::new_slice(warps);
+    let mut wl = Shared::<[f32]>::new_slice(warps);
+    let mut wo = Shared::<[f32]>::new_slice(comptime!(warps * head_dim));
     if tid < head_dim {
         q_s[tid] = f32::cast_from(q[h * strides.q_head + i * strides.q_row + tid * strides.q_dim]) * scale;
     }
@@ -150,7 +154,7 @@ fn tree_attention_kernel<F: Float, N: Size>(
             let kc = k[kb + c * strides.k_dim];
             #[unroll]
             for e in 0..width {
-                dots[e] += q_s[c * width + e] * f32::cast_from(kc[e]);
+                dots[e] += q_s[c * width + e] * f32::cast_from(kc.extract(e));
             }
         }
         let mut s = 0.0f32;
@@ -265,12 +269,12 @@ fn tree_attention_kernel<F: Float, N: Size>(
 /// Merge each (row, head)'s segments in order: one thread per head dimension.
 #[cube(launch_unchecked)]
 fn merge_segments_kernel<F: Float>(
-    part_acc: &Array<f32>,
-    part_ml: &Array<f32>,
-    out: &mut Array<F>,
+    part_acc: &[f32],
+    part_ml: &[f32],
+    out: &mut [F],
     segments: usize,
     #[comptime] head_dim: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let unit = CUBE_POS_X as usize;
     let d = UNIT_POS_X as usize;
@@ -295,32 +299,34 @@ fn merge_segments_kernel<F: Float>(
 }
 
 /// q [1, heads, n, hd]; k, v [1, kv_heads, >= t, hd] (any strides; rows [0, t) are the keys, so
-/// the cache buffers need no slicing); `visible` ([`crate::attention::AttnMask::visible`]) over the
+/// the cache buffers need no slicing); `start` [1] i32 on the device holds t - n, which the kernel
+/// reads (`t` itself only sizes the grid); `visible` ([`crate::attention::AttnMask::visible`]) over the
 /// last `cols` key rows, or `None` for a single new row. Returns [1, n, heads, hd].
-pub(crate) fn tree_attention<R: CubeRuntime>(
-    q: CubeTensor<R>,
-    k: CubeTensor<R>,
-    v: CubeTensor<R>,
+pub(crate) fn tree_attention(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
     t: usize,
-    visible: Option<(CubeTensor<R>, usize)>,
-) -> CubeTensor<R> {
+    start: CubeTensor,
+    visible: Option<(CubeTensor, usize)>,
+) -> CubeTensor {
     let [_, heads, n, hd] = q.meta.shape().dims::<4>();
     let kv_heads = k.meta.shape().dims::<4>()[1];
     let dtype = q.dtype;
     let (client, device) = (q.client.clone(), q.device.clone());
-    let out = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([1, n, heads, hd]), dtype);
+    let out = empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([1, n, heads, hd]), dtype);
     let masked = visible.is_some();
     let cols = visible.as_ref().map_or(0, |b| b.1);
     // A row sees at most t keys; rows seeing fewer leave their last segments empty.
     let segments = t.div_ceil(SEGMENT).max(1);
     let direct = segments == 1;
-    let scratch = |len: usize| empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([len]), DType::F32);
+    let scratch = |len: usize| empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([len]), DType::F32);
     // With one segment the partial buffers are never touched: one-element placeholders.
     let units = if direct { 1 } else { n * heads * segments };
     let (part_acc, part_ml) = (scratch(units * if direct { 1 } else { hd }), scratch(units * 2));
     // Unmasked (one new row): the kernel never reads `visible`; q's buffer fills the slot.
     let visible = visible.map(|b| b.0).unwrap_or_else(|| q.clone());
-    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    let st = |t: &CubeTensor, d: usize| t.meta.strides()[d];
     // 16-byte K loads: head dims contiguous, every row start a multiple of 8 values from a 16-byte
     // aligned buffer start.
     let k_offset = k.handle.offset_start.unwrap_or(0) as usize;
@@ -341,7 +347,7 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
     // SAFETY: q rows/heads come from the grid, K/V rows are < t, dims < head_dim, list entries < 1 +
     // cols, partial slots < n * heads * segments; wide K loads checked aligned above.
     unsafe {
-        tree_attention_kernel::launch_unchecked::<R>(
+        tree_attention_kernel::launch_unchecked(
             &client,
             CubeCount::Static(n as u32, heads as u32, segments as u32),
             CubeDim::new_1d(THREADS as u32),
@@ -354,17 +360,18 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
             arg(&part_acc),
             arg(&part_ml),
             strides,
-            t,
+            arg(&start),
+            n,
             cols,
             heads / kv_heads,
             1.0 / (hd as f32).sqrt(),
             hd,
             masked,
             direct,
-            dtype.into(),
+            super::elem(dtype),
         );
         if !direct {
-            merge_segments_kernel::launch_unchecked::<R>(
+            merge_segments_kernel::launch_unchecked(
                 &client,
                 CubeCount::Static((n * heads) as u32, 1, 1),
                 CubeDim::new_1d(hd.next_power_of_two().max(32) as u32),
@@ -373,7 +380,7 @@ pub(crate) fn tree_attention<R: CubeRuntime>(
                 arg(&out),
                 segments,
                 hd,
-                dtype.into(),
+                super::elem(dtype),
             );
         }
     }

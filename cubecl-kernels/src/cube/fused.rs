@@ -3,7 +3,7 @@
 //! and the cache compaction after a tree verification (one launch per layer).
 
 use burn::tensor::Shape;
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::arg;
@@ -15,17 +15,17 @@ const NORM_THREADS: usize = 256;
 /// before the weight multiplies it, as the reference (and HF) do.
 #[cube(launch_unchecked)]
 fn rms_norm_kernel<F: Float>(
-    x: &Array<F>,
-    w: &Array<F>,
-    out: &mut Array<F>,
+    x: &[F],
+    w: &[F],
+    out: &mut [F],
     h: usize,
     eps: f32,
     #[comptime] threads: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
-    let mut red = SharedMemory::<f32>::new(threads);
+    let mut red = Shared::<[f32]>::new_slice(threads);
     let mut ss = 0.0f32;
     let mut j = tid;
     while j < h {
@@ -49,24 +49,24 @@ fn rms_norm_kernel<F: Float>(
 /// H200 at h = 4096 (`docs/perf/pass.md`), 5% of a Llama-3-8B W4A16 step.
 #[cube(launch_unchecked)]
 fn rms_norm_vec_kernel<F: Float>(
-    x: &Array<Vector<F, Const<8>>>,
-    w: &Array<Vector<F, Const<8>>>,
-    out: &mut Array<Vector<F, Const<8>>>,
+    x: &[Vector<F, Const<8>>],
+    w: &[Vector<F, Const<8>>],
+    out: &mut [Vector<F, Const<8>>],
     h8: usize,
     eps: f32,
     #[comptime] threads: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
-    let mut red = SharedMemory::<f32>::new(threads);
+    let mut red = Shared::<[f32]>::new_slice(threads);
     let mut ss = 0.0f32;
     let mut j = tid;
     while j < h8 {
         let v = x[row * h8 + j];
         #[unroll]
         for e in 0usize..8usize {
-            let f = f32::cast_from(v[e]);
+            let f = f32::cast_from(v.extract(e));
             ss += f * f;
         }
         j += threads;
@@ -81,8 +81,8 @@ fn rms_norm_vec_kernel<F: Float>(
         let mut o = Vector::<F, Const<8>>::new(F::new(0.0));
         #[unroll]
         for e in 0usize..8usize {
-            let normed = F::cast_from(f32::cast_from(v[e]) / rms);
-            o[e] = F::cast_from(f32::cast_from(normed) * f32::cast_from(wv[e]));
+            let normed = F::cast_from(f32::cast_from(v.extract(e)) / rms);
+            o.insert(e, F::cast_from(f32::cast_from(normed) * f32::cast_from(wv.extract(e))));
         }
         out[row * h8 + j] = o;
         j += threads;
@@ -90,16 +90,16 @@ fn rms_norm_vec_kernel<F: Float>(
 }
 
 /// x [m, h], w [h] -> [m, h].
-pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
+pub(crate) fn rms_norm(x: CubeTensor, w: CubeTensor, eps: f64) -> CubeTensor {
     let [m, h] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, h]), dtype);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([m, h]), dtype);
     let w = into_contiguous(w);
     if h % 8 == 0 {
         // SAFETY: one cube per row, vectors bounded by h / 8; x, w and out are contiguous.
         unsafe {
-            rms_norm_vec_kernel::launch_unchecked::<R>(
+            rms_norm_vec_kernel::launch_unchecked(
                 &x.client.clone(),
                 CubeCount::Static(m as u32, 1, 1),
                 CubeDim::new_1d(NORM_THREADS as u32),
@@ -109,14 +109,14 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
                 h / 8,
                 eps as f32,
                 NORM_THREADS,
-                dtype.into(),
+                super::elem(dtype),
             )
         };
         return out;
     }
     // SAFETY: one cube per row, columns bounded by h.
     unsafe {
-        rms_norm_kernel::launch_unchecked::<R>(
+        rms_norm_kernel::launch_unchecked(
             &x.client.clone(),
             CubeCount::Static(m as u32, 1, 1),
             CubeDim::new_1d(NORM_THREADS as u32),
@@ -126,7 +126,7 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: 
             h,
             eps as f32,
             NORM_THREADS,
-            dtype.into(),
+            super::elem(dtype),
         )
     };
     out
@@ -167,26 +167,27 @@ pub(crate) fn rotate_second(x1: f32, x2: f32, cs: f32, sn: f32) -> f32 {
 /// row start + i; the last kv_heads copy v. Thread d handles the pair (d, d + hd/2) (half-split RoPE).
 #[cube(launch_unchecked)]
 fn rope_qkv_kernel<F: Float>(
-    qkv: &Array<F>,
-    positions: &Array<i32>,
-    cos: &Array<F>,
-    sin: &Array<F>,
-    q_out: &mut Array<F>,
-    k_cache: &mut Array<F>,
-    v_cache: &mut Array<F>,
+    qkv: &[F],
+    positions: &[i32],
+    cos: &[F],
+    sin: &[F],
+    q_out: &mut [F],
+    k_cache: &mut [F],
+    v_cache: &mut [F],
     strides: RopeStrides,
     n: usize,
     heads: usize,
     kv_heads: usize,
-    start: usize,
+    start_row: &[i32],
     #[comptime] half: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let i = CUBE_POS_X as usize;
     let s = CUBE_POS_Y as usize;
     let d = UNIT_POS_X as usize;
     let hd = comptime!(2 * half);
     let base = i * (heads + 2 * kv_heads) * hd + s * hd;
+    let start = start_row[0] as usize;
     let x1 = f32::cast_from(qkv[base + d]);
     let x2 = f32::cast_from(qkv[base + d + half]);
     if s < heads + kv_heads {
@@ -212,25 +213,26 @@ fn rope_qkv_kernel<F: Float>(
 }
 
 /// qkv [n, (heads + 2 kv_heads) hd]; positions [n] (i32); cos, sin [max_positions, hd / 2];
-/// caches [1, kv_heads, capacity, hd], written in place at rows [start, start + n). Returns q
+/// caches [1, kv_heads, capacity, hd], written in place at rows [start, start + n) (`start`: [1] i32
+/// on the device). Returns q
 /// [1, heads, n, hd].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rope_qkv<R: CubeRuntime>(
-    qkv: CubeTensor<R>,
-    positions: CubeTensor<R>,
-    cos: CubeTensor<R>,
-    sin: CubeTensor<R>,
-    k_cache: CubeTensor<R>,
-    v_cache: CubeTensor<R>,
+pub(crate) fn rope_qkv(
+    qkv: CubeTensor,
+    positions: CubeTensor,
+    cos: CubeTensor,
+    sin: CubeTensor,
+    k_cache: CubeTensor,
+    v_cache: CubeTensor,
     (heads, kv_heads, hd): (usize, usize, usize),
-    start: usize,
-) -> CubeTensor<R> {
+    start: CubeTensor,
+) -> CubeTensor {
     let n = qkv.meta.shape().dims::<2>()[0];
     let dtype = qkv.dtype;
     let qkv = into_contiguous(qkv);
-    let q = empty_device_contiguous_dtype::<R>(qkv.client.clone(), qkv.device.clone(), Shape::new([1, heads, n, hd]), dtype);
+    let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), Shape::new([1, heads, n, hd]), dtype);
     let positions = into_contiguous(positions);
-    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    let st = |t: &CubeTensor, d: usize| t.meta.strides()[d];
     let strides = RopeStridesLaunch::new(
         st(&cos, 0),
         st(&cos, 1),
@@ -246,7 +248,7 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
     // SAFETY: rows < n, head slots < heads + 2 kv_heads, dims < hd; positions < max_positions and
     // start + n <= capacity are checked by the caller.
     unsafe {
-        rope_qkv_kernel::launch_unchecked::<R>(
+        rope_qkv_kernel::launch_unchecked(
             &qkv.client.clone(),
             CubeCount::Static(n as u32, (heads + 2 * kv_heads) as u32, 1),
             CubeDim::new_1d((hd / 2) as u32),
@@ -261,9 +263,9 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
             n,
             heads,
             kv_heads,
-            start,
+            arg(&start),
             hd / 2,
-            dtype.into(),
+            super::elem(dtype),
         )
     };
     q
@@ -276,9 +278,9 @@ pub(crate) fn rope_qkv<R: CubeRuntime>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn keep_rows_kernel<F: Float>(
-    k: &mut Array<F>,
-    v: &mut Array<F>,
-    rows: &Array<i32>,
+    k: &mut [F],
+    v: &mut [F],
+    rows: &[i32],
     n: usize,
     start: usize,
     k_head: usize,
@@ -287,7 +289,7 @@ fn keep_rows_kernel<F: Float>(
     v_head: usize,
     v_row: usize,
     v_dim: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let h = CUBE_POS_X as usize;
     let d = UNIT_POS_X as usize;
@@ -300,7 +302,7 @@ fn keep_rows_kernel<F: Float>(
 
 /// k, v [1, heads, capacity, hd] in place; rows [n] i32, ascending, each >= start + its index and
 /// < capacity; hd <= 1024 (the caller checks).
-pub(crate) fn keep_rows<R: CubeRuntime>(k: CubeTensor<R>, v: CubeTensor<R>, rows: CubeTensor<R>, start: usize) {
+pub(crate) fn keep_rows(k: CubeTensor, v: CubeTensor, rows: CubeTensor, start: usize) {
     let [_, heads, _, hd] = k.meta.shape().dims::<4>();
     let n = rows.meta.shape().dims::<1>()[0];
     let dtype = k.dtype;
@@ -309,7 +311,7 @@ pub(crate) fn keep_rows<R: CubeRuntime>(k: CubeTensor<R>, v: CubeTensor<R>, rows
     let client = k.client.clone();
     // SAFETY: heads and hd bound the cube and thread indices; rows are < capacity (caller).
     unsafe {
-        keep_rows_kernel::launch_unchecked::<R>(
+        keep_rows_kernel::launch_unchecked(
             &client,
             CubeCount::Static(heads as u32, 1, 1),
             CubeDim::new_1d(hd as u32),
@@ -324,7 +326,7 @@ pub(crate) fn keep_rows<R: CubeRuntime>(k: CubeTensor<R>, v: CubeTensor<R>, rows
             vs[1],
             vs[2],
             vs[3],
-            dtype.into(),
+            super::elem(dtype),
         )
     };
 }

@@ -18,7 +18,7 @@
 //! is bounded by the kernel's own guards.
 
 use burn::tensor::Shape;
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 /// Output columns per cube (one warp wide).
@@ -62,7 +62,7 @@ fn buf_len(m_tile: usize, chunk: usize) -> usize {
 #[cube]
 fn stage_x<F: Float>(
     x: &Tensor<F>,
-    x_s: &mut SharedMemory<f32>,
+    x_s: &mut Shared<[f32]>,
     m0: usize,
     m: usize,
     k: usize,
@@ -96,7 +96,7 @@ fn stage_x<F: Float>(
 fn dense_acc<F: Float>(
     x: &Tensor<F>,
     w: &Tensor<F>,
-    x_s: &mut SharedMemory<f32>,
+    x_s: &mut Shared<[f32]>,
     acc: &mut Array<f32>,
     col: usize,
     n: usize,
@@ -139,7 +139,7 @@ fn int4_acc<F: Float>(
     qweight: &Tensor<i32>,
     scales: &Tensor<F>,
     offsets: &Tensor<F>,
-    x_s: &mut SharedMemory<f32>,
+    x_s: &mut Shared<[f32]>,
     acc: &mut Array<f32>,
     col: usize,
     n: usize,
@@ -199,7 +199,7 @@ fn int4_acc<F: Float>(
 #[cube]
 fn store<F: Float>(
     acc: &Array<f32>,
-    red: &mut SharedMemory<f32>,
+    red: &mut Shared<[f32]>,
     out: &mut Tensor<F>,
     residual: &Tensor<F>,
     m0: usize,
@@ -288,10 +288,10 @@ fn dense_kernel<F: Float>(
     #[comptime] bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let m0 = CUBE_POS_Y as usize * m_tile;
-    let mut buf = SharedMemory::<f32>::new(buf_len);
+    let mut buf = Shared::<[f32]>::new_slice(buf_len);
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
@@ -359,10 +359,10 @@ fn int4_kernel<F: Float>(
     #[comptime] bias: bool,
     #[comptime] add_residual: bool,
     #[comptime] swiglu: bool,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let m0 = CUBE_POS_Y as usize * m_tile;
-    let mut buf = SharedMemory::<f32>::new(buf_len);
+    let mut buf = Shared::<[f32]>::new_slice(buf_len);
     let mut acc = Array::<f32>::new(m_tile);
     #[unroll]
     for i in 0..m_tile {
@@ -399,29 +399,29 @@ fn int4_kernel<F: Float>(
 }
 
 /// One part's weight, as the kernels read it.
-pub(crate) enum PartWeight<R: CubeRuntime> {
+pub(crate) enum PartWeight {
     /// [k, n]
-    Dense(CubeTensor<R>),
+    Dense(CubeTensor),
     /// words [ceil(k / 8), n], scales (and offsets) [k / group, n].
-    Int4 { qweight: CubeTensor<R>, scales: CubeTensor<R>, offsets: Option<CubeTensor<R>>, group: usize },
+    Int4 { qweight: CubeTensor, scales: CubeTensor, offsets: Option<CubeTensor>, group: usize },
 }
 
-pub(crate) struct Part<R: CubeRuntime> {
+pub(crate) struct Part {
     pub n: usize,
-    pub weight: PartWeight<R>,
-    pub bias: Option<CubeTensor<R>>,
+    pub weight: PartWeight,
+    pub bias: Option<CubeTensor>,
 }
 
 /// `x [m, k]` (`[m, 2k]` with `swiglu`) times 1 to 3 parts of one kind (all dense, or all int4 with
 /// one group size and symmetry), every part with a bias or none, plus `residual [m, sum n]`. The
 /// caller checks the kinds match.
-pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, parts: Vec<Part<R>>, residual: Option<CubeTensor<R>>) -> CubeTensor<R> {
+pub(crate) fn product(x: CubeTensor, k: usize, swiglu: bool, parts: Vec<Part>, residual: Option<CubeTensor>) -> CubeTensor {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     let m = x.meta.shape().dims::<2>()[0];
     let dtype = x.dtype;
     let ns: Vec<usize> = (0..3).map(|i| parts.get(i).map_or(0, |p| p.n)).collect();
     let n_out: usize = ns.iter().sum();
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([m, n_out]), dtype);
     let cubes: Vec<usize> = ns.iter().map(|n| n.div_ceil(N_TILE)).collect();
     let (c1, c2) = (cubes[0], cubes[0] + cubes[1]);
     let mt = m_tile(m);
@@ -445,7 +445,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
             // SAFETY: columns are bounded by each part's n, rows of x clamped to m - 1, K by the loop
             // bounds; absent parts own no cubes.
             unsafe {
-                dense_kernel::launch_unchecked::<R>(
+                dense_kernel::launch_unchecked(
                     &client,
                     count,
                     dim,
@@ -470,7 +470,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
                     bias,
                     add_residual,
                     swiglu,
-                    dtype.into(),
+                    super::elem(dtype),
                 )
             };
         }
@@ -488,7 +488,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
             let (q2, s2, o2) = q(2);
             // SAFETY: as for the dense kernel; groups are bounded by k / group.
             unsafe {
-                int4_kernel::launch_unchecked::<R>(
+                int4_kernel::launch_unchecked(
                     &client,
                     count,
                     dim,
@@ -522,7 +522,7 @@ pub(crate) fn product<R: CubeRuntime>(x: CubeTensor<R>, k: usize, swiglu: bool, 
                     bias,
                     add_residual,
                     swiglu,
-                    dtype.into(),
+                    super::elem(dtype),
                 )
             };
         }

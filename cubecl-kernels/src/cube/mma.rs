@@ -10,7 +10,7 @@
 //! epilogue adds the bias and the residual, or writes silu(gate) * up for a gate|up pair.
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::arg;
@@ -74,7 +74,7 @@ fn slab_products<F: Float>(
     a_one: &Array<V2<F>>,
     acc: &mut Array<V2<f32>>,
     xs: &mut Array<V2<f32>>,
-    emu: &mut SharedMemory<f32>,
+    emu: &mut Shared<[f32]>,
     #[comptime] ct: usize,
     #[comptime] tt: usize,
     #[comptime] sums: bool,
@@ -95,7 +95,7 @@ fn slab_products<F: Float>(
                 let v = a[c * 4 + r];
                 #[unroll]
                 for e in 0usize..2usize {
-                    emu[base + c * 256 + (g + 8 * (r % 2)) * 16 + 2 * t + 8 * (r / 2) + e] = f32::cast_from(v[e]);
+                    emu[base + c * 256 + (g + 8 * (r % 2)) * 16 + 2 * t + 8 * (r / 2) + e] = f32::cast_from(v.extract(e));
                 }
             }
         }
@@ -106,7 +106,7 @@ fn slab_products<F: Float>(
                 let v = b[i * 2 + r];
                 #[unroll]
                 for e in 0usize..2usize {
-                    emu[base + b0 + i * 128 + (2 * t + 8 * r + e) * 8 + g] = f32::cast_from(v[e]);
+                    emu[base + b0 + i * 128 + (2 * t + 8 * r + e) * 8 + g] = f32::cast_from(v.extract(e));
                 }
             }
         }
@@ -124,7 +124,7 @@ fn slab_products<F: Float>(
                     #[unroll]
                     for r in 0usize..2usize {
                         let mut v = xs[i * 2 + r];
-                        v[e] += s;
+                        v.insert(e, v.extract(e) + s);
                         xs[i * 2 + r] = v;
                     }
                 }
@@ -139,7 +139,7 @@ fn slab_products<F: Float>(
                         }
                         let j = (c * tt + i) * 2 + r;
                         let mut v = acc[j];
-                        v[e] += s;
+                        v.insert(e, v.extract(e) + s);
                         acc[j] = v;
                     }
                 }
@@ -186,8 +186,8 @@ fn pair<F: Float>(bits: i32, #[comptime] magic: i32) -> V2<F> {
         V2::<F>::reinterpret(bits | magic)
     } else {
         let mut v = V2::<F>::new(F::new(0.0));
-        v[0usize] = F::cast_from(bits & 15i32);
-        v[1usize] = F::cast_from((bits >> 16i32) & 15i32);
+        v.insert(0usize, F::cast_from(bits & 15i32));
+        v.insert(1usize, F::cast_from((bits >> 16i32) & 15i32));
         v
     }
 }
@@ -205,12 +205,12 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
     for i in 0usize..tt {
         let v = xv[x0 + 2 * i + h];
         let mut p = V2::<F>::new(F::new(0.0));
-        p[0usize] = v[o0];
-        p[1usize] = v[o1];
+        p.insert(0usize, v.extract(o0));
+        p.insert(1usize, v.extract(o1));
         b[2 * i] = p;
         let mut q = V2::<F>::new(F::new(0.0));
-        q[0usize] = v[o2];
-        q[1usize] = v[o3];
+        q.insert(0usize, v.extract(o2));
+        q.insert(1usize, v.extract(o3));
         b[2 * i + 1] = q;
     }
 }
@@ -223,9 +223,9 @@ fn b_regs<F: Float>(xv: &Array<V8<F>>, b: &mut Array<V2<F>>, #[comptime] tt: usi
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_x<F: Float>(
-    x: &Array<V8<F>>,
+    x: &[V8<F>],
     xv: &mut Array<V8<F>>,
-    gamma: &Array<V8<F>>,
+    gamma: &[V8<F>],
     ss: &mut Array<f32>,
     tok0: usize,
     m: usize,
@@ -251,7 +251,7 @@ fn load_x<F: Float>(
                     let mut sum = ss[i];
                     #[unroll]
                     for e in 0usize..8usize {
-                        let f = f32::cast_from(v[e]);
+                        let f = f32::cast_from(v.extract(e));
                         sum += f * f;
                     }
                     ss[i] = sum;
@@ -322,8 +322,8 @@ fn block_channels(c1: usize, c2: usize, n0: usize, n1: usize, n2: usize, tiles: 
 fn add_virtual_warp(
     acc: &mut Array<V2<f32>>,
     ss: &mut Array<f32>,
-    tot: &mut SharedMemory<f32>,
-    red_ss: &mut SharedMemory<f32>,
+    tot: &mut Shared<[f32]>,
+    red_ss: &mut Shared<[f32]>,
     v: usize,
     #[comptime] warps: usize,
     #[comptime] ct: usize,
@@ -347,7 +347,7 @@ fn add_virtual_warp(
                     if v > 0 {
                         before = tot[at];
                     }
-                    tot[at] = before + part[e];
+                    tot[at] = before + part.extract(e);
                 }
                 acc[j] = V2::<f32>::new(0.0f32);
             }
@@ -362,12 +362,12 @@ fn add_virtual_warp(
 }
 
 /// One part of an mma product.
-pub(crate) struct MmaPart<R: CubeRuntime> {
+pub(crate) struct MmaPart {
     pub n: usize,
     /// int4 words or dense values, packed.
-    pub packed: CubeTensor<R>,
-    pub aux: Option<CubeTensor<R>>,
-    pub bias: Option<CubeTensor<R>>,
+    pub packed: CubeTensor,
+    pub aux: Option<CubeTensor>,
+    pub bias: Option<CubeTensor>,
 }
 
 /// What the launch needs beyond the parts.
@@ -384,34 +384,35 @@ pub(crate) struct MmaProduct {
 
 /// RoPE and the KV-cache write fused into a q|k|v product ([`epilogue()`]): the product returns q
 /// [1, heads, m, hd] instead of q|k|v.
-pub(crate) struct MmaRope<R: CubeRuntime> {
+pub(crate) struct MmaRope {
     /// [m] i32
-    pub positions: CubeTensor<R>,
+    pub positions: CubeTensor,
     /// [max_positions, hd / 2]
-    pub cos: CubeTensor<R>,
-    pub sin: CubeTensor<R>,
+    pub cos: CubeTensor,
+    pub sin: CubeTensor,
     /// [1, kv_heads, capacity, hd], written in place at rows [start, start + m).
-    pub k_cache: CubeTensor<R>,
-    pub v_cache: CubeTensor<R>,
+    pub k_cache: CubeTensor,
+    pub v_cache: CubeTensor,
     pub heads: usize,
-    pub start: usize,
+    /// [1] i32: the first cache row written.
+    pub start: CubeTensor,
 }
 
 /// An RMSNorm folded into the product: x is normed on its way in ([`load_x`], [`epilogue`]).
-pub(crate) struct MmaNorm<R: CubeRuntime> {
+pub(crate) struct MmaNorm {
     /// [k], the activation dtype.
-    pub weight: CubeTensor<R>,
+    pub weight: CubeTensor,
     pub eps: f32,
 }
 
-pub(crate) fn product<R: CubeRuntime>(
-    x: CubeTensor<R>,
+pub(crate) fn product(
+    x: CubeTensor,
     spec: MmaProduct,
-    parts: Vec<MmaPart<R>>,
-    residual: Option<CubeTensor<R>>,
-    norm: Option<MmaNorm<R>>,
-    rope: Option<MmaRope<R>>,
-) -> CubeTensor<R> {
+    parts: Vec<MmaPart>,
+    residual: Option<CubeTensor>,
+    norm: Option<MmaNorm>,
+    rope: Option<MmaRope>,
+) -> CubeTensor {
     assert!((1..=3).contains(&parts.len()), "1 to 3 parts");
     assert!(!spec.swiglu || parts.len() == 2, "swiglu takes gate and up");
     assert!(spec.half == 0 || (parts.len() == 3 && !spec.swiglu), "RoPE pair order is for q|k|v");
@@ -425,7 +426,7 @@ pub(crate) fn product<R: CubeRuntime>(
         Some(r) => Shape::new([1, r.heads, m, 2 * spec.half]),
         None => Shape::new([m, n_out]),
     };
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), out_shape, dtype);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), out_shape, dtype);
     let fused_rope = rope.is_some();
     let rope = rope.map(|r| MmaRope { positions: into_contiguous(r.positions), cos: into_contiguous(r.cos), sin: into_contiguous(r.sin), ..r });
     let units = k.div_ceil(UNIT_K);
@@ -472,7 +473,7 @@ pub(crate) fn product<R: CubeRuntime>(
             // caches at rows start .. start + m (start + m <= capacity checked), the tables at
             // positions[token] (< max_positions, the caller's check, as for `rope_qkv`).
             unsafe {
-                int4_mma_kernel::launch_unchecked::<R>(
+                int4_mma_kernel::launch_unchecked(
                     &client,
                     count,
                     dim,
@@ -518,14 +519,14 @@ pub(crate) fn product<R: CubeRuntime>(
                     spec.half,
                     fused_rope,
                     share,
-                    dtype.into(),
+                    super::elem(dtype),
                 )
             };
         }
         None => {
             // SAFETY: as for int4, with dense weight vectors.
             unsafe {
-                dense_mma_kernel::launch_unchecked::<R>(
+                dense_mma_kernel::launch_unchecked(
                     &client,
                     count,
                     dim,
@@ -560,7 +561,7 @@ pub(crate) fn product<R: CubeRuntime>(
                     spec.half,
                     fused_rope,
                     share,
-                    dtype.into(),
+                    super::elem(dtype),
                 )
             };
         }

@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 /// Sum of `red[0..CUBE_DIM_X)` (a power of two, one slot per thread, all written before the call):
 /// every thread reads the result from `red[0]` after the call.
 #[cube]
-pub(crate) fn block_sum(red: &mut SharedMemory<f32>) {
+pub(crate) fn block_sum(red: &mut Shared<[f32]>) {
     let tid = UNIT_POS_X as usize;
     sync_cube();
     let mut stride = CUBE_DIM_X as usize / 2;
@@ -21,7 +21,7 @@ pub(crate) fn block_sum(red: &mut SharedMemory<f32>) {
 
 /// Maximum of `red[0..CUBE_DIM_X)`, as [`block_sum`].
 #[cube]
-pub(crate) fn block_max(red: &mut SharedMemory<f32>) {
+pub(crate) fn block_max(red: &mut Shared<[f32]>) {
     let tid = UNIT_POS_X as usize;
     sync_cube();
     let mut stride = CUBE_DIM_X as usize / 2;

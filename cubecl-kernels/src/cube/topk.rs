@@ -5,7 +5,7 @@
 //! then the k token ids (exact in f32 below 2^24). Also the greedy steps' argmax.
 
 use burn::tensor::{DType, Shape};
-use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use super::arg;
@@ -26,7 +26,7 @@ fn before(v: f32, i: u32, bv: f32, bi: u32) -> bool {
 /// The best (value, index) pair of `red_v/red_i[0..CUBE_DIM_X)` by [`before`] (a power of two,
 /// one slot per thread, all written before the call), left in slot 0 for every thread.
 #[cube]
-fn block_argmax(red_v: &mut SharedMemory<f32>, red_i: &mut SharedMemory<u32>) {
+fn block_argmax(red_v: &mut Shared<[f32]>, red_i: &mut Shared<[u32]>) {
     let tid = UNIT_POS_X as usize;
     sync_cube();
     let mut stride = CUBE_DIM_X as usize / 2;
@@ -53,20 +53,20 @@ pub(crate) const MERGE_CAP: usize = 2048;
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn rounds(
-    vals: &SharedMemory<f32>,
-    ids: &SharedMemory<u32>,
+    vals: &Shared<[f32]>,
+    ids: &Shared<[u32]>,
     len: usize,
     v: usize,
     k: usize,
     shift: f32,
-    out: &mut Array<f32>,
+    out: &mut [f32],
     v_at: usize,
     i_at: usize,
     #[comptime] threads: usize,
 ) {
     let tid = UNIT_POS_X as usize;
-    let mut red_v = SharedMemory::<f32>::new(threads);
-    let mut red_i = SharedMemory::<u32>::new(threads);
+    let mut red_v = Shared::<[f32]>::new_slice(threads);
+    let mut red_i = Shared::<[u32]>::new_slice(threads);
     let mut pv = f32::new(0.0);
     let mut pi = 0u32;
     for r in 0..k {
@@ -103,9 +103,9 @@ fn rounds(
 /// The cube's max and sum of exp(x - max) over `pairs[0..len)` of (max, sum) (a chunk's values are
 /// the pairs (x, 1)): the log-sum-exp's two parts, for every thread.
 #[cube]
-fn max_and_sum(maxes: &SharedMemory<f32>, sums: &SharedMemory<f32>, len: usize, #[comptime] threads: usize) -> (f32, f32) {
+fn max_and_sum(maxes: &Shared<[f32]>, sums: &Shared<[f32]>, len: usize, #[comptime] threads: usize) -> (f32, f32) {
     let tid = UNIT_POS_X as usize;
-    let mut red = SharedMemory::<f32>::new(threads);
+    let mut red = Shared::<[f32]>::new_slice(threads);
     let mut m = f32::new(-3.0e38);
     let mut j = tid;
     while j < len {
@@ -135,16 +135,16 @@ fn max_and_sum(maxes: &SharedMemory<f32>, sums: &SharedMemory<f32>, len: usize, 
 /// top-k into `cand` (per slot: k values, then k ids). A pair in the row's top-k is in its chunk's
 /// top-k (the order is total), so the second pass only merges candidates.
 #[cube(launch_unchecked)]
-fn topk_chunk_kernel<F: Float>(x: &Array<F>, stats: &mut Array<f32>, cand: &mut Array<f32>, v: usize, k: usize, chunks: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+fn topk_chunk_kernel<F: Float>(x: &[F], stats: &mut [f32], cand: &mut [f32], v: usize, k: usize, chunks: usize, #[comptime] threads: usize, #[define(F)] _dtype: ElemType) {
     let (c, row, tid) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, UNIT_POS_X as usize);
     let start = c * CHUNK;
     let mut len = v - start;
     if len > CHUNK {
         len = CHUNK;
     }
-    let mut vals = SharedMemory::<f32>::new(CHUNK);
-    let mut ids = SharedMemory::<u32>::new(CHUNK);
-    let mut ones = SharedMemory::<f32>::new(CHUNK);
+    let mut vals = Shared::<[f32]>::new_slice(CHUNK);
+    let mut ids = Shared::<[u32]>::new_slice(CHUNK);
+    let mut ones = Shared::<[f32]>::new_slice(CHUNK);
     let mut j = tid;
     while j < len {
         vals[j] = f32::cast_from(x[row * v + start + j]);
@@ -165,11 +165,11 @@ fn topk_chunk_kernel<F: Float>(x: &Array<F>, stats: &mut Array<f32>, cand: &mut 
 /// Second pass, one cube per row: the row's log-sum-exp from its chunks' (max, sum) pairs, then the
 /// top-k of their candidates. Writes [n, 2k]: log-probs, then ids.
 #[cube(launch_unchecked)]
-fn topk_merge_kernel(stats: &Array<f32>, cand: &Array<f32>, out: &mut Array<f32>, v: usize, k: usize, chunks: usize, #[comptime] threads: usize) {
+fn topk_merge_kernel(stats: &[f32], cand: &[f32], out: &mut [f32], v: usize, k: usize, chunks: usize, #[comptime] threads: usize) {
     let (row, tid) = (CUBE_POS_X as usize, UNIT_POS_X as usize);
     let first = row * chunks;
-    let mut maxes = SharedMemory::<f32>::new(MERGE_CAP);
-    let mut sums = SharedMemory::<f32>::new(MERGE_CAP);
+    let mut maxes = Shared::<[f32]>::new_slice(MERGE_CAP);
+    let mut sums = Shared::<[f32]>::new_slice(MERGE_CAP);
     let mut j = tid;
     while j < chunks {
         maxes[j] = stats[(first + j) * 2];
@@ -181,7 +181,7 @@ fn topk_merge_kernel(stats: &Array<f32>, cand: &Array<f32>, out: &mut Array<f32>
     let lse = m + s.ln();
     // The candidates, chunk by chunk, into the same slots.
     let cands = chunks * k;
-    let mut ids = SharedMemory::<u32>::new(MERGE_CAP);
+    let mut ids = Shared::<[u32]>::new_slice(MERGE_CAP);
     let mut j = tid;
     while j < cands {
         let (slot, r) = (first + j / k, j % k);
@@ -200,20 +200,20 @@ fn topk_merge_kernel(stats: &Array<f32>, cand: &Array<f32>, out: &mut Array<f32>
 /// chunks. The single-cube version (one cube per row, scanning a 152k row 12 times) took ~510 us
 /// per launch on the H200 under ncu (`docs/perf/real.md`, session 13): one multiprocessor per row,
 /// latency-bound, once per tree level of every draft.
-pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> CubeTensor<R> {
+pub(crate) fn log_softmax_top_k(x: CubeTensor, k: usize) -> CubeTensor {
     let [n, v] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
     let chunks = v.div_ceil(CHUNK);
     let (client, device) = (x.client.clone(), x.device.clone());
-    let stats = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([n * chunks * 2]), DType::F32);
-    let cand = empty_device_contiguous_dtype::<R>(client.clone(), device.clone(), Shape::new([n * chunks * 2 * k]), DType::F32);
-    let out = empty_device_contiguous_dtype::<R>(client.clone(), device, Shape::new([n, 2 * k]), DType::F32);
+    let stats = empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([n * chunks * 2]), DType::F32);
+    let cand = empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([n * chunks * 2 * k]), DType::F32);
+    let out = empty_device_contiguous_dtype(client.clone(), device, Shape::new([n, 2 * k]), DType::F32);
     // SAFETY: cube (c, row) reads columns [c CHUNK, min((c + 1) CHUNK, v)) of its row and writes its
     // slot's 2 stats and 2k candidates; a row's merge cube reads its chunks' slots (chunks k <=
     // MERGE_CAP staged) and writes its 2k outputs.
     unsafe {
-        topk_chunk_kernel::launch_unchecked::<R>(
+        topk_chunk_kernel::launch_unchecked(
             &client,
             CubeCount::Static(chunks as u32, n as u32, 1),
             CubeDim::new_1d(THREADS as u32),
@@ -224,9 +224,9 @@ pub(crate) fn log_softmax_top_k<R: CubeRuntime>(x: CubeTensor<R>, k: usize) -> C
             k,
             chunks,
             THREADS,
-            dtype.into(),
+            super::elem(dtype),
         );
-        topk_merge_kernel::launch_unchecked::<R>(
+        topk_merge_kernel::launch_unchecked(
             &client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(THREADS as u32),
@@ -250,7 +250,7 @@ const ARGMAX_THREADS: usize = 1024;
 /// step and verifier compares), as i32. One cube per row; each thread keeps its best of
 /// `ARGMAX_UNROLL` vectors of `width` values per step, then the cube reduces the pairs.
 #[cube(launch_unchecked)]
-fn argmax_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<i32>, vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: StorageType) {
+fn argmax_kernel<F: Float, N: Size>(x: &[Vector<F, N>], out: &mut [i32], vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: ElemType) {
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let width = x.vector_size();
@@ -277,7 +277,7 @@ fn argmax_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<i32
                 let vq = vals[q];
                 #[unroll]
                 for e in 0..width {
-                    let xv = f32::cast_from(vq[e]);
+                    let xv = f32::cast_from(vq.extract(e));
                     let ie = u32::cast_from(jq * width + e);
                     if before(xv, ie, bv, bi) {
                         bv = xv;
@@ -288,8 +288,8 @@ fn argmax_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<i32
         }
         j += comptime!(ARGMAX_UNROLL * threads);
     }
-    let mut red_v = SharedMemory::<f32>::new(threads);
-    let mut red_i = SharedMemory::<u32>::new(threads);
+    let mut red_v = Shared::<[f32]>::new_slice(threads);
+    let mut red_i = Shared::<[u32]>::new_slice(threads);
     red_v[tid] = bv;
     red_i[tid] = bi;
     block_argmax(&mut red_v, &mut red_i);
@@ -304,11 +304,11 @@ fn argmax_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<i32
 }
 
 /// x [n, v] -> [n] i32 (as the backend's int tensor).
-pub(crate) fn argmax<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn argmax(x: CubeTensor) -> CubeTensor {
     let [n, v] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
-    let out = empty_device_contiguous_dtype::<R>(x.client.clone(), x.device.clone(), Shape::new([n]), DType::I32);
+    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([n]), DType::I32);
     let client = x.client.clone();
     let count = CubeCount::Static(n as u32, 1, 1);
     let dim = CubeDim::new_1d(ARGMAX_THREADS as u32);
@@ -316,9 +316,9 @@ pub(crate) fn argmax<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     // width 8, v % 8 == 0 keeps every row start aligned); one output per row.
     unsafe {
         if v % 8 == 0 {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 8, arg(&x), arg(&out), v / 8, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked(&client, count, dim, 8, arg(&x), arg(&out), v / 8, ARGMAX_THREADS, super::elem(dtype))
         } else {
-            argmax_kernel::launch_unchecked::<R>(&client, count, dim, 1, arg(&x), arg(&out), v, ARGMAX_THREADS, dtype.into())
+            argmax_kernel::launch_unchecked(&client, count, dim, 1, arg(&x), arg(&out), v, ARGMAX_THREADS, super::elem(dtype))
         }
     };
     out

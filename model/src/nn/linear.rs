@@ -2,8 +2,9 @@
 //! layer with an int4 weight: callers only see `forward`). Both weight kinds go through the small-M
 //! kernels of `hierspec-kernels` on cubecl runtimes.
 
+use burn::tensor::Device;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use hierspec_kernels::fused::{self, Input, Part, PartWeight};
 use hierspec_kernels::mma::MmaWeight;
 use hierspec_kernels::{int4, int4::Int4Weight};
@@ -13,31 +14,31 @@ use crate::quantized::QuantTensor;
 use super::norm::RmsNorm;
 
 #[derive(Module, Debug)]
-pub enum LinearWeight<B: Backend> {
+pub enum LinearWeight {
     /// [d_in, d_out]
-    Dense(Param<Tensor<B, 2>>),
-    Int4(QuantWeight<B>),
+    Dense(Param<Tensor<2>>),
+    Int4(QuantWeight),
 }
 
 /// An int4 weight, plus its dequantized copy on backends without the fused kernel (CPU): they run
 /// the reference product, and dequantizing once at load instead of every step keeps them usable.
 #[derive(Module, Debug)]
-pub struct QuantWeight<B: Backend> {
-    pub q: Int4Weight<B>,
-    pub dequantized: Option<Param<Tensor<B, 2>>>,
+pub struct QuantWeight {
+    pub q: Int4Weight,
+    pub dequantized: Option<Param<Tensor<2>>>,
     /// Act-order GPTQ: the input columns in the order of `q`'s rows (x[:, perm] @ W).
-    pub perm: Option<Param<Tensor<B, 1, Int>>>,
+    pub perm: Option<Param<Tensor<1, Int>>>,
 }
 
 #[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
-    pub weight: LinearWeight<B>,
-    pub bias: Option<Param<Tensor<B, 1>>>,
+pub struct Linear {
+    pub weight: LinearWeight,
+    pub bias: Option<Param<Tensor<1>>>,
     /// The weight in tensor-core fragment order, packed at construction where the mma kernel will
     /// run (CUDA bf16 / f16); `None` elsewhere. Rebuilt by [`Linear::new`] whenever the weight changes
     /// (in natural channel order: q_proj and k_proj then need [`Linear::paired_for_rope`] again for
     /// the fused RoPE, and run the two-launch path until they get it).
-    pub mma: Option<MmaWeight<B>>,
+    pub mma: Option<MmaWeight>,
 }
 
 /// How to quantize dense weights at load time.
@@ -56,9 +57,9 @@ impl Default for QuantSpec {
     }
 }
 
-impl<B: Backend> Linear<B> {
+impl Linear {
     /// A layer from its weight and bias, with the tensor-core copy packed where it will be used.
-    pub fn new(weight: LinearWeight<B>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
+    pub fn new(weight: LinearWeight, bias: Option<Param<Tensor<1>>>) -> Self {
         let mma = match &weight {
             LinearWeight::Dense(w) => MmaWeight::dense(&w.val()),
             LinearWeight::Int4(w) if w.perm.is_none() && w.dequantized.is_none() => MmaWeight::int4(&w.q),
@@ -90,11 +91,11 @@ impl<B: Backend> Linear<B> {
         bias: Option<(Vec<f32>, Vec<usize>)>,
         d_in: usize,
         d_out: usize,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<Self> {
         let (w, shape) = weight;
         check_shape(&format!("{name}.weight"), &shape, &[d_out, d_in])?;
-        let weight = Tensor::<B, 2>::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device);
+        let weight = Tensor::<2>::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device);
         let bias = match bias {
             Some((b, shape)) => {
                 check_shape(&format!("{name}.bias"), &shape, &[d_out])?;
@@ -106,8 +107,8 @@ impl<B: Backend> Linear<B> {
     }
 
     /// A layer with an int4 weight and optional bias.
-    pub fn quantized(q: Int4Weight<B>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
-        let dequantized = (!hierspec_kernels::has_kernels::<B>()).then(|| {
+    pub fn quantized(q: Int4Weight, bias: Option<Param<Tensor<1>>>) -> Self {
+        let dequantized = (!hierspec_kernels::has_kernels(&q.scales.val().device())).then(|| {
             let dtype = q.scales.val().dtype();
             Param::from_tensor(q.dequantize().cast(dtype))
         });
@@ -116,7 +117,7 @@ impl<B: Backend> Linear<B> {
 
     /// An int4 weight read from a checkpoint (GPTQ, AWQ, GGUF Q4 blocks), checked against the
     /// layer's shape; `bias` in PyTorch layout.
-    pub fn from_quant_tensor(name: &str, t: QuantTensor, bias: Option<(Vec<f32>, Vec<usize>)>, (d_in, d_out): (usize, usize), device: &B::Device) -> Result<Self> {
+    pub fn from_quant_tensor(name: &str, t: QuantTensor, bias: Option<(Vec<f32>, Vec<usize>)>, (d_in, d_out): (usize, usize), device: &Device) -> Result<Self> {
         check_shape(&format!("{name} (int4 [in, out])"), &[t.host.k, t.host.n], &[d_in, d_out])?;
         let weight = t.host.upload(device).map_err(|e| Error::Safetensors(format!("{name}: {e}")))?;
         let bias = match bias {
@@ -146,7 +147,7 @@ impl<B: Backend> Linear<B> {
         bias: Option<(Vec<f32>, Vec<usize>)>,
         (d_in, d_out): (usize, usize),
         spec: &QuantSpec,
-        device: &B::Device,
+        device: &Device,
     ) -> Result<Self> {
         let (w, shape) = weight;
         check_shape(&format!("{name}.weight"), &shape, &[d_out, d_in])?;
@@ -165,7 +166,7 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Random N(0, std) weights made on the device (speed runs at real shapes need no files).
-    pub fn random(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
+    pub fn random(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Self {
         let dist = Distribution::Normal(0.0, std);
         Self::new(
             LinearWeight::Dense(Param::from_tensor(Tensor::random([d_in, d_out], dist, device))),
@@ -174,7 +175,7 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Random int4 weights made on the device, for speed runs at real shapes.
-    pub fn random_int4(d_in: usize, d_out: usize, bias: bool, spec: &QuantSpec, device: &B::Device) -> Result<Self> {
+    pub fn random_int4(d_in: usize, d_out: usize, bias: bool, spec: &QuantSpec, device: &Device) -> Result<Self> {
         let group = if d_in % spec.group == 0 { spec.group } else { d_in };
         let q = Int4Weight::random(d_in, d_out, group, spec.asymmetric, device).map_err(|e| Error::Setting(e.0))?;
         let bias = bias.then(|| Param::from_tensor(Tensor::random([d_out], Distribution::Normal(0.0, 0.02), device)));
@@ -205,7 +206,7 @@ impl<B: Backend> Linear<B> {
 
     /// This layer as one part of a fused product: the dequantized copy where the backend has no
     /// int4 kernel, the act-order permutation, the bias.
-    pub fn part(&self) -> Part<'_, B> {
+    pub fn part(&self) -> Part<'_> {
         let (weight, perm) = match &self.weight {
             LinearWeight::Dense(w) => (PartWeight::Dense(w.val()), None),
             LinearWeight::Int4(w) => {
@@ -220,23 +221,23 @@ impl<B: Backend> Linear<B> {
     }
 
     /// 2-D product, no bias.
-    pub fn matmul(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn matmul(&self, x: Tensor<2>) -> Tensor<2> {
         Part { bias: None, ..self.part() }.product(x)
     }
 
     /// x: [batch, seq, d_in] -> [batch, seq, d_out]
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         Self::fused(&[self], x, Input::Plain, None)
     }
 
     /// `residual + x W + b` in one launch (o_proj, down_proj and their residual add).
-    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         Self::fused(&[self], x, Input::Plain, Some(residual))
     }
 
     /// `residual + down(silu(gate h) * up h)` (a SwiGLU MLP) with h = x, or h = `norm(x)` folded into
     /// gate|up where the tensor-core product takes it: two launches on cubecl runtimes.
-    pub fn swiglu_mlp(gate: &Self, up: &Self, down: &Self, x: Tensor<B, 3>, residual: Tensor<B, 3>, norm: Option<&RmsNorm<B>>) -> Tensor<B, 3> {
+    pub fn swiglu_mlp(gate: &Self, up: &Self, down: &Self, x: Tensor<3>, residual: Tensor<3>, norm: Option<&RmsNorm>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let h = down.d_out();
         let (x, residual) = (x.reshape([b * n, d]), residual.reshape([b * n, h]));
@@ -249,13 +250,13 @@ impl<B: Backend> Linear<B> {
 
     /// Several layers reading the same input (q|k|v, gate|up) in one product: their outputs side by
     /// side, [batch, seq, sum of d_out].
-    pub fn forward_many(layers: &[&Self], x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward_many(layers: &[&Self], x: Tensor<3>) -> Tensor<3> {
         Self::fused(layers, x, Input::Plain, None)
     }
 
-    fn fused(layers: &[&Self], x: Tensor<B, 3>, input: Input, residual: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    fn fused(layers: &[&Self], x: Tensor<3>, input: Input, residual: Option<Tensor<3>>) -> Tensor<3> {
         let [b, n, d] = x.dims();
-        let parts: Vec<Part<B>> = layers.iter().map(|l| l.part()).collect();
+        let parts: Vec<Part> = layers.iter().map(|l| l.part()).collect();
         let d_out: usize = parts.iter().map(Part::n).sum();
         let residual = residual.map(|r| r.reshape([b * n, d_out]));
         fused::linear(x.reshape([b * n, d]), &parts, input, residual).reshape([b, n, d_out])

@@ -2,8 +2,10 @@
 //! i + head_dim/2. Tables are precomputed once for every position up to the context length and
 //! gathered by explicit position ids, so tree nodes can sit at `root + depth` whatever their row.
 
+use burn::tensor::Device;
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use hierspec_kernels::start::CacheStart;
 use hierspec_kernels::fused::{self, Part, PreNorm, QkvLayout, QkvRope};
 
 use crate::cache::LayerKv;
@@ -11,10 +13,10 @@ use crate::cache::LayerKv;
 use crate::config::{Llama3RopeScaling, LlamaConfig};
 
 #[derive(Module, Debug)]
-pub struct Rope<B: Backend> {
+pub struct Rope {
     /// [max_positions, head_dim / 2]
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
 }
 
 /// Inverse frequencies, with Llama-3.1's frequency-dependent scaling when configured.
@@ -44,8 +46,8 @@ pub fn inv_freqs(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeScaling
         .collect()
 }
 
-impl<B: Backend> Rope<B> {
-    pub fn new(cfg: &LlamaConfig, max_positions: usize, device: &B::Device) -> Self {
+impl Rope {
+    pub fn new(cfg: &LlamaConfig, max_positions: usize, device: &Device) -> Self {
         let freqs = inv_freqs(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
         let half = freqs.len();
         let mut cos = Vec::with_capacity(max_positions * half);
@@ -68,14 +70,14 @@ impl<B: Backend> Rope<B> {
     }
 
     /// x: [batch, heads, seq, head_dim]; positions: [seq].
-    pub fn forward(&self, x: Tensor<B, 4>, positions: Tensor<B, 1, Int>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<4>, positions: Tensor<1, Int>) -> Tensor<4> {
         fused::rope(x, &self.cos, &self.sin, positions)
     }
 
     /// The q|k|v product of x [b, n, d] (of `norm(x)` where given) with RoPE on q and k and the
     /// cache write ([`fused::qkv_rope`]: one launch on tensor cores); returns q [b, heads, n, hd].
     #[allow(clippy::too_many_arguments)]
-    pub fn qkv_product(&self, x: Tensor<B, 3>, norm: Option<&PreNorm<B>>, parts: &[Part<B>], positions: Tensor<B, 1, Int>, layout: QkvLayout, kv: &mut LayerKv<B>, start: usize) -> Tensor<B, 4> {
+    pub fn qkv_product(&self, x: Tensor<3>, norm: Option<&PreNorm>, parts: &[Part], positions: Tensor<1, Int>, layout: QkvLayout, kv: &mut LayerKv, start: &CacheStart) -> Tensor<4> {
         let rope = QkvRope { positions, cos: &self.cos, sin: &self.sin, layout, start };
         fused::qkv_rope(x, norm, parts, rope, &mut kv.k, &mut kv.v)
     }

@@ -10,11 +10,11 @@ use super::{add_virtual_warp, b_regs, block_channels, epilogue, RopeOut, load_x,
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dense_unit<F: Float>(
-    x: &Array<V8<F>>,
-    gamma: &Array<V8<F>>,
-    w0: &Array<V8<F>>,
-    w1: &Array<V8<F>>,
-    w2: &Array<V8<F>>,
+    x: &[V8<F>],
+    gamma: &[V8<F>],
+    w0: &[V8<F>],
+    w1: &[V8<F>],
+    w2: &[V8<F>],
     wv: &mut Array<V8<F>>,
     xv: &mut Array<V8<F>>,
     a: &mut Array<V2<F>>,
@@ -22,7 +22,7 @@ fn dense_unit<F: Float>(
     no_sums: &mut Array<V2<f32>>,
     acc: &mut Array<V2<f32>>,
     ss: &mut Array<f32>,
-    emu: &mut SharedMemory<f32>,
+    emu: &mut Shared<[f32]>,
     tiles: &Array<usize>,
     tiles_n: usize,
     part: u32,
@@ -61,35 +61,35 @@ fn dense_unit<F: Float>(
     load_x::<F>(x, xv, gamma, ss, tok0, m, k, u, tt, 0usize, norm);
     #[unroll]
     for s in 0usize..4usize {
-        b_regs::<F>(xv, b, tt, s, 0usize);
+        b_regs::<F>(&*xv, b, tt, s, 0usize);
         #[unroll]
         for c in 0usize..ct {
             let v = wv[c * 4 + s];
             #[unroll]
             for r in 0usize..4usize {
                 let mut q = V2::<F>::new(F::new(0.0));
-                q[0usize] = v[comptime!(2 * r)];
-                q[1usize] = v[comptime!(2 * r + 1)];
+                q.insert(0usize, v.extract(comptime!(2 * r)));
+                q.insert(1usize, v.extract(comptime!(2 * r + 1)));
                 a[c * 4 + r] = q;
             }
         }
-        slab_products::<F>(a, b, a, acc, no_sums, emu, ct, tt, false, emulate);
+        slab_products::<F>(&*a, &*b, &*a, acc, no_sums, emu, ct, tt, false, emulate);
     }
 }
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dense_mma_kernel<F: Float>(
-    x: &Array<V8<F>>,
-    gamma: &Array<V8<F>>,
-    w0: &Array<V8<F>>,
-    w1: &Array<V8<F>>,
-    w2: &Array<V8<F>>,
-    b0: &Array<F>,
-    b1: &Array<F>,
-    b2: &Array<F>,
-    residual: &Array<F>,
-    out: &mut Array<F>,
+    x: &[V8<F>],
+    gamma: &[V8<F>],
+    w0: &[V8<F>],
+    w1: &[V8<F>],
+    w2: &[V8<F>],
+    b0: &[F],
+    b1: &[F],
+    b2: &[F],
+    residual: &[F],
+    out: &mut [F],
     rope_out: &mut ComptimeOption<RopeOut<F>>,
     m: usize,
     k: usize,
@@ -111,15 +111,15 @@ pub(super) fn dense_mma_kernel<F: Float>(
     #[comptime] half: usize,
     #[comptime] rope: bool,
     #[comptime] share: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let warp = UNIT_POS_X as usize / 32usize;
     let tok0 = CUBE_POS_X as usize * 8 * tt;
     let mut tiles = Array::<usize>::new(ct);
     let (part, n, first, n_out, tiles_n, tile0) = block_channels(c1, c2, n0, n1, n2, &mut tiles, ct, swiglu, share);
 
-    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate, share)));
-    let mut tot = SharedMemory::<f32>::new(comptime!(total_len(ct, tt, share)));
+    let mut emu = Shared::<[f32]>::new_slice(comptime!(shared_len(warps, ct, tt, emulate, share)));
+    let mut tot = Shared::<[f32]>::new_slice(comptime!(total_len(ct, tt, share)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     #[unroll]
     for j in 0usize..ct * tt * 2 {
@@ -135,7 +135,7 @@ pub(super) fn dense_mma_kernel<F: Float>(
     for i in 0usize..tt {
         ss[i] = 0.0f32;
     }
-    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, tt, norm, share)));
+    let mut red_ss = Shared::<[f32]>::new_slice(comptime!(norm_slots(warps, tt, norm, share)));
 
     // The K split's warps (warp w: units w, w + warps, ...); with x shared (`share` > 0) every warp
     // walks all of them as virtual warps on its own channel tiles, adding each one's partials into

@@ -19,10 +19,10 @@ use crate::mma::{TILE_N, UNIT_K};
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_span<F: Float>(
-    w_a: &Array<W4>,
-    aux_a: &Array<V2<F>>,
-    w_b: &Array<W4>,
-    aux_b: &Array<V2<F>>,
+    w_a: &[W4],
+    aux_a: &[V2<F>],
+    w_b: &[W4],
+    aux_b: &[V2<F>],
     wv: &mut Array<W4>,
     av: &mut Array<V2<F>>,
     tiles: &Array<usize>,
@@ -102,10 +102,10 @@ fn fold<F: Float>(
     for c in 0usize..ct {
         let sv0 = av[comptime!((c * folds + f) * 2)];
         let sv1 = av[comptime!((c * folds + f) * 2 + 1)];
-        let s0 = f32::cast_from(sv0[0usize]);
-        let o0 = f32::cast_from(sv0[1usize]) - bias_q * s0;
-        let s1 = f32::cast_from(sv1[0usize]);
-        let o1 = f32::cast_from(sv1[1usize]) - bias_q * s1;
+        let s0 = f32::cast_from(sv0.extract(0usize));
+        let o0 = f32::cast_from(sv0.extract(1usize)) - bias_q * s0;
+        let s1 = f32::cast_from(sv1.extract(0usize));
+        let o1 = f32::cast_from(sv1.extract(1usize)) - bias_q * s1;
         #[unroll]
         for i in 0usize..tt {
             let j = (c * tt + i) * 2;
@@ -117,8 +117,8 @@ fn fold<F: Float>(
             let mut vb = acc[j + 1];
             #[unroll]
             for e in 0usize..2usize {
-                va[e] += s0 * pa[e] + o0 * xa[e];
-                vb[e] += s1 * pb[e] + o1 * xb[e];
+                va.insert(e, va.extract(e) + s0 * pa.extract(e) + o0 * xa.extract(e));
+                vb.insert(e, vb.extract(e) + s1 * pb.extract(e) + o1 * xb.extract(e));
             }
             acc[j] = va;
             acc[j + 1] = vb;
@@ -138,8 +138,8 @@ fn fold<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn span_products<F: Float>(
-    x: &Array<V8<F>>,
-    gamma: &Array<V8<F>>,
+    x: &[V8<F>],
+    gamma: &[V8<F>],
     ss: &mut Array<f32>,
     wv: &Array<W4>,
     av: &Array<V2<F>>,
@@ -150,7 +150,7 @@ fn span_products<F: Float>(
     p: &mut Array<V2<f32>>,
     xs: &mut Array<V2<f32>>,
     acc: &mut Array<V2<f32>>,
-    emu: &mut SharedMemory<f32>,
+    emu: &mut Shared<[f32]>,
     tok0: usize,
     m: usize,
     k: usize,
@@ -174,16 +174,16 @@ fn span_products<F: Float>(
         }
         #[unroll]
         for s in 0usize..4usize {
-            b_regs::<F>(xv, b, tt, s, x0);
+            b_regs::<F>(&*xv, b, tt, s, x0);
             #[unroll]
             for c in 0usize..ct {
-                let word = wv[c * span + j][s];
+                let word = wv[c * span + j].extract(s);
                 #[unroll]
                 for r in 0usize..4usize {
                     a[c * 4 + r] = pair::<F>((word >> comptime!((4 * r) as i32)) & 0x000F000Fi32, magic);
                 }
             }
-            slab_products::<F>(a, b, a_one, p, xs, emu, ct, tt, true, emulate);
+            slab_products::<F>(&*a, &*b, a_one, p, xs, emu, ct, tt, true, emulate);
             // Slabs 0-1 cover the unit's first 32 inputs, 2-3 the second: fold where a fold ends.
             let done = comptime!(j * UNIT_K + 32 * (s / 2 + 1));
             if comptime!(s % 2 == 1 && done % fold_len == 0) {
@@ -197,9 +197,9 @@ fn span_products<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_x_span<F: Float>(
-    x: &Array<V8<F>>,
+    x: &[V8<F>],
     xv: &mut Array<V8<F>>,
-    gamma: &Array<V8<F>>,
+    gamma: &[V8<F>],
     ss: &mut Array<f32>,
     tok0: usize,
     m: usize,
@@ -223,17 +223,17 @@ fn load_x_span<F: Float>(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn int4_units<F: Float>(
-    x: &Array<V8<F>>,
-    gamma: &Array<V8<F>>,
+    x: &[V8<F>],
+    gamma: &[V8<F>],
     ss: &mut Array<f32>,
-    w_a: &Array<W4>,
-    aux_a: &Array<V2<F>>,
-    w_b: &Array<W4>,
-    aux_b: &Array<V2<F>>,
+    w_a: &[W4],
+    aux_a: &[V2<F>],
+    w_b: &[W4],
+    aux_b: &[V2<F>],
     acc: &mut Array<V2<f32>>,
-    emu: &mut SharedMemory<f32>,
-    tot: &mut SharedMemory<f32>,
-    red_ss: &mut SharedMemory<f32>,
+    emu: &mut Shared<[f32]>,
+    tot: &mut Shared<[f32]>,
+    red_ss: &mut Shared<[f32]>,
     tiles: &Array<usize>,
     tiles_n: usize,
     np_a: usize,
@@ -337,19 +337,19 @@ fn int4_units<F: Float>(
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn int4_mma_kernel<F: Float>(
-    x: &Array<V8<F>>,
-    gamma: &Array<V8<F>>,
-    w0: &Array<W4>,
-    w1: &Array<W4>,
-    w2: &Array<W4>,
-    aux0: &Array<V2<F>>,
-    aux1: &Array<V2<F>>,
-    aux2: &Array<V2<F>>,
-    b0: &Array<F>,
-    b1: &Array<F>,
-    b2: &Array<F>,
-    residual: &Array<F>,
-    out: &mut Array<F>,
+    x: &[V8<F>],
+    gamma: &[V8<F>],
+    w0: &[W4],
+    w1: &[W4],
+    w2: &[W4],
+    aux0: &[V2<F>],
+    aux1: &[V2<F>],
+    aux2: &[V2<F>],
+    b0: &[F],
+    b1: &[F],
+    b2: &[F],
+    residual: &[F],
+    out: &mut [F],
     rope_out: &mut ComptimeOption<RopeOut<F>>,
     m: usize,
     k: usize,
@@ -379,7 +379,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     #[comptime] half: usize,
     #[comptime] rope: bool,
     #[comptime] share: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F)] _dtype: ElemType,
 ) {
     let tok0 = CUBE_POS_X as usize * 8 * tt;
     let mut tiles = Array::<usize>::new(ct);
@@ -387,8 +387,8 @@ pub(super) fn int4_mma_kernel<F: Float>(
     let np = tiles_n * TILE_N;
     let np1 = ((n1 + TILE_N - 1) / TILE_N) * TILE_N;
 
-    let mut emu = SharedMemory::<f32>::new(comptime!(shared_len(warps, ct, tt, emulate, share)));
-    let mut tot = SharedMemory::<f32>::new(comptime!(total_len(ct, tt, share)));
+    let mut emu = Shared::<[f32]>::new_slice(comptime!(shared_len(warps, ct, tt, emulate, share)));
+    let mut tot = Shared::<[f32]>::new_slice(comptime!(total_len(ct, tt, share)));
     let mut acc = Array::<V2<f32>>::new(comptime!(ct * tt * 2));
     #[unroll]
     for j in 0usize..ct * tt * 2 {
@@ -399,7 +399,7 @@ pub(super) fn int4_mma_kernel<F: Float>(
     for i in 0usize..tt {
         ss[i] = 0.0f32;
     }
-    let mut red_ss = SharedMemory::<f32>::new(comptime!(norm_slots(warps, tt, norm, share)));
+    let mut red_ss = Shared::<[f32]>::new_slice(comptime!(norm_slots(warps, tt, norm, share)));
     // One instance of the loop per part the product has (`parts`, compile-time): the weight and
     // aux tensors are fixed inside it, and absent parts compile to nothing.
     if comptime!(swiglu) {

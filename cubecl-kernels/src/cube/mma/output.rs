@@ -2,7 +2,7 @@
 //! the bias, the residual, SwiGLU, the folded RMSNorm's 1 / rms, and for q|k|v the RoPE rotation
 //! and the KV-cache write are applied on the way out.
 
-use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::super::fused::{rotate_first, rotate_second};
@@ -10,28 +10,30 @@ use super::{arg, MmaRope, V2};
 use crate::mma::TILE_N;
 
 /// Where a q|k|v product with RoPE fused into its epilogue writes: q into the product's output
-/// `[heads, m, hd]`, k and v into the caches at rows `start + token`, the rotation read from `cos`
+/// `[heads, m, hd]`, k and v into the caches at rows `start[0] + token`, the rotation read from `cos`
 /// and `sin` `[max_positions, hd / 2]` (contiguous) at `positions[token]`.
 #[derive(CubeLaunch, CubeType)]
 pub(super) struct RopeOut<F: Float> {
-    positions: Array<i32>,
-    cos: Array<F>,
-    sin: Array<F>,
-    k_cache: Array<F>,
-    v_cache: Array<F>,
+    positions: Box<[i32]>,
+    cos: Box<[F]>,
+    sin: Box<[F]>,
+    k_cache: Box<[F]>,
+    v_cache: Box<[F]>,
     k_head: usize,
     k_row: usize,
     k_dim: usize,
     v_head: usize,
     v_row: usize,
     v_dim: usize,
-    start: usize,
+    /// [1] i32: the first cache row, read on the device so that a captured graph replays at any
+    /// cache length.
+    start: Box<[i32]>,
 }
 
 /// The partial sums of fragment slot `slot` at `red[base ..]`, `count` of them `stride` apart, in
 /// warp order: the K split's warps, or (x shared) one running total that already holds them.
 #[cube]
-fn warp_sum(red: &SharedMemory<f32>, base: usize, slot: usize, #[comptime] count: usize, #[comptime] stride: usize) -> f32 {
+fn warp_sum(red: &Shared<[f32]>, base: usize, slot: usize, #[comptime] count: usize, #[comptime] stride: usize) -> f32 {
     let mut sum = 0.0f32;
     #[unroll]
     for w in 0usize..count {
@@ -43,7 +45,7 @@ fn warp_sum(red: &SharedMemory<f32>, base: usize, slot: usize, #[comptime] count
 /// Channel `ch`'s bias in `part`.
 #[cube]
 #[allow(unused_assignments)]
-fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, ch: usize) -> f32 {
+fn part_bias<F: Float>(b0: &[F], b1: &[F], b2: &[F], part: u32, ch: usize) -> f32 {
     let mut b = 0.0f32;
     if part == 0u32 {
         b = f32::cast_from(b0[ch]);
@@ -61,7 +63,7 @@ fn part_bias<F: Float>(b0: &Array<F>, b1: &Array<F>, b2: &Array<F>, part: u32, c
 /// left to the compiler may differ between the two kernels.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn slot_value(red: &SharedMemory<f32>, base: usize, slot: usize, inv_rms: f32, bias: f32, #[comptime] count: usize, #[comptime] stride: usize, #[comptime] norm: bool) -> f32 {
+fn slot_value(red: &Shared<[f32]>, base: usize, slot: usize, inv_rms: f32, bias: f32, #[comptime] count: usize, #[comptime] stride: usize, #[comptime] norm: bool) -> f32 {
     let mut v = warp_sum(red, base, slot, count, stride);
     if comptime!(norm) {
         v = fma(v, inv_rms, bias);
@@ -99,13 +101,13 @@ fn natural_channel(ch: usize, #[comptime] half: usize) -> usize {
 #[allow(clippy::too_many_arguments, unused_assignments)]
 pub(super) fn epilogue<F: Float>(
     acc: &Array<V2<f32>>,
-    red: &mut SharedMemory<f32>,
-    b0: &Array<F>,
-    b1: &Array<F>,
-    b2: &Array<F>,
+    red: &mut Shared<[f32]>,
+    b0: &[F],
+    b1: &[F],
+    b2: &[F],
     part: u32,
-    residual: &Array<F>,
-    out: &mut Array<F>,
+    residual: &[F],
+    out: &mut [F],
     rope_out: &mut ComptimeOption<RopeOut<F>>,
     i: usize,
     tok0: usize,
@@ -115,7 +117,7 @@ pub(super) fn epilogue<F: Float>(
     first: usize,
     tile0: usize,
     ss: &Array<f32>,
-    red_ss: &mut SharedMemory<f32>,
+    red_ss: &mut Shared<[f32]>,
     k: usize,
     eps: f32,
     #[comptime] warps: usize,
@@ -147,8 +149,8 @@ pub(super) fn epilogue<F: Float>(
             #[unroll]
             for r in 0usize..2usize {
                 let v = acc[(c * tt + i) * 2 + r];
-                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v[0usize];
-                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v[1usize];
+                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r] = v.extract(0usize);
+                red[((warp * ct + c) * 32 + lane) * 4 + 2 * r + 1] = v.extract(1usize);
             }
         }
         if comptime!(norm) {
@@ -214,9 +216,9 @@ pub(super) fn epilogue<F: Float>(
                     up_bias = f32::cast_from(b1[ch]);
                 }
             }
-            let mut sum = slot_value(red, base, slot, inv_rms, bias, count, stride, norm);
+            let mut sum = slot_value(&*red, base, slot, inv_rms, bias, count, stride, norm);
             if comptime!(swiglu) {
-                let up = slot_value(red, up_base, slot, inv_rms, up_bias, count, stride, norm);
+                let up = slot_value(&*red, up_base, slot, inv_rms, up_bias, count, stride, norm);
                 sum = sum / (1.0f32 + (0.0f32 - sum).exp()) * up;
             }
             if comptime!(rope) {
@@ -238,7 +240,7 @@ pub(super) fn epilogue<F: Float>(
                         if comptime!(has_bias) {
                             other_bias = part_bias::<F>(b0, b1, b2, part, natural_channel(pch, half));
                         }
-                        let other = slot_value(red, base, pslot, inv_rms, other_bias, count, stride, norm);
+                        let other = slot_value(&*red, base, pslot, inv_rms, other_bias, count, stride, norm);
                         let own = f32::cast_from(F::cast_from(sum));
                         let other = f32::cast_from(F::cast_from(other));
                         let p = ro.positions[tok] as usize;
@@ -253,10 +255,10 @@ pub(super) fn epilogue<F: Float>(
                         if part == 0u32 {
                             out[(head * m + tok) * hd + d] = F::cast_from(y);
                         } else {
-                            ro.k_cache[head * ro.k_head + (ro.start + tok) * ro.k_row + d * ro.k_dim] = F::cast_from(y);
+                            ro.k_cache[head * ro.k_head + (ro.start[0] as usize + tok) * ro.k_row + d * ro.k_dim] = F::cast_from(y);
                         }
                     } else {
-                        ro.v_cache[head * ro.v_head + (ro.start + tok) * ro.v_row + d * ro.v_dim] = F::cast_from(sum);
+                        ro.v_cache[head * ro.v_head + (ro.start[0] as usize + tok) * ro.v_row + d * ro.v_dim] = F::cast_from(sum);
                     }
                 }
             } else {
@@ -273,9 +275,9 @@ pub(super) fn epilogue<F: Float>(
 
 /// The fused RoPE's kernel argument (nothing is bound without one). Generic in the element type,
 /// which each kernel's launch names its own way.
-pub(super) fn rope_arg<E: Float, R: CubeRuntime>(rope: Option<&MmaRope<R>>) -> ComptimeOptionArgs<RopeOut<E>, R> {
+pub(super) fn rope_arg<E: Float>(rope: Option<&MmaRope>) -> ComptimeOptionArgs<RopeOut<E>> {
     let Some(r) = rope else { return ComptimeOptionArgs::None };
-    let st = |t: &CubeTensor<R>, d: usize| t.meta.strides()[d];
+    let st = |t: &CubeTensor, d: usize| t.meta.strides()[d];
     ComptimeOptionArgs::Some(RopeOutLaunch::new(
         arg(&r.positions),
         arg(&r.cos),
@@ -288,6 +290,6 @@ pub(super) fn rope_arg<E: Float, R: CubeRuntime>(rope: Option<&MmaRope<R>>) -> C
         st(&r.v_cache, 1),
         st(&r.v_cache, 2),
         st(&r.v_cache, 3),
-        r.start,
+        arg(&r.start),
     ))
 }

@@ -2,7 +2,7 @@
 //! one thread per output word or value, run once at load.
 
 use burn::tensor::Shape;
-use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor, CubeRuntime};
+use burn_cubecl::{ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
 use crate::mma::{TILE_N, UNIT_K};
@@ -38,7 +38,7 @@ fn pack_int4_kernel(qweight: &Tensor<i32>, out: &mut Tensor<i32>, k: usize, n: u
 
 /// Dense [k, n] -> fragment values [tiles * units * 4 * 32, 8], one thread per value.
 #[cube(launch_unchecked)]
-fn pack_dense_kernel<F: Float>(w: &Tensor<F>, out: &mut Tensor<F>, k: usize, n: usize, units: usize, total: usize, #[define(F)] _dtype: StorageType) {
+fn pack_dense_kernel<F: Float>(w: &Tensor<F>, out: &mut Tensor<F>, k: usize, n: usize, units: usize, total: usize, #[define(F)] _dtype: ElemType) {
     let idx = ABSOLUTE_POS as usize;
     if idx < total {
         let q = idx % 8;
@@ -70,14 +70,14 @@ fn elementwise_count(total: usize) -> CubeCount {
     CubeCount::Static(x, cubes.div_ceil(x), 1)
 }
 
-pub(crate) fn pack_int4<R: CubeRuntime>(qweight: CubeTensor<R>, k: usize, n: usize) -> CubeTensor<R> {
+pub(crate) fn pack_int4(qweight: CubeTensor, k: usize, n: usize) -> CubeTensor {
     let (tiles, units) = (n.div_ceil(TILE_N), k.div_ceil(UNIT_K));
     let total = tiles * units * 128;
-    let out = empty_device_contiguous_dtype::<R>(qweight.client.clone(), qweight.device.clone(), Shape::new([tiles * units * 32, 4]), qweight.dtype);
+    let out = empty_device_contiguous_dtype(qweight.client.clone(), qweight.device.clone(), Shape::new([tiles * units * 32, 4]), qweight.dtype);
     let count = elementwise_count(total);
     // SAFETY: one thread per output word, guarded by `total`; source reads are bounded by k and n.
     unsafe {
-        pack_int4_kernel::launch_unchecked::<R>(
+        pack_int4_kernel::launch_unchecked(
             &qweight.client.clone(),
             count,
             CubeDim::new_1d(PACK_THREADS),
@@ -92,15 +92,15 @@ pub(crate) fn pack_int4<R: CubeRuntime>(qweight: CubeTensor<R>, k: usize, n: usi
     out
 }
 
-pub(crate) fn pack_dense<R: CubeRuntime>(w: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn pack_dense(w: CubeTensor) -> CubeTensor {
     let [k, n] = w.meta.shape().dims::<2>();
     let (tiles, units) = (n.div_ceil(TILE_N), k.div_ceil(UNIT_K));
     let total = tiles * units * 1024;
     let dtype = w.dtype;
-    let out = empty_device_contiguous_dtype::<R>(w.client.clone(), w.device.clone(), Shape::new([tiles * units * 4 * 32, 8]), dtype);
+    let out = empty_device_contiguous_dtype(w.client.clone(), w.device.clone(), Shape::new([tiles * units * 4 * 32, 8]), dtype);
     // SAFETY: one thread per output value, guarded by `total`; source reads are bounded by k and n.
     unsafe {
-        pack_dense_kernel::launch_unchecked::<R>(
+        pack_dense_kernel::launch_unchecked(
             &w.client.clone(),
             elementwise_count(total),
             CubeDim::new_1d(PACK_THREADS),
@@ -110,7 +110,7 @@ pub(crate) fn pack_dense<R: CubeRuntime>(w: CubeTensor<R>) -> CubeTensor<R> {
             n,
             units,
             total,
-            dtype.into(),
+            super::super::elem(dtype),
         )
     };
     out

@@ -1,0 +1,43 @@
+//! Where a forward's new rows begin in the KV cache, on the host and on the device.
+//!
+//! The kernels that place new rows (the RoPE cache write) and count keys (attention) read the start
+//! row from a one-element device buffer rather than taking it as a launch scalar: a captured CUDA
+//! graph freezes its launch scalars, but replays read the buffer anew. The host copy sizes launch
+//! grids and drives the plain-tensor references.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+#[derive(Clone, Debug)]
+pub struct CacheStart {
+    /// Cache rows before the new ones.
+    pub rows: usize,
+    /// [1] int: `rows`, for the kernels.
+    pub device: Tensor<1, Int>,
+}
+
+impl CacheStart {
+    pub fn new(rows: usize, device: &Device) -> Self {
+        Self { rows, device: Tensor::from_data(TensorData::new(vec![rows as i32], [1]), device) }
+    }
+
+    /// Move to `rows`. On cubecl devices the device buffer is written in place (stream-ordered after
+    /// the work queued before), so a graph captured over it reads the new value when replayed.
+    pub fn set(&mut self, rows: usize) {
+        self.rows = rows;
+        if !write_ints(&self.device, &[rows as i32]) {
+            self.device = Tensor::from_data(TensorData::new(vec![rows as i32], [1]), &self.device.device());
+        }
+    }
+}
+
+/// Write `values` into `t`'s device buffer in place, enqueued after the work queued before it; false
+/// where `t` is no i32 tensor of that many values on a cubecl device (then nothing is written).
+pub fn write_ints<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> bool {
+    #[cfg(feature = "cube")]
+    return crate::cube::write_i32(t, values);
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = (t, values);
+        false
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# CUDA graphs on the GPU machine. Binaries: .dev/cuda/*.xz (built here, stripped, xz'd; see README's
+# CUDA build), unpacked once into $BIN. Results go to $OUT.
+# Usage: bash scripts/gpu/graphs.sh <revision> <part>...
+#   tests:  replayed vs eager forwards (tests/tests/graphs.rs) and the kernel comparisons, in f32
+#           and bf16, whichever of those test binaries are in $BIN
+#   bench:  synthetic AR and single-forward timing, graphs off / on alternating, per shape
+#   ncu:    device time per kernel of a few eager decode steps (ncu at normal clocks, warm caches)
+set -u
+REV=${1:-unknown}; shift
+BIN=${BIN:-/root/bin}
+mkdir -p "$BIN" "$OUT"
+for f in .dev/cuda/*.xz; do [ -e "$f" ] && [ ! -e "$BIN/$(basename "$f" .xz)" ] && xz -dc "$f" > "$BIN/$(basename "$f" .xz)"; done
+chmod +x "$BIN"/* 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# The card's copy bandwidth for the bytes bound (H100 ~3000 GB/s, H200 ~4300, measured here before).
+GBPS=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo 4300 || echo 3000)
+SHAPES=${SHAPES:-"qwen2.5-coder-1.5b:--int4 qwen2.5-coder-0.5b: qwen2.5-coder-0.5b:--int4 llama3-8b:--int4"}
+for PART in "$@"; do
+exec > >(tee -a "$OUT/log-graphs-$PART.txt") 2>&1
+echo "=== revision $REV, date $(date -u +%F), part $PART"
+case $PART in
+tests)
+  for dtype in f32 bf16; do
+    for t in graphs kernels_vs_reference mma_rope mma_vs_reference memory; do
+      [ -x "$BIN/$t" ] || continue
+      echo "--- $t, $dtype"
+      HIERSPEC_TEST_DTYPE=$dtype timeout 280 "$BIN/$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|assert" | head -40
+    done
+  done ;;
+bench)
+  for round in 1 2; do
+    for s in $SHAPES; do
+      shape=${s%%:*}; flag=${s#*:}
+      for g in 0 1; do
+        tag=$shape${flag:+-int4}-graphs$g-r$round
+        HIERSPEC_GRAPHS=$g timeout 250 "$BIN/bench" --synthetic "$shape" $flag --device cuda --dtype bf16 --prompt-len 128 \
+          --new-tokens 256 --repeats 3 --forward-n 1,8,64 --copy-gbps "$GBPS" --revision "$REV" --json "$OUT/$tag.json" 2>/dev/null \
+          | grep -vE "^\|---" | sed "s/^/$tag /"
+      done
+    done
+  done ;;
+ncu)
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for s in $SHAPES; do
+    shape=${s%%:*}; flag=${s#*:}
+    tag=$shape${flag:+-int4}
+    HIERSPEC_GRAPHS=0 timeout 250 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+      --log-file "$OUT/ncu-$tag.csv" "$BIN/bench" --synthetic "$shape" $flag --device cuda --dtype bf16 --prompt-len 128 \
+      --new-tokens 6 --repeats 1 --forward-n 1 --copy-gbps "$GBPS" --revision "$REV" > /dev/null 2>&1
+    python3 scripts/ncu_last_step.py "$OUT/ncu-$tag.csv" | head -4 | sed "s/^/$tag /"
+    xz -f "$OUT/ncu-$tag.csv"
+  done ;;
+esac
+done
