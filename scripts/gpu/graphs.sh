@@ -29,7 +29,7 @@ tests)
     done
   done ;;
 bench)
-  for round in 1 2; do
+  for round in $(seq 1 ${ROUNDS:-2}); do
     for s in $SHAPES; do
       shape=${s%%:*}; flag=${s#*:}
       for g in 0 1; do
