@@ -73,10 +73,9 @@ pub struct Graphs<'a> {
 
 impl<'a> Graphs<'a> {
     /// Graphs on `device` where its tensors take the cubecl kernels (whose launches read the cache
-    /// length on the device), unless `HIERSPEC_GRAPHS=0`.
+    /// length on the device).
     pub fn new(device: &Device) -> Self {
-        let wanted = std::env::var("HIERSPEC_GRAPHS").map_or(true, |v| v != "0");
-        Self { enabled: wanted && hierspec_kernels::has_kernels(device), entries: HashMap::new(), captured: 0, hardware: 0 }
+        Self { enabled: hierspec_kernels::has_kernels(device), entries: HashMap::new(), captured: 0, hardware: 0 }
     }
 
     /// No graphs: every forward eager.
