@@ -364,11 +364,10 @@ pub(crate) fn argmax(x: &Tensor<2>) -> Option<Tensor<1, Int>> {
         return None;
     }
     // The kernel writes i32: the device's ints must be i32 too.
-    let c = float(x)?;
-    if Tensor::<1, Int>::empty([1], &x.device()).dtype() != DType::I32 {
+    if x.device().settings().int_dtype != burn::tensor::IntDType::I32 {
         return None;
     }
-    Some(back_int(topk::argmax(c)))
+    Some(back_int(topk::argmax(float(x)?)))
 }
 
 /// [n, 2k] f32: each row's top-k log-probs, then their ids.
