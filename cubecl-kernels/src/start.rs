@@ -17,7 +17,7 @@ pub struct CacheStart {
 
 impl CacheStart {
     pub fn new(rows: usize, device: &Device) -> Self {
-        Self { rows, device: Tensor::from_data(TensorData::new(vec![rows as i32], [1]), device) }
+        Self { rows, device: upload(rows, device) }
     }
 
     /// Move to `rows`. On cubecl devices the device buffer is written in place (stream-ordered after
@@ -25,9 +25,13 @@ impl CacheStart {
     pub fn set(&mut self, rows: usize) {
         self.rows = rows;
         if !write_ints(&self.device, &[rows as i32]) {
-            self.device = Tensor::from_data(TensorData::new(vec![rows as i32], [1]), &self.device.device());
+            self.device = upload(rows, &self.device.device());
         }
     }
+}
+
+fn upload(rows: usize, device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(TensorData::new(vec![rows as i32], [1]), device)
 }
 
 /// Write `values` into `t`'s device buffer in place, enqueued after the work queued before it; false
