@@ -59,15 +59,7 @@ impl AttnMask {
                 }
             }
         }
-        let mut list = vec![0i32; n * (cols + 1)];
-        for (i, row) in list.chunks_mut(cols + 1).enumerate() {
-            let mut c = 0;
-            for j in (0..cols).filter(|&j| allowed[i * cols + j]) {
-                c += 1;
-                row[c] = j as i32;
-            }
-            row[0] = c as i32;
-        }
+        let list = visible_list(n, cols, |i, j| allowed[i * cols + j]);
         let visible = Tensor::from_data(TensorData::new(list, [n, cols + 1]), device);
         Self { prefix, n, cols, words, visible, bias: OnceCell::new() }
     }
@@ -105,6 +97,21 @@ impl AttnMask {
             })
             .clone()
     }
+}
+
+/// The device form of a mask ([`AttnMask::visible`]), row-major [n, 1 + cols]: per new row i, the
+/// count of masked columns j it sees (`sees(i, j)`), then those columns in increasing order.
+pub fn visible_list(n: usize, cols: usize, sees: impl Fn(usize, usize) -> bool) -> Vec<i32> {
+    let mut list = vec![0i32; n * (cols + 1)];
+    for (i, row) in list.chunks_mut(cols + 1).enumerate() {
+        let mut c = 0;
+        for j in (0..cols).filter(|&j| sees(i, j)) {
+            c += 1;
+            row[c] = j as i32;
+        }
+        row[0] = c as i32;
+    }
+    list
 }
 
 /// q: [b, heads, n, hd]; k, v: [b, kv_heads, t, hd]: the cache rows so far and the new rows, already

@@ -4,6 +4,9 @@
 //! row from a one-element device buffer rather than taking it as a launch scalar: a captured CUDA
 //! graph freezes its launch scalars, but replays read the buffer anew. The host copy sizes launch
 //! grids and drives the plain-tensor references.
+//!
+//! The same holds for every input of a captured graph: [`write_ints`] and [`copy_rows`] refresh its
+//! buffers in place.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -42,6 +45,19 @@ pub fn write_ints<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> bool {
     #[cfg(not(feature = "cube"))]
     {
         let _ = (t, values);
+        false
+    }
+}
+
+/// Copy `src` into the first elements of `dst`'s buffer in place (row-major: `src` [n, h] fills the
+/// first n rows of `dst` [.., rows, h]), enqueued after the work queued before it; false where `dst`
+/// is no contiguous tensor of `src`'s dtype and at least its size on a cubecl device.
+pub fn copy_rows<const D: usize, const E: usize>(dst: &Tensor<D>, src: &Tensor<E>) -> bool {
+    #[cfg(feature = "cube")]
+    return crate::cube::copy_rows(dst, src);
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = (dst, src);
         false
     }
 }

@@ -9,13 +9,21 @@ use burn::tensor::{activation::log_softmax, DType, IndexingUpdateOp, Int, Tensor
 pub fn log_softmax_top_k(logits: Tensor<2>, k: usize) -> Vec<Vec<(u32, f32)>> {
     let [n, v] = logits.dims();
     let k = k.min(v);
+    unpack_top_k(top_k_packed(logits, k), n, k)
+}
+
+/// [`log_softmax_top_k`] left on the device, with no host read (a captured graph's last step):
+/// [n, 2 min(k, v)] f32, each row's log-probs then their ids. [`unpack_top_k`] reads it.
+pub fn top_k_packed(logits: Tensor<2>, k: usize) -> Tensor<2> {
+    let v = logits.dims()[1];
+    let k = k.min(v);
     #[cfg(feature = "cube")]
     if v < (1 << 24) {
         if let Some(t) = crate::cube::log_softmax_top_k(&logits, k) {
-            return rows(t, n, k);
+            return t;
         }
     }
-    rows(reference_packed(logits, k), n, k)
+    reference_packed(logits, k)
 }
 
 /// The index of each row's largest value, the lower index on ties: x [n, v] -> [n]. Every greedy
@@ -49,7 +57,7 @@ pub fn reference_argmax(x: Tensor<2>) -> Tensor<1, Int> {
 pub fn reference_log_softmax_top_k(logits: Tensor<2>, k: usize) -> Vec<Vec<(u32, f32)>> {
     let [n, v] = logits.dims();
     let k = k.min(v);
-    rows(reference_packed(logits, k), n, k)
+    unpack_top_k(reference_packed(logits, k), n, k)
 }
 
 /// [n, 2k] f32: log-probs then ids.
@@ -59,9 +67,13 @@ fn reference_packed(logits: Tensor<2>, k: usize) -> Tensor<2> {
     Tensor::cat(vec![vals, idx.float().cast(DType::F32)], 1)
 }
 
-fn rows(packed: Tensor<2>, n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+/// The first `n` rows of a [`top_k_packed`] result as (token, log-probability) pairs: one host read.
+pub fn unpack_top_k(packed: Tensor<2>, n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let [rows, cols] = packed.dims();
+    let (half, k) = (cols / 2, k.min(cols / 2));
+    let packed = if rows > n { packed.slice([0..n, 0..cols]) } else { packed };
     let flat: Vec<f32> = packed.cast(DType::F32).into_data().iter::<f32>().collect();
-    (0..n).map(|r| (0..k).map(|c| (flat[r * 2 * k + k + c] as u32, flat[r * 2 * k + c])).collect()).collect()
+    (0..n).map(|r| (0..k).map(|c| (flat[r * cols + half + c] as u32, flat[r * cols + c])).collect()).collect()
 }
 
 /// Top-k along dim 1 by k rounds of argmax (each found entry pushed to -1e30), in decreasing order.

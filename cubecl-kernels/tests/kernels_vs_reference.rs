@@ -337,3 +337,24 @@ fn keep_rows_kernel_matches_reference() {
         assert_eq!(kept(v), kept(rv), "v: heads {h} capacity {cap} head_dim {d} start {start} rows {rows:?}");
     }
 }
+
+#[test]
+fn copy_rows_writes_in_place_and_leaves_the_rest() {
+    let device = device();
+    // (rows in the destination, rows copied, row width): a full copy, a prefix of an odd width, one
+    // row, and a copy past one 256-thread cube.
+    for (rows, n, h) in [(4, 4, 8), (16, 10, 37), (8, 1, 5), (64, 33, 96)] {
+        let dst = Tensor::<3>::random([1, rows, h], Distribution::Normal(0.0, 1.0), &device);
+        let before: Vec<f32> = dst.clone().cast(DType::F32).into_data().iter::<f32>().collect();
+        // A gathered source (contiguous) and a transposed one (made contiguous by the copy).
+        let src = Tensor::<2>::random([n, h], Distribution::Normal(0.0, 1.0), &device);
+        let src_t = Tensor::<2>::random([h, n], Distribution::Normal(0.0, 1.0), &device).transpose();
+        for src in [src, src_t] {
+            assert!(hierspec_kernels::start::copy_rows(&dst, &src), "copy on a cubecl device");
+            let want: Vec<f32> = src.cast(DType::F32).into_data().iter::<f32>().collect();
+            let got: Vec<f32> = dst.clone().cast(DType::F32).into_data().iter::<f32>().collect();
+            assert_eq!(&got[..n * h], &want[..], "rows {rows} n {n} h {h}: copied rows");
+            assert_eq!(&got[n * h..], &before[n * h..], "rows {rows} n {n} h {h}: rows past the copy");
+        }
+    }
+}

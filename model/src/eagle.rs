@@ -3,14 +3,14 @@
 //! lm_head are the base model's, passed in at call sites, never copied. The head has its own KV cache
 //! indexed by position: row t holds the pair (f_t, e_{t+1}); re-syncing overwrites stale rows.
 
-use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
+use hierspec_kernels::start::CacheStart;
 use serde_json::Value;
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv};
 use crate::checkpoint::{hf_config, write_json, write_sharded, Out, StoreDtype};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -141,15 +141,30 @@ impl EagleHead {
         let n = embeds.dims()[1];
         let cache_len = cache.len();
         let causal = AttnMask::causal_unless_given(mask, cache_len, n, &embeds.device());
-        let mask = mask.or(causal.as_ref());
-        let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
-        let step = Step { rope: &self.rope, positions, start: cache.start(), mask };
-        // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.
-        let a = self.self_attn.attend(x.clone(), None, &step, &mut cache.layers[0]);
-        let h = self.self_attn.o_proj.forward_add(a, x);
-        let out = self.mlp.forward_add(h.clone(), h, Some(&self.post_attention_layernorm));
+        let start = cache.start();
+        let out = self.forward_at(embeds, features, positions, &start, &mut cache.layers, mask.or(causal.as_ref()));
         cache.advance(n);
         out
+    }
+
+    /// [`EagleHead::forward`] after the cache rows [0, `start`) of `layers`, without the cache
+    /// bookkeeping (`mask` given whole, `None` only for one row): the form a captured graph records
+    /// (see [`Llama::forward_at`](crate::Llama::forward_at)).
+    pub fn forward_at(
+        &self,
+        embeds: Tensor<3>,
+        features: Tensor<3>,
+        positions: Tensor<1, Int>,
+        start: &CacheStart,
+        layers: &mut [LayerKv],
+        mask: Option<&AttnMask>,
+    ) -> Tensor<3> {
+        let x = self.fc.forward(Tensor::cat(vec![embeds, features.cast(self.fc_dtype())], 2));
+        let step = Step { rope: &self.rope, positions, start: start.clone(), mask };
+        // Layer 0 of EAGLE has no input norm: attention reads fc's output directly.
+        let a = self.self_attn.attend(x.clone(), None, &step, &mut layers[0]);
+        let h = self.self_attn.o_proj.forward_add(a, x);
+        self.mlp.forward_add(h.clone(), h, Some(&self.post_attention_layernorm))
     }
 
     fn fc_dtype(&self) -> burn::tensor::DType {

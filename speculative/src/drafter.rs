@@ -6,16 +6,16 @@
 //!   draft(root)                     a tree rooted at the newest token (the verifier's pending one)
 //!   truncate(len)                   forget positions >= len (re-sync after a rejection upstream)
 
-use burn::tensor::Device;
 use std::collections::HashMap;
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use hierspec_kernels::dense::SMALL_M_MAX;
-use hierspec_kernels::topk::log_softmax_top_k;
-use burn::tensor::{Int, Tensor, TensorData};
-
-use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, Result};
+use hierspec_kernels::topk::{log_softmax_top_k, top_k_packed, unpack_top_k};
+use hierspec_model::cache::LayerKv;
+use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, LogitsFor, Result};
 
 use crate::ar::tokens_tensor;
+use crate::graphs::{Graphs, Inputs, Key, Request};
 use crate::profile::phase;
 use crate::tree::{build_tree, DraftTree, FrontierNode, Proposal, TreeConfig};
 
@@ -48,6 +48,10 @@ pub fn observe_prompt(drafter: &mut dyn TreeDrafter, features: Tensor<2>, prompt
     device.sync().map_err(|e| Error::Setting(format!("device sync after the drafter's prompt pass: {e:?}")))
 }
 
+/// What a replayed head step returns: the predicted features [1, rows, H] and their top-k under the
+/// base lm_head ([`top_k_packed`]).
+type HeadOut = (Tensor<3>, Tensor<2>);
+
 /// An EAGLE head drafting for `base` (whose embedding and lm_head it uses).
 pub struct EagleDrafter<'a> {
     head: &'a EagleHead,
@@ -58,6 +62,14 @@ pub struct EagleDrafter<'a> {
     pending_tokens: Vec<u32>,
     /// The head's prediction f^ at the newest position (the root's feature).
     last: Option<Tensor<2>>,
+    /// Its top-k, where the step that made it computed them (a replayed catch-up).
+    first: Option<Vec<Proposal>>,
+    /// The proposals per node the graphs compute (a graph freezes k).
+    top_k: usize,
+    /// Replayed steps: the catch-ups after a round, and the tree levels (apart, so that a level's
+    /// graph never overwrites the catch-up output the next tree's root feature is read from).
+    catch_ups: Graphs<'a, HeadOut>,
+    levels: Graphs<'a, HeadOut>,
     forwards: usize,
 }
 
@@ -68,9 +80,13 @@ impl<'a> EagleDrafter<'a> {
         let [vocab, hidden] = base.embed_tokens.dims();
         cfg.check_dims(hidden, vocab)?;
         let capacity = capacity + tree.depth * tree.top_k + 1;
-        if capacity > head.rope.max_positions() {
-            return Err(Error::Setting(format!("EAGLE head cache of {capacity} rows exceeds its {} positions", head.rope.max_positions())));
+        let max = head.rope.max_positions();
+        if capacity > max {
+            return Err(Error::Setting(format!("EAGLE head cache of {capacity} rows exceeds its {max} positions")));
         }
+        // Room for a replayed step's padding rows past the last one.
+        let capacity = (capacity + BUCKET_SLACK).min(max);
+        let device = base.embed_tokens.device();
         Ok(Self {
             head,
             base,
@@ -78,6 +94,10 @@ impl<'a> EagleDrafter<'a> {
             pending_features: Vec::new(),
             pending_tokens: Vec::new(),
             last: None,
+            first: None,
+            top_k: tree.top_k,
+            catch_ups: Graphs::new(&device),
+            levels: Graphs::new(&device),
             forwards: 0,
         })
     }
@@ -87,6 +107,47 @@ impl<'a> EagleDrafter<'a> {
     pub fn last_feature(&self) -> Option<Tensor<2>> {
         self.last.clone()
     }
+
+    /// Every step eager (the reference the replayed steps are tested against).
+    pub fn without_graphs(mut self) -> Self {
+        (self.catch_ups, self.levels) = (Graphs::disabled(), Graphs::disabled());
+        self
+    }
+
+    /// Graphs captured and replayed on the device (catch-ups and tree levels).
+    pub fn graphs(&self) -> (usize, usize) {
+        (self.catch_ups.captured + self.levels.captured, self.catch_ups.hardware + self.levels.hardware)
+    }
+
+    /// A replayed head step (see [`Graphs::run`]): its predicted features [n, H] and their top-k.
+    fn replay(graphs: &mut Graphs<'a, HeadOut>, head: &'a EagleHead, base: &'a Llama, cache: &mut KvCache, req: Request, k: usize) -> Option<(Tensor<2>, Vec<Vec<Proposal>>)> {
+        let n = req.ids.len();
+        let build = move |key: Key, inputs: &Inputs, mask: Option<AttnMask>, mut layers: Vec<LayerKv>| -> Box<dyn FnMut() -> HeadOut + 'a> {
+            let inputs = inputs.clone();
+            let features = inputs.features.clone().expect("a head step's input features");
+            Box::new(move || {
+                let embeds = base.embed(inputs.tokens.clone());
+                let out = head.forward_at(embeds, features.clone(), inputs.positions.clone(), &inputs.start, &mut layers, mask.as_ref());
+                let rows = out.dims()[1];
+                let logits = base.lm_head.forward(out.clone());
+                let v = logits.dims()[2];
+                debug_assert_eq!(rows, key.rows);
+                (out, top_k_packed(logits.reshape([rows, v]), k))
+            })
+        };
+        let (_, (out, top)) = graphs.run(cache, req, &build)?;
+        let h = out.dims()[2];
+        let rows = out.dims()[1];
+        let feats = out.reshape([rows, h]).slice([0..n]);
+        Some((feats, unpack_top_k(top, n, k).into_iter().map(proposals).collect()))
+    }
+}
+
+/// Extra head-cache rows for the padding of a replayed step (up to the next row bucket).
+const BUCKET_SLACK: usize = 64;
+
+fn proposals(row: Vec<(u32, f32)>) -> Vec<Proposal> {
+    row.into_iter().map(|(token, logprob)| Proposal { token, logprob }).collect()
 }
 
 impl TreeDrafter for EagleDrafter<'_> {
@@ -105,6 +166,7 @@ impl TreeDrafter for EagleDrafter<'_> {
             return;
         }
         self.last = None;
+        self.first = None;
         if len <= run {
             self.cache.truncate(len);
             self.pending_features.clear();
@@ -131,8 +193,18 @@ impl TreeDrafter for EagleDrafter<'_> {
         if start + n > self.cache.capacity() {
             return Err(Error::Setting("EAGLE head cache is full".into()));
         }
+        let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
+        // After a round: one replayed step, which also gives the next root's proposals.
+        let req = Request { features: Some(feats.clone()), ..Request::causal(&self.pending_tokens, start, LogitsFor::All) };
+        let replayed = phase::<_>("draft.catch_up", &device, || Self::replay(&mut self.catch_ups, self.head, self.base, &mut self.cache, req, self.top_k));
+        if let Some((out, mut top)) = replayed {
+            self.forwards += 1;
+            self.last = Some(out.slice([n - 1..n]));
+            self.first = top.pop();
+            self.pending_tokens.clear();
+            return Ok(());
+        }
         let out = phase::<_>("draft.catch_up", &device, || {
-            let feats = Tensor::cat(std::mem::take(&mut self.pending_features), 0);
             let h = feats.dims()[1];
             let mut out = None;
             for s in (0..n).step_by(SMALL_M_MAX) {
@@ -154,10 +226,18 @@ impl TreeDrafter for EagleDrafter<'_> {
     fn draft(&mut self, root: u32, cfg: &TreeConfig) -> Result<DraftTree> {
         cfg.validate()?;
         let device = self.base.embed_tokens.device();
+        if cfg.top_k != self.top_k {
+            // The graphs computed another k: capture anew.
+            (self.top_k, self.first) = (cfg.top_k, None);
+            (self.catch_ups, self.levels) = (Graphs::new(&device), Graphs::new(&device));
+        }
         self.catch_up()?;
         let last = self.last.clone().ok_or_else(|| Error::Setting("EAGLE drafter: nothing observed yet".into()))?;
         let committed = self.cache.len();
-        let first = phase::<_>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0);
+        let first = match self.first.take() {
+            Some(first) => first,
+            None => phase::<_>("draft.top_k", &device, || top_k_rows(self.base, last.clone(), cfg.top_k)).remove(0),
+        };
 
         // Tree levels: each frontier node's input is (its parent's predicted feature, its token) at
         // position committed + depth - 1; it sees the committed rows and the rows of its ancestors.
@@ -166,9 +246,8 @@ impl TreeDrafter for EagleDrafter<'_> {
         // The previous level's predictions f^ [f, H], and each of its nodes' row there: a level's
         // parents are the previous level's nodes, so one gather builds its input features.
         let mut prev: Option<(Tensor<2>, HashMap<usize, usize>)> = None;
-        let head = self.head;
-        let base = self.base;
-        let cache = &mut self.cache;
+        let (head, base, k) = (self.head, self.base, cfg.top_k);
+        let (cache, levels) = (&mut self.cache, &mut self.levels);
         let mut forwards = 0;
         let tree = build_tree(cfg, root, &first, |nodes: &[FrontierNode]| {
             let f = nodes.len();
@@ -177,12 +256,10 @@ impl TreeDrafter for EagleDrafter<'_> {
                 return Err(Error::Setting("EAGLE head cache is full".into()));
             }
             let h = last.dims()[1];
-            let (embeds, feats, positions, mask) = phase::<_>("draft.level_inputs", &device, || {
-                let feats = parent_features(&last, prev.as_ref(), nodes, &device)?.reshape([1, f, h]);
+            let (tokens, positions, feats, allowed) = phase::<_>("draft.level_inputs", &device, || {
+                let feats = parent_features(&last, prev.as_ref(), nodes, &device)?;
                 let tokens: Vec<u32> = nodes.iter().map(|nd| nd.token).collect();
-                let embeds = base.embed(tokens_tensor(&tokens, &device));
-                let pos: Vec<i64> = nodes.iter().map(|nd| (committed + nd.depth - 1) as i64).collect();
-                let positions = Tensor::<1, Int>::from_data(TensorData::new(pos, [f]), &device);
+                let positions: Vec<usize> = nodes.iter().map(|nd| committed + nd.depth - 1).collect();
                 // Mask over the draft rows [committed, start + f).
                 let cols = start + f - committed;
                 let mut allowed = vec![false; f * cols];
@@ -195,16 +272,30 @@ impl TreeDrafter for EagleDrafter<'_> {
                         a = parent_of[&p];
                     }
                 }
-                Ok::<_, Error>((embeds, feats, positions, AttnMask::new(committed, f, cols, &allowed, &device)))
+                Ok::<_, Error>((tokens, positions, feats, allowed))
             })?;
-            let out = phase::<_>("draft.level_forward", &device, || head.forward(embeds, feats, positions, cache, Some(&mask)));
+            let req = Request { ids: &tokens, positions: positions.clone(), prefix: committed, sees: Some(&allowed), features: Some(feats.clone()), logits_for: LogitsFor::All };
+            let replayed = phase::<_>("draft.level_forward", &device, || Self::replay(levels, head, base, cache, req, k));
+            let (out, top) = match replayed {
+                Some(step) => step,
+                None => {
+                    let out = phase::<_>("draft.level_forward", &device, || {
+                        let embeds = base.embed(tokens_tensor(&tokens, &device));
+                        let pos: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+                        let positions = Tensor::<1, Int>::from_data(TensorData::new(pos, [f]), &device);
+                        let mask = AttnMask::new(committed, f, start + f - committed, &allowed, &device);
+                        head.forward(embeds, feats.reshape([1, f, h]), positions, cache, Some(&mask)).reshape([f, h])
+                    });
+                    let top = phase::<_>("draft.top_k", &device, || top_k_rows(base, out.clone(), k));
+                    (out, top)
+                }
+            };
             forwards += 1;
-            let out = out.reshape([f, h]);
             for (i, nd) in nodes.iter().enumerate() {
                 row_of.insert(nd.history, start + i);
             }
-            prev = Some((out.clone(), nodes.iter().enumerate().map(|(i, nd)| (nd.history, i)).collect()));
-            Ok(phase::<_>("draft.top_k", &device, || top_k_rows(base, out, cfg.top_k)))
+            prev = Some((out, nodes.iter().enumerate().map(|(i, nd)| (nd.history, i)).collect()));
+            Ok(top)
         });
         self.forwards += forwards;
         // Draft rows are scratch: the committed rows stay, the rest is overwritten next time.
@@ -239,10 +330,7 @@ fn top_k_rows(base: &Llama, features: Tensor<2>, k: usize) -> Vec<Vec<Proposal>>
     let [n, h] = features.dims();
     let logits = base.lm_head.forward(features.reshape([1, n, h]));
     let v = logits.dims()[2];
-    log_softmax_top_k(logits.reshape([n, v]), k)
-        .into_iter()
-        .map(|row| row.into_iter().map(|(token, logprob)| Proposal { token, logprob }).collect())
-        .collect()
+    log_softmax_top_k(logits.reshape([n, v]), k).into_iter().map(proposals).collect()
 }
 
 /// Proposes a known continuation (the verifier's own greedy output, computed beforehand) as the

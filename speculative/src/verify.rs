@@ -9,13 +9,13 @@ use hierspec_model::{AttnMask, Error, ForwardOutput, KvCache, Llama, LlamaConfig
 
 use crate::accept::{accept_sequence_greedy, accept_sequence_sampled, accept_tree_greedy, accept_tree_sampled};
 use crate::ar::tokens_tensor;
-use crate::graphs::Graphs;
+use crate::graphs::{Graphs, Request};
 use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::tree::DraftTree;
 
-/// A model plus the cache of the sequence it has seen so far, and the graphs its causal forwards
-/// replay ([`Graphs`]).
+/// A model plus the cache of the sequence it has seen so far, and the graphs its forwards replay
+/// ([`Graphs`]).
 pub struct Runner<'a> {
     pub model: &'a Llama,
     pub config: &'a LlamaConfig,
@@ -50,7 +50,8 @@ impl<'a> Runner<'a> {
     }
 
     fn run(&mut self, ids: &[u32], logits_for: LogitsFor) -> ForwardOutput {
-        if let Some(out) = self.graphs.forward(self.model, &mut self.cache, ids, logits_for) {
+        let req = Request::causal(ids, self.cache.len(), logits_for);
+        if let Some(out) = self.graphs.forward(self.model, &mut self.cache, req) {
             return out;
         }
         let device = self.device();
@@ -64,7 +65,13 @@ impl<'a> Runner<'a> {
         let device = self.device();
         let l = self.cache.len();
         let n = tree.len();
-        let mask = AttnMask::from_new_rows(l, n, &tree.ancestor_mask(), &device);
+        let ancestors = tree.ancestor_mask();
+        let positions = tree.depths.iter().map(|&d| l + d).collect();
+        let req = Request { ids: &tree.tokens, positions, prefix: l, sees: Some(&ancestors), features: None, logits_for: LogitsFor::All };
+        if let Some(out) = self.graphs.forward(self.model, &mut self.cache, req) {
+            return squeeze(out);
+        }
+        let mask = AttnMask::from_new_rows(l, n, &ancestors, &device);
         let pos: Vec<i64> = tree.depths.iter().map(|&d| (l + d) as i64).collect();
         let positions = Tensor::<1, Int>::from_data(TensorData::new(pos, [n]), &device);
         let out = self.model.forward(tokens_tensor(&tree.tokens, &device), positions, &mut self.cache, Some(&mask), LogitsFor::All);

@@ -1,15 +1,18 @@
-//! Replayed causal forwards (`hierspec_speculative::graphs`) against eager ones, bit for bit: every
-//! row bucket, across an attention segment boundary, over many replays. On CUDA (the GPU build,
+//! Replayed forwards (`hierspec_speculative::graphs`) against eager ones, bit for bit: causal steps
+//! and tree verifications of every row bucket, across an attention segment boundary, over many
+//! replays, and an EAGLE head's catch-ups and tree levels (the trees it drafts). On CUDA (the GPU build,
 //! `HIERSPEC_TEST_DTYPE` as the other tests) they are device graphs. In CI it runs on wgpu
 //! (lavapipe), where burn captures no device graph: a capture runs the recorded closure and a
 //! replay runs it again. That still covers all but the graph itself: the fixed input buffers
 //! written in place, the cache length read on the device, padding, and one graph per shape.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use hierspec_kernels::attention::SEGMENT;
-use hierspec_model::{Llama, LlamaConfig, LogitsFor};
+use hierspec_model::{EagleConfig, EagleHead, Llama, LlamaConfig, LogitsFor};
+use hierspec_speculative::drafter::{observe_prompt, EagleDrafter, TreeDrafter};
 use hierspec_speculative::graphs::Graphs;
+use hierspec_speculative::tree::{DraftTree, TreeConfig};
 use hierspec_speculative::verify::Runner;
 use hierspec_tests::tiny_llama;
 
@@ -78,4 +81,120 @@ fn replayed_forwards_equal_eager_ones() {
     for (i, (e, r)) in eager.iter().zip(&replayed).enumerate() {
         assert_eq!(e, r, "forward {i}: replayed logits differ from eager ones");
     }
+}
+
+/// A tree of `n` nodes whose parents are spread over the earlier nodes (deep and wide branches).
+fn tree(n: usize, seed: usize, vocab: u32) -> DraftTree {
+    let parents: Vec<Option<usize>> = (0..n).map(|i| (i > 0).then(|| (i * 7 + seed) % i)).collect();
+    let mut depths = vec![0; n];
+    for i in 1..n {
+        depths[i] = depths[parents[i].unwrap()] + 1;
+    }
+    let tokens = (0..n).map(|i| ((i * 31 + seed * 5 + 2) as u32) % vocab).collect();
+    DraftTree { tokens, parents, depths, scores: vec![0.0; n] }
+}
+
+/// Tree verifications of every bucket, across the segment boundary, each followed by the cache
+/// compaction to an accepted path: logits and features of every forward, and the graphs captured.
+fn run_trees(model: &Llama, cfg: &LlamaConfig, graphs: bool) -> (Vec<Vec<f32>>, usize, usize) {
+    let mut r = Runner::new(model, cfg, cfg.max_position_embeddings).unwrap();
+    if !graphs {
+        r.graphs = Graphs::disabled();
+    }
+    let vocab = cfg.vocab_size as u32;
+    let prompt: Vec<u32> = (0..SEGMENT - 70).map(|i| (i as u32 * 37 + 11) % vocab).collect();
+    let mut out = vec![values(r.forward(&prompt, LogitsFor::Last))];
+    for (round, n) in [1, 5, 60, 17, 64, 3, 33, 60, 9].into_iter().enumerate() {
+        let t = tree(n, round, vocab);
+        let l = r.cache.len();
+        let (logits, features) = r.forward_tree(&t);
+        out.push(values(logits));
+        out.push(values(features));
+        // Keep the path to the last node, as verification does.
+        let mut path = vec![n - 1];
+        while let Some(p) = t.parents[*path.last().unwrap()] {
+            path.push(p);
+        }
+        let rows: Vec<usize> = path.iter().rev().map(|&i| l + i).collect();
+        r.cache.keep_rows(l, &rows).unwrap();
+        // A causal step after it sees the compacted rows.
+        out.push(values(r.forward(&[(round as u32 * 13) % vocab], LogitsFor::Last)));
+    }
+    (out, r.graphs.captured, r.graphs.hardware)
+}
+
+#[test]
+fn replayed_tree_verifications_equal_eager_ones() {
+    let device = device();
+    let cfg = LlamaConfig { max_position_embeddings: SEGMENT + 128, ..tiny_llama(97, 2) };
+    let model = Llama::random(&cfg, cfg.max_position_embeddings, 9, &device).unwrap();
+    let (eager, _, _) = run_trees(&model, &cfg, false);
+    let (replayed, captured, on_device) = run_trees(&model, &cfg, true);
+    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
+        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
+    }
+    assert!(captured >= 6, "tree buckets 1 to 64 and the steps after them: {captured} graphs");
+    for (i, (e, r)) in eager.iter().zip(&replayed).enumerate() {
+        assert_eq!(e, r, "output {i}: replayed tree verification differs from the eager one");
+    }
+}
+
+/// Draft rounds of an EAGLE drafter: every tree (tokens, parents, scores) and the root feature after
+/// each catch-up; and the graphs it captured.
+fn run_drafter(base: &Llama, cfg: &LlamaConfig, head: &EagleHead, head_cfg: &EagleConfig, graphs: bool) -> (Vec<String>, Vec<Vec<f32>>, (usize, usize)) {
+    let device = base.embed_tokens.device();
+    let tree_cfg = TreeConfig { top_k: 6, depth: 5, total_nodes: 25 };
+    let n = SEGMENT - 12;
+    let mut drafter = EagleDrafter::new(head, head_cfg, base, n + 200, &tree_cfg).unwrap();
+    if !graphs {
+        drafter = drafter.without_graphs();
+    }
+    let vocab = cfg.vocab_size;
+    let h = cfg.hidden_size;
+    let prompt: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    // Large features: the random head's attention is then sharp (see tests/tests/drafter.rs).
+    let features = |rows: usize, seed: usize| {
+        let v: Vec<f32> = (0..rows * h).map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 - 500.0) * 0.6).collect();
+        Tensor::<2>::from_data(TensorData::new(v, [rows, h]), &device)
+    };
+    observe_prompt(&mut drafter, features(n, 1), &prompt, 11).unwrap();
+    let (mut trees, mut roots) = (Vec::new(), Vec::new());
+    let mut root = 11;
+    let mut len = n;
+    for round in 0..8 {
+        let t = drafter.draft(root, &tree_cfg).unwrap();
+        trees.push(format!("{:?} {:?} {:?}", t.tokens, t.parents, t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>()));
+        // Accept 1 + (round % 4) tokens, or reject back one position every third round.
+        let accepted = 1 + round % 4;
+        let next: Vec<u32> = (0..accepted).map(|j| ((round * 11 + j * 3) % vocab) as u32).collect();
+        if round % 3 == 2 {
+            len -= 1;
+            drafter.truncate(len);
+        }
+        drafter.observe(features(accepted, round + 2), &next).unwrap();
+        len += accepted;
+        root = *next.last().unwrap();
+        drafter.catch_up().unwrap();
+        roots.push(values(drafter.last_feature().unwrap()));
+    }
+    (trees, roots, drafter.graphs())
+}
+
+#[test]
+fn replayed_head_steps_draft_the_eager_trees() {
+    let device = device();
+    let cfg = LlamaConfig { max_position_embeddings: SEGMENT + 256, ..tiny_llama(97, 2) };
+    let base = Llama::random(&cfg, cfg.max_position_embeddings, 5, &device).unwrap();
+    let head_cfg = EagleConfig::for_base(&cfg);
+    let head = EagleHead::random(&head_cfg, cfg.max_position_embeddings, 6, &device).unwrap();
+    let (eager_trees, eager_roots, (none, _)) = run_drafter(&base, &cfg, &head, &head_cfg, false);
+    let (trees, roots, (captured, on_device)) = run_drafter(&base, &cfg, &head, &head_cfg, true);
+    assert_eq!(none, 0);
+    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
+        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
+    }
+    // Four levels per tree (depth 5), at one and two segments, and catch-ups of 1 to 4 rows.
+    assert!(captured >= 8, "level and catch-up graphs: {captured}");
+    assert_eq!(eager_trees, trees, "replayed head steps draft other trees");
+    assert_eq!(eager_roots, roots, "replayed catch-ups predict other root features");
 }

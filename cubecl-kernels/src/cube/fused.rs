@@ -330,3 +330,32 @@ pub(crate) fn keep_rows(k: CubeTensor, v: CubeTensor, rows: CubeTensor, start: u
         )
     };
 }
+
+/// dst[i] = src[i] for i < len: one thread per element.
+#[cube(launch_unchecked)]
+fn copy_kernel<F: Float>(src: &[F], dst: &mut [F], len: usize, #[define(F)] _dtype: ElemType) {
+    let i = ABSOLUTE_POS as usize;
+    if i < len {
+        dst[i] = src[i];
+    }
+}
+
+/// The elements of `src` (made contiguous) into the first elements of `dst`'s buffer, in place;
+/// both of one dtype, `dst` contiguous and at least as large (the caller checks).
+pub(crate) fn copy_into(dst: &CubeTensor, src: CubeTensor) {
+    let src = into_contiguous(src);
+    let len = src.meta.shape().num_elements();
+    const THREADS: usize = 256;
+    // SAFETY: threads past `len` write nothing; `dst` holds at least `len` elements (caller).
+    unsafe {
+        copy_kernel::launch_unchecked(
+            &src.client,
+            CubeCount::Static(len.div_ceil(THREADS) as u32, 1, 1),
+            CubeDim::new_1d(THREADS as u32),
+            arg(&src),
+            arg(dst),
+            len,
+            super::elem(src.dtype),
+        )
+    };
+}

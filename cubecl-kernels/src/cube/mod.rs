@@ -67,6 +67,22 @@ pub(crate) fn write_i32<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> b
     true
 }
 
+/// `src`'s values into the first rows of `dst`'s buffer in place; false where the kernel does not
+/// apply (another backend, dtypes differ, `dst` not contiguous or smaller than `src`).
+pub(crate) fn copy_rows<const D: usize, const E: usize>(dst: &Tensor<D>, src: &Tensor<E>) -> bool {
+    if !supported(dst.dtype()) || src.dtype() != dst.dtype() || src.shape().num_elements() > dst.shape().num_elements() {
+        return false;
+    }
+    let (Some(d), Some(s)) = (float(dst), float(src)) else {
+        return false;
+    };
+    if !d.is_contiguous() {
+        return false;
+    }
+    fused::copy_into(&d, s);
+    true
+}
+
 /// Float dtypes the kernels are compiled for.
 fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
