@@ -5,3 +5,4 @@ pub mod engine;
 pub mod host_profile;
 pub mod specbench;
 pub mod report;
+pub mod steps;

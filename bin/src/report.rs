@@ -22,3 +22,9 @@ pub fn finish<R: serde::Serialize>(result: Result<R>, json: Option<&Path>, table
         }
     }
 }
+
+/// The median of `v` (the upper one of an even count; NaN when empty). Sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

@@ -2,11 +2,15 @@
 # CUDA graphs on the GPU machine. Binaries: .dev/cuda/*.xz (built here, stripped, xz'd; see README's
 # CUDA build), unpacked once into $BIN. Results go to $OUT.
 # Usage: bash scripts/gpu/graphs.sh <revision> <part>...
-#   tests:  replayed vs eager forwards (tests/tests/graphs.rs) and the kernel comparisons, in f32
-#           and bf16, whichever of those test binaries are in $BIN
-#   bench:  synthetic AR and single-forward timing per shape (graphs on; the off / on A/B of
-#           docs/perf/graphs.md ran at 9f6ef63, which had HIERSPEC_GRAPHS=0)
-#   ncu:    device time per kernel of a few decode steps (ncu at normal clocks, warm caches)
+#   tests:    replayed vs eager forwards (tests/tests/graphs.rs) and the kernel comparisons, in f32
+#             and bf16, whichever of those test binaries are in $BIN
+#   lossless: lossless_eagle / lossless_hier (SmolLM2, and Qwen 0.5B where uploaded) in f32 and bf16;
+#             models under /root/hscache/models (scripts/gpu/upload_chunk.sh)
+#   bench:    synthetic AR and single-forward timing per shape, and an EAGLE round's steps (a random
+#             head's draft round, the tree's verification) eager against replayed
+#   real:     Spec-Bench, ar and sd (Qwen2.5-Coder 1.5B W4A16 target, 0.5B bf16 draft), one question
+#             per category (PER), NEW tokens, greedy; question file .dev/gpu/question.jsonl
+#   ncu:      device time per kernel of a few decode steps (ncu at normal clocks, warm caches)
 set -u
 REV=${1:-unknown}; shift
 BIN=${BIN:-/root/bin}
@@ -29,6 +33,22 @@ tests)
       HIERSPEC_TEST_DTYPE=$dtype timeout 280 "$BIN/$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|assert" | head -40
     done
   done ;;
+lossless)
+  export HIERSPEC_CACHE=/root/hscache HIERSPEC_FIXTURES=$PWD/assets/fixtures
+  for dtype in f32 bf16; do
+    for t in lossless_eagle lossless_hier; do
+      [ -x "$BIN/$t" ] || continue
+      echo "--- $t, $dtype"
+      HIERSPEC_TEST_DTYPE=$dtype timeout 280 "$BIN/$t" --test-threads 1 ${FILTER:-smollm2} 2>&1 | grep -E "^test |test result|panicked|assert|tau|tok/s" | head -40
+    done
+  done ;;
+real)
+  M=/root/hscache/models
+  [ -f .dev/gpu/question.jsonl ] && mkdir -p /root/work && cp .dev/gpu/question.jsonl /root/work/
+  timeout 570 "$BIN/bench" --prompts /root/work/question.jsonl --per-category ${PER:-1} --turns 1 --max-new-tokens ${NEW:-128} \
+    --device cuda --dtype bf16 --model $M/qwen2.5-coder-1.5b.gguf --quant rtn --draft $M/qwen2.5-coder-0.5b.gguf \
+    --methods ${METHODS:-ar,sd} --revision "$REV" --json "$OUT/real-$REV.json" --markdown "$OUT/real-$REV.md" 2>&1 \
+    | tr '\r' '\n' | grep -v '█' | grep -E "^\[|warm-up|^\||error|loaded" ;;
 bench)
   for round in $(seq 1 ${ROUNDS:-2}); do
     for s in $SHAPES; do
@@ -36,7 +56,7 @@ bench)
       for g in 1; do
         tag=$shape${flag:+-int4}-graphs$g-r$round
         timeout 250 "$BIN/bench" --synthetic "$shape" $flag --device cuda --dtype bf16 --prompt-len 128 \
-          --new-tokens 256 --repeats 3 --forward-n 1,8,64 --copy-gbps "$GBPS" --revision "$REV" --json "$OUT/$tag.json" 2>/dev/null \
+          --new-tokens 256 --repeats 3 --forward-n 1,8,64 --tree-steps --copy-gbps "$GBPS" --revision "$REV" --json "$OUT/$tag.json" 2>/dev/null \
           | grep -vE "^\|---" | sed "s/^/$tag /"
       done
     done

@@ -11,6 +11,8 @@ use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec::engine::{Engine, EngineArgs, Method, SamplingArgs};
 use hierspec::host_profile::HostProfile;
+use hierspec::report::median;
+use hierspec::steps::{tree_steps, StepTime};
 use hierspec::specbench::{self, Record, RunSpec, Summary};
 use hierspec_model::nn::QuantSpec;
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
@@ -85,6 +87,11 @@ struct Args {
     /// as graphs on CUDA): wall time per forward, and per forward of many issued back to back.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     forward_n: Vec<usize>,
+    /// Also time an EAGLE round's steps of a random head, eager and replayed: a draft round (a
+    /// catch-up and one forward per level) and the verification of its tree (shape: the eagle
+    /// --tree-* settings).
+    #[arg(long)]
+    tree_steps: bool,
     /// Sample the host threads over the timed runs (after warm-up) and write <path>.folded and
     /// <path>.svg (needs the `host-profile` feature).
     #[arg(long)]
@@ -139,6 +146,9 @@ struct Synthetic {
     forwards: Vec<ForwardTime>,
     graphs_captured: usize,
     graphs_on_device: usize,
+    /// An EAGLE round's steps (a random head's draft round, the tree's verification), eager and
+    /// replayed (`--tree-steps`).
+    tree_steps: Vec<StepTime>,
 }
 
 /// One forward of `n` new tokens after the prompt.
@@ -162,11 +172,6 @@ struct CurvePoint {
     /// Host time until the forward returned, before the sync: when it is close to `ms`, the step is
     /// bound by launching (host dispatch), not by the GPU.
     enqueue_ms: f64,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 impl BackendJob for Args {
@@ -229,7 +234,8 @@ impl Args {
         }
         let cfg = LlamaConfig::preset(&shape)?;
         let curve_max = self.curve_cache.iter().max().copied().unwrap_or(0) + self.curve_n.iter().max().copied().unwrap_or(0);
-        let ctx = (self.prompt_len + self.new_tokens).max(curve_max);
+        let steps_max = if self.tree_steps { self.prompt_len + hierspec::steps::ROWS_AFTER_PROMPT } else { 0 };
+        let ctx = (self.prompt_len + self.new_tokens).max(curve_max).max(steps_max);
         let quant = self.int4.then(QuantSpec::default);
         let model = Llama::random_with(&cfg, ctx, self.engine.seed, quant.as_ref(), &device)?;
         let prompt: Vec<u32> = (0..self.prompt_len as u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
@@ -251,6 +257,7 @@ impl Args {
         profile.map(HostProfile::finish).transpose()?;
         let verify_curve = self.verify_curve(&model, &cfg, &device)?;
         let (forwards, graphs_captured, graphs_on_device) = self.forward_times(&model, &cfg, &prompt, &device)?;
+        let tree_steps = if self.tree_steps { tree_steps(&model, &cfg, &prompt, &self.engine.eagle_tree(), self.engine.seed)? } else { Vec::new() };
         let bytes = model.weight_bytes_per_token() as u64;
         let bound = self.copy_gbps * 1e9 / bytes as f64;
         let decode = median(&mut rates.clone());
@@ -273,6 +280,7 @@ impl Args {
             forwards,
             graphs_captured,
             graphs_on_device,
+            tree_steps,
         })
     }
 
@@ -388,6 +396,14 @@ fn main() {
             println!("|---|---|---|");
             for f in &r.forwards {
                 println!("| {} | {:.0} | {:.0} |", f.n, f.wall_us, f.pipelined_us);
+            }
+        }
+        if !r.tree_steps.is_empty() {
+            println!();
+            println!("| step | nodes | forwards | graphs | wall us |");
+            println!("|---|---|---|---|---|");
+            for s in &r.tree_steps {
+                println!("| {} | {} | {} | {} | {:.0} |", s.step, s.nodes, s.forwards, if s.graphs { "replayed" } else { "eager" }, s.wall_us);
             }
         }
         if !r.verify_curve.is_empty() {
