@@ -3,19 +3,17 @@
 //! a draft tree for tree verification). GQA without repeating K/V: the query heads sharing a KV head
 //! read the same rows.
 
-use burn::tensor::Device;
+use std::cell::OnceCell;
 
+use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::dense::matmul;
 use crate::start::CacheStart;
 
 /// Keys per attention segment on cubecl devices: the kernel's grid has one cube per (row, head,
 /// segment), so its launch shape changes where a forward's keys cross a multiple of this.
 pub const SEGMENT: usize = 512;
-use std::cell::OnceCell;
-
-use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Int, Tensor, TensorData};
-
-use crate::dense::matmul;
 
 /// A large negative bias instead of -inf: exp underflows to exactly 0 and no NaN can appear.
 pub const MASKED: f32 = -1.0e30;

@@ -9,9 +9,8 @@
 //! - Dequantized weight: `q * scale + offset` (asymmetric: offset = -zero * scale for GPTQ, the block
 //!   minimum for GGUF Q4_1/Q4_K), or `(q - 8) * scale` (symmetric).
 
-use burn::tensor::Device;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 
 use crate::dense;
 use crate::Invalid;

@@ -42,13 +42,12 @@
 //! fragment layout: that is how CI (wgpu on lavapipe, no tensor cores) tests the packing, the
 //! fragment arithmetic and the epilogues of the same kernel source.
 
-use burn::tensor::Device;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::module::{Module, Param};
 use burn::module::ParamId;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::int4::{Int4Weight, PACK};
 #[cfg(feature = "cube")]

@@ -3,8 +3,7 @@
 //! write into the owned buffer (a slice-assign, or the fused RoPE kernel writing in place), never a
 //! concatenation.
 
-use burn::tensor::Device;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use hierspec_kernels::start::CacheStart;
 

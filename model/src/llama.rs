@@ -2,9 +2,8 @@
 //! driven by `LlamaConfig`. The forward pass takes explicit position ids and an optional mask over
 //! (cache rows + new rows), so the same code serves prefill, decode, and tree / sequence verification.
 
-use burn::tensor::Device;
 use burn::module::{Module, Param};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;

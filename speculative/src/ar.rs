@@ -1,9 +1,8 @@
 //! Autoregressive decoding: the baseline every speculative method must reproduce token for token.
 
-use burn::tensor::Device;
 use std::time::Instant;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 

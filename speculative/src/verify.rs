@@ -2,8 +2,7 @@
 //! runs a tree or a sequence after its cache, decides what to accept (greedy or sampled, see
 //! `accept`), and leaves its cache holding exactly the accepted tokens.
 
-use burn::tensor::Device;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use hierspec_model::{AttnMask, Error, ForwardOutput, KvCache, Llama, LlamaConfig, LogitsFor, Result};
 

@@ -7,11 +7,10 @@
 //! scales/offsets + activations in and out; bandwidth fraction = achieved bytes/s over the measured
 //! copy bandwidth. Prints one table and writes JSON (`docs/perf/int4-matmul.json` layout).
 
-use burn::tensor::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_kernels::attention::{self, AttnMask};

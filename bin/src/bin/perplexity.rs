@@ -4,11 +4,10 @@
 //! Variants: `rtn:<group>` / `rtn-sym:<group>` (quantized at load), `native` (GGUF Q4 blocks kept as
 //! int4, other types RTN g128), or a quantized model directory / file.
 
-use burn::tensor::Device;
 use std::path::PathBuf;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
 use hierspec_model::loader::{self, LoadOptions};

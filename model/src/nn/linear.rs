@@ -2,9 +2,8 @@
 //! layer with an int4 weight: callers only see `forward`). Both weight kinds go through the small-M
 //! kernels of `hierspec-kernels` on cubecl runtimes.
 
-use burn::tensor::Device;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use hierspec_kernels::fused::{self, Input, Part, PartWeight};
 use hierspec_kernels::mma::MmaWeight;
 use hierspec_kernels::{int4, int4::Int4Weight};

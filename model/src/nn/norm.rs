@@ -1,8 +1,7 @@
 //! RMSNorm, computed in f32 whatever the activation dtype (bf16 sums of squares lose too much).
 
-use burn::tensor::Device;
 use burn::module::{Module, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use hierspec_kernels::fused;
 
 use super::linear::check_shape;

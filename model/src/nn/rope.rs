@@ -2,9 +2,8 @@
 //! i + head_dim/2. Tables are precomputed once for every position up to the context length and
 //! gathered by explicit position ids, so tree nodes can sit at `root + depth` whatever their row.
 
-use burn::tensor::Device;
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use hierspec_kernels::start::CacheStart;
 use hierspec_kernels::fused::{self, Part, PreNorm, QkvLayout, QkvRope};
 
