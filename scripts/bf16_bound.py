@@ -8,6 +8,7 @@ logits. Each rounding site is switched on or off independently, so the table say
 what. Compares with the committed fixture (top-20 logits at every position) like the Rust test.
 
 Usage: python3 scripts/bf16_bound.py <path.gguf> assets/fixtures/<alias>.json [--prompts N]
+       [--bound assets/fixtures/bf16_bound.json]  (the bf16-everywhere row only, recorded per fixture)
 Needs numpy, regex and gguf, as reference_gguf.py.
 """
 import argparse
@@ -73,6 +74,8 @@ def main():
     ap.add_argument("gguf")
     ap.add_argument("fixture")
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--bound", metavar="JSON", help="only the bf16-everywhere row, recorded as this fixture's bound in JSON "
+                    "(assets/fixtures/bf16_bound.json, which the bf16 fidelity tests read)")
     a = ap.parse_args()
     fx = json.load(open(a.fixture))
     m = Rounded(GGUFReader(a.gguf))
@@ -87,6 +90,8 @@ def main():
         ("bf16 weights + activations + logits, f32 residual", bf16, bf16, f32, bf16),
         ("bf16 everywhere (hierspec, HF, vLLM in bf16)", bf16, bf16, bf16, bf16),
     ]
+    if a.bound:
+        configs = configs[-1:]
     print(f"| rounding in bf16 | max abs diff, {a.prompts} prompts, top-20 logits | median over positions of the per-position max | argmax identical |")
     print("|---|---|---|---|")
     for name, wt, act, res, logit in configs:
@@ -100,6 +105,12 @@ def main():
             per_pos += list(d.max(1))
             argmax &= bool((lg.argmax(1) == ids[:, 0]).all())
         print(f"| {name} | {worst:.4f} | {np.median(per_pos):.4f} | {argmax} |", flush=True)
+    if a.bound:
+        bounds = json.load(open(a.bound)) if os.path.exists(a.bound) else {}
+        bounds[fx["alias"]] = {"max_abs_diff": round(float(worst), 6), "prompts": a.prompts, "argmax_identical": argmax}
+        with open(a.bound, "w") as f:
+            json.dump(bounds, f, indent=1, sort_keys=True)
+            f.write("\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ fn check_model(alias: &str) {
     let device = device();
     let m = loader::load(alias, 4096, &device).expect("load");
     let vocab = m.config.vocab_size;
-    let tol = logit_tolerance();
+    let fidelity = Fidelity::for_fixture(alias);
     for (pi, p) in fx.prompts.iter().enumerate() {
         // The tokenizer must agree with the reference's independent BPE.
         let ids = m.tokenizer.encode(&p.text).expect("encode");
@@ -28,7 +28,7 @@ fn check_model(alias: &str) {
         let positions = Llama::positions(0, ids.len(), &device);
         let out = m.model.forward(tokens_tensor(&ids, &device), positions, &mut cache, None, LogitsFor::All);
         let logits = to_vec_f32(out.logits);
-        let d = compare_top_logits(&format!("{alias} prompt {pi}"), &logits, vocab, &p.top_ids, &p.top_logits, tol);
+        let d = compare_top_logits(&format!("{alias} prompt {pi}"), &logits, vocab, &p.top_ids, &p.top_logits, fidelity);
         eprintln!("{alias} prompt {pi} ({}): {} tokens, max |diff| on top-20 logits {d:.2e}", p.kind, ids.len());
 
         if pi == 0 {
@@ -36,12 +36,14 @@ fn check_model(alias: &str) {
             let last = &logits[(ids.len() - 1) * vocab..];
             let max = max_abs_diff(last, &want);
             eprintln!("{alias}: full last-position logits max |diff| {max:.2e}");
-            assert!(max <= tol, "{alias}: full last-position logits differ by {max}");
+            assert!(max <= fidelity.tol, "{alias}: full last-position logits differ by {max}");
         }
     }
 }
 
 /// Decode step by step (KV cache, one token per forward) must reproduce the reference greedy tokens.
+/// In bf16 the continuations may part only at a near tie: where they do, the reference's token must
+/// score within twice the rounding bound of ours (each logit may move by the bound).
 fn check_greedy(alias: &str) {
     let fx = load_fixture(alias);
     let p = &fx.prompts[0];
@@ -51,7 +53,18 @@ fn check_greedy(alias: &str) {
     let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
     // No stop tokens: the reference generated exactly this many.
     let (tokens, _) = generate(&m.model, &m.config, &p.ids, p.greedy.len(), &mut sampler, &[], |_| {}).unwrap();
-    assert_eq!(tokens, p.greedy, "{alias}: greedy continuation differs from the float64 reference");
+    let Some(i) = tokens.iter().zip(&p.greedy).position(|(a, b)| a != b) else {
+        return;
+    };
+    let f = Fidelity::for_fixture(alias);
+    assert!(f.margin > 0.0, "{alias}: greedy continuation differs from the float64 reference at token {i}");
+    let ids: Vec<u32> = p.ids.iter().chain(&p.greedy[..i]).copied().collect();
+    let mut cache = KvCache::new(&m.config, 1, ids.len(), &device);
+    let out = m.model.forward(tokens_tensor(&ids, &device), Llama::positions(0, ids.len(), &device), &mut cache, None, LogitsFor::Last);
+    let last = to_vec_f32(out.logits);
+    let gap = last[tokens[i] as usize] - last[p.greedy[i] as usize];
+    eprintln!("{alias}: greedy parts from the reference at token {i} of {}, a near tie ({gap:.3} apart in our logits)", p.greedy.len());
+    assert!(gap <= 2.0 * f.margin, "{alias}: greedy token {i} differs from the reference by a logit gap of {gap} (bf16 bound {})", f.margin);
 }
 
 #[test]
