@@ -4,8 +4,8 @@
 # Usage: bash scripts/gpu/graphs.sh <revision> <part>...
 #   tests:    replayed vs eager forwards (tests/tests/graphs.rs) and the kernel comparisons, in f32
 #             and bf16, whichever of those test binaries are in $BIN
-#   lossless: lossless_eagle / lossless_hier (SmolLM2, and Qwen 0.5B where uploaded) in f32 and bf16;
-#             models under /root/hscache/models (scripts/gpu/upload_chunk.sh)
+#   lossless: fidelity_gguf, lossless_eagle and lossless_hier (SmolLM2 and Qwen 0.5B; FILTER picks
+#             tests) in f32 and bf16; models under /root/hscache/models (scripts/gpu/upload_chunk.sh)
 #   bench:    synthetic AR and single-forward timing per shape, and an EAGLE round's steps (a random
 #             head's draft round, the tree's verification) eager against replayed
 #   real:     Spec-Bench, ar and sd (Qwen2.5-Coder 1.5B W4A16 target, 0.5B bf16 draft), one question
@@ -36,10 +36,10 @@ tests)
 lossless)
   export HIERSPEC_CACHE=/root/hscache HIERSPEC_FIXTURES=$PWD/assets/fixtures
   for dtype in f32 bf16; do
-    for t in lossless_eagle lossless_hier; do
+    for t in fidelity_gguf lossless_eagle lossless_hier; do
       [ -x "$BIN/$t" ] || continue
       echo "--- $t, $dtype"
-      HIERSPEC_TEST_DTYPE=$dtype timeout 280 "$BIN/$t" --test-threads 1 ${FILTER:-smollm2} 2>&1 | grep -E "^test |test result|panicked|assert|tau|tok/s" | head -40
+      HIERSPEC_TEST_DTYPE=$dtype timeout 280 "$BIN/$t" --test-threads 1 ${FILTER:-} 2>&1 | grep -E "^test |test result|panicked|assert|differ|parts|max" | head -40
     done
   done ;;
 real)
