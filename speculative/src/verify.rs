@@ -39,6 +39,10 @@ impl<'a> Runner<'a> {
     }
 
     /// Append `ids` as a causal sequence after the cache; logits [n or 1, vocab].
+    ///
+    /// Where the forward replays a graph, what it returns (here and in the other forwards) views the
+    /// graph's output buffer, which the next replay of the same shape overwrites: enqueue its reads
+    /// (or a copy, such as a `select`) before this runner's next forward.
     pub fn forward(&mut self, ids: &[u32], logits_for: LogitsFor) -> Tensor<2> {
         squeeze(self.run(ids, logits_for)).0
     }
