@@ -58,7 +58,8 @@ impl AttnMask {
             }
         }
         let list = visible_list(n, cols, |i, j| allowed[i * cols + j]);
-        let visible = Tensor::from_data(TensorData::new(list, [n, cols + 1]), device);
+        // Contiguous rows: a captured graph's mask is rewritten in place.
+        let visible = crate::start::contiguous_ints(list, [n, cols + 1], device);
         Self { prefix, n, cols, words, visible, bias: OnceCell::new() }
     }
 

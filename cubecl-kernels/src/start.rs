@@ -38,7 +38,9 @@ fn upload(rows: usize, device: &Device) -> Tensor<1, Int> {
 }
 
 /// Write `values` into `t`'s device buffer in place, enqueued after the work queued before it; false
-/// where `t` is no i32 tensor of that many values on a cubecl device (then nothing is written).
+/// where `t` is no contiguous i32 tensor of that many values on a cubecl device (then nothing is
+/// written). CUDA may pitch the rows of a tensor of rank >= 2 made from data: make such buffers with
+/// [`contiguous_ints`].
 pub fn write_ints<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> bool {
     #[cfg(feature = "cube")]
     return crate::cube::write_i32(t, values);
@@ -51,7 +53,8 @@ pub fn write_ints<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> bool {
 
 /// Copy `src` into the first elements of `dst`'s buffer in place (row-major: `src` [n, h] fills the
 /// first n rows of `dst` [.., rows, h]), enqueued after the work queued before it; false where `dst`
-/// is no contiguous tensor of `src`'s dtype and at least its size on a cubecl device.
+/// is no contiguous tensor of `src`'s dtype and at least its size on a cubecl device (make it with
+/// [`contiguous_zeros`]).
 pub fn copy_rows<const D: usize, const E: usize>(dst: &Tensor<D>, src: &Tensor<E>) -> bool {
     #[cfg(feature = "cube")]
     return crate::cube::copy_rows(dst, src);
@@ -60,4 +63,16 @@ pub fn copy_rows<const D: usize, const E: usize>(dst: &Tensor<D>, src: &Tensor<E
         let _ = (dst, src);
         false
     }
+}
+
+/// `values` as an int tensor of `shape` with contiguous rows (made flat, then reshaped), which
+/// [`write_ints`] can refresh.
+pub fn contiguous_ints<const D: usize>(values: Vec<i32>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+    let n = values.len();
+    Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device).reshape(shape)
+}
+
+/// Zeros of `shape` and `dtype` with contiguous rows, which [`copy_rows`] can write.
+pub fn contiguous_zeros<const D: usize>(shape: [usize; D], dtype: burn::tensor::DType, device: &Device) -> Tensor<D> {
+    Tensor::<1>::zeros([shape.iter().product::<usize>()], (device, dtype)).reshape(shape)
 }

@@ -56,7 +56,7 @@ bench)
       for g in 1; do
         tag=$shape${flag:+-int4}-graphs$g-r$round
         timeout 250 "$BIN/bench" --synthetic "$shape" $flag --device cuda --dtype bf16 --prompt-len 128 \
-          --new-tokens 256 --repeats 3 --forward-n 1,8,64 --tree-steps --copy-gbps "$GBPS" --revision "$REV" --json "$OUT/$tag.json" 2>/dev/null \
+          --new-tokens 256 --repeats 3 --forward-n 1,8,64 --tree-steps --copy-gbps "$GBPS" --revision "$REV" --json "$OUT/$tag.json" 2>"$OUT/$tag.err" \
           | grep -vE "^\|---" | sed "s/^/$tag /"
       done
     done

@@ -21,9 +21,9 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{capture, Device, Graph, Int, Tensor, TensorData};
+use burn::tensor::{capture, Device, Graph, Int, Tensor};
 use hierspec_kernels::attention::{visible_list, SEGMENT};
-use hierspec_kernels::start::{copy_rows, write_ints, CacheStart};
+use hierspec_kernels::start::{contiguous_ints, contiguous_zeros, copy_rows, write_ints, CacheStart};
 use hierspec_model::cache::LayerKv;
 use hierspec_model::{AttnMask, ForwardOutput, KvCache, Llama, LogitsFor};
 
@@ -223,16 +223,14 @@ fn capture_entry<'a, O>(
     build: &Build<'a, O>,
 ) -> Entry<'a, O> {
     let rows = key.rows;
-    let ints = |v: &[i32], shape: Vec<usize>| TensorData::new(v.to_vec(), shape);
     let features = features.map(|f| {
-        let h = f.dims()[1];
-        let buffer = Tensor::<3>::zeros([1, rows, h], (device, f.dtype()));
+        let buffer = contiguous_zeros([1, rows, f.dims()[1]], f.dtype(), device);
         assert!(copy_rows(&buffer, f), "graph inputs live on a cubecl device");
         buffer
     });
     let inputs = Inputs {
-        tokens: Tensor::from_data(ints(tokens, vec![1, rows]), device),
-        positions: Tensor::from_data(ints(positions, vec![rows]), device),
+        tokens: contiguous_ints(tokens.to_vec(), [1, rows], device),
+        positions: contiguous_ints(positions.to_vec(), [rows], device),
         features,
         start: start.clone(),
     };

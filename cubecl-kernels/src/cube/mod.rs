@@ -60,7 +60,8 @@ pub(crate) fn elem(dtype: DType) -> cubecl::ir::ElemType {
 /// Write `values` into `t`'s buffer in place (enqueued on the stream after the work before it);
 /// false where `t` is no 32-bit int cubecl tensor of that length.
 pub(crate) fn write_i32<const D: usize>(t: &Tensor<D, Int>, values: &[i32]) -> bool {
-    let Some(c) = int(t).filter(|c| c.dtype == DType::I32 && c.meta.shape().num_elements() == values.len()) else {
+    // CUDA may give a tensor of rank >= 2 pitched rows: only a contiguous one takes a flat write.
+    let Some(c) = int(t).filter(|c| c.dtype == DType::I32 && c.meta.shape().num_elements() == values.len() && c.is_contiguous()) else {
         return false;
     };
     c.client.write(&c.handle, cubecl::bytes::Bytes::from_elems(values.to_vec()));
