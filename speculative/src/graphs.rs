@@ -134,9 +134,9 @@ impl<'a, O: Clone> Graphs<'a, O> {
     }
 
     /// Run `req` by replaying (or capturing) the graph of its [`Key`], `build` making the forward
-    /// at a capture; `None` where no graph serves it (the caller runs it eagerly). Returns the real
-    /// rows' count, the bucket's and the graph's output, its own buffers: valid until the next
-    /// forward of this cache (enqueue their reads before that). The cache advances by the real rows.
+    /// at a capture; `None` where no graph serves it (the caller runs it eagerly). Returns the key
+    /// (its padded rows) and the graph's output, the graph's own buffers: valid until its next
+    /// replay (enqueue their reads before that). The cache advances by the real rows.
     pub fn run(&mut self, cache: &mut KvCache, req: Request, build: &Build<'a, O>) -> Option<(Key, O)> {
         if !self.enabled {
             return None;
