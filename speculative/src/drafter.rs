@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use hierspec_kernels::dense::SMALL_M_MAX;
-use hierspec_kernels::topk::{log_softmax_top_k, top_k_packed, unpack_top_k};
+use hierspec_kernels::topk::{top_k_packed, unpack_top_k};
 use hierspec_model::cache::LayerKv;
 use hierspec_model::{AttnMask, EagleConfig, EagleHead, Error, KvCache, Llama, LogitsFor, Result};
 
@@ -122,17 +122,13 @@ impl<'a> EagleDrafter<'a> {
     /// A replayed head step (see [`Graphs::run`]): its predicted features [n, H] and their top-k.
     fn replay(graphs: &mut Graphs<'a, HeadOut>, head: &'a EagleHead, base: &'a Llama, cache: &mut KvCache, req: Request, k: usize) -> Option<(Tensor<2>, Vec<Vec<Proposal>>)> {
         let n = req.ids.len();
-        let build = move |key: Key, inputs: &Inputs, mask: Option<AttnMask>, mut layers: Vec<LayerKv>| -> Box<dyn FnMut() -> HeadOut + 'a> {
+        let build = move |_: Key, inputs: &Inputs, mask: Option<AttnMask>, mut layers: Vec<LayerKv>| -> Box<dyn FnMut() -> HeadOut + 'a> {
             let inputs = inputs.clone();
             let features = inputs.features.clone().expect("a head step's input features");
             Box::new(move || {
                 let embeds = base.embed(inputs.tokens.clone());
                 let out = head.forward_at(embeds, features.clone(), inputs.positions.clone(), &inputs.start, &mut layers, mask.as_ref());
-                let rows = out.dims()[1];
-                let logits = base.lm_head.forward(out.clone());
-                let v = logits.dims()[2];
-                debug_assert_eq!(rows, key.rows);
-                (out, top_k_packed(logits.reshape([rows, v]), k))
+                (out.clone(), lm_head_top_k(base, out, k))
             })
         };
         let (_, (out, top)) = graphs.run(cache, req, &build)?;
@@ -328,9 +324,15 @@ fn parent_features(last: &Tensor<2>, prev: Option<&(Tensor<2>, HashMap<usize, us
 /// The base lm_head's log-softmax top-k over features [n, H]: per row, (token, log-probability).
 fn top_k_rows(base: &Llama, features: Tensor<2>, k: usize) -> Vec<Vec<Proposal>> {
     let [n, h] = features.dims();
-    let logits = base.lm_head.forward(features.reshape([1, n, h]));
-    let v = logits.dims()[2];
-    log_softmax_top_k(logits.reshape([n, v]), k).into_iter().map(proposals).collect()
+    unpack_top_k(lm_head_top_k(base, features.reshape([1, n, h]), k), n, k).into_iter().map(proposals).collect()
+}
+
+/// [`top_k_rows`] left on the device (a replayed step's last launches): features [1, n, H] ->
+/// [`top_k_packed`] [n, 2k].
+fn lm_head_top_k(base: &Llama, features: Tensor<3>, k: usize) -> Tensor<2> {
+    let logits = base.lm_head.forward(features);
+    let [_, n, v] = logits.dims();
+    top_k_packed(logits.reshape([n, v]), k)
 }
 
 /// Proposes a known continuation (the verifier's own greedy output, computed beforehand) as the

@@ -56,6 +56,21 @@ fn run(model: &Llama, cfg: &LlamaConfig, graphs: bool) -> (Vec<Vec<f32>>, usize,
     (out, r.graphs.captured, r.graphs.hardware)
 }
 
+/// On CUDA every capture must give a device graph (elsewhere burn has none).
+fn assert_device_graphs(captured: usize, on_device: usize) {
+    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
+        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
+    }
+}
+
+/// The replayed run's outputs equal the eager run's, bit for bit, one by one.
+fn assert_same<T: PartialEq + std::fmt::Debug>(eager: &[T], replayed: &[T], what: &str) {
+    assert_eq!(eager.len(), replayed.len(), "{what}: output count");
+    for (i, (e, r)) in eager.iter().zip(replayed).enumerate() {
+        assert_eq!(e, r, "{what} {i}: replayed differs from eager");
+    }
+}
+
 /// wgpu in the CI build (Flex is its test device), the test device in the GPU build.
 fn device() -> Device {
     #[cfg(feature = "cpu")]
@@ -72,15 +87,10 @@ fn replayed_forwards_equal_eager_ones() {
     let (eager, none, _) = run(&model, &cfg, false);
     let (replayed, captured, on_device) = run(&model, &cfg, true);
     assert_eq!(none, 0);
-    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
-        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
-    }
+    assert_device_graphs(captured, on_device);
     // One row at 1 and 2 segments, then the buckets 2 to 64 at 2 segments.
     assert_eq!(captured, 8, "one graph per row bucket and segment count");
-    assert_eq!(eager.len(), replayed.len());
-    for (i, (e, r)) in eager.iter().zip(&replayed).enumerate() {
-        assert_eq!(e, r, "forward {i}: replayed logits differ from eager ones");
-    }
+    assert_same(&eager, &replayed, "forward (logits)");
 }
 
 /// A tree of `n` nodes whose parents are spread over the earlier nodes (deep and wide branches).
@@ -128,15 +138,12 @@ fn replayed_tree_verifications_equal_eager_ones() {
     let device = device();
     let cfg = LlamaConfig { max_position_embeddings: SEGMENT + 128, ..tiny_llama(97, 2) };
     let model = Llama::random(&cfg, cfg.max_position_embeddings, 9, &device).unwrap();
-    let (eager, _, _) = run_trees(&model, &cfg, false);
+    let (eager, none, _) = run_trees(&model, &cfg, false);
     let (replayed, captured, on_device) = run_trees(&model, &cfg, true);
-    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
-        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
-    }
+    assert_eq!(none, 0);
+    assert_device_graphs(captured, on_device);
     assert!(captured >= 6, "tree buckets 1 to 64 and the steps after them: {captured} graphs");
-    for (i, (e, r)) in eager.iter().zip(&replayed).enumerate() {
-        assert_eq!(e, r, "output {i}: replayed tree verification differs from the eager one");
-    }
+    assert_same(&eager, &replayed, "tree verification output (logits, features, next step)");
 }
 
 /// Draft rounds of an EAGLE drafter: every tree (tokens, parents, scores) and the root feature after
@@ -190,11 +197,9 @@ fn replayed_head_steps_draft_the_eager_trees() {
     let (eager_trees, eager_roots, (none, _)) = run_drafter(&base, &cfg, &head, &head_cfg, false);
     let (trees, roots, (captured, on_device)) = run_drafter(&base, &cfg, &head, &head_cfg, true);
     assert_eq!(none, 0);
-    if cfg!(all(feature = "cuda", not(feature = "cpu"))) {
-        assert_eq!(on_device, captured, "every capture gives a CUDA graph");
-    }
+    assert_device_graphs(captured, on_device);
     // Four levels per tree (depth 5), at one and two segments, and catch-ups of 1 to 4 rows.
     assert!(captured >= 8, "level and catch-up graphs: {captured}");
-    assert_eq!(eager_trees, trees, "replayed head steps draft other trees");
-    assert_eq!(eager_roots, roots, "replayed catch-ups predict other root features");
+    assert_same(&eager_trees, &trees, "drafted tree");
+    assert_same(&eager_roots, &roots, "root feature after a catch-up");
 }
