@@ -286,8 +286,9 @@ fn log_softmax_top_k_kernel_matches_reference() {
 #[test]
 fn argmax_kernel_matches_reference_and_takes_the_first_of_ties() {
     let device = device();
-    // Widths with and without the 8-wide loads, rows shorter than one scan step, a 152k vocabulary.
-    for (n, v) in [(1, 151936), (3, 1001), (5, 4104), (2, 7), (64, 32000)] {
+    // Widths with and without the 8-wide loads, rows shorter than one chunk, rows of several chunks
+    // (ties planted across chunks; 5003 is 1-wide loads over 5 chunks), a 152k vocabulary.
+    for (n, v) in [(1, 151936), (3, 1001), (5, 4104), (2, 7), (2, 5003), (64, 32000)] {
         let mut x = Tensor::<2>::random([n, v], Distribution::Normal(0.0, 4.0), &device);
         // Row 0 gets its maximum three times, at a tail column, a middle column and a late one.
         let cols = [v - 1, v / 2, v / 3];

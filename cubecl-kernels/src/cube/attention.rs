@@ -135,7 +135,7 @@ fn tree_attention_kernel<F: Float, N: Size>(
                 row = prefix + visible[i * strides.vis_row + (1 + j - prefix) * strides.vis_col] as usize;
             }
         }
-        // Slots past the chunk read key row 0 (always a key) and are dropped.
+        // Slots past the chunk point at key row 0 (always a key) and score nothing.
         if !seen {
             row = 0;
         }
@@ -143,27 +143,27 @@ fn tree_attention_kernel<F: Float, N: Size>(
 
         // The lane's key, scored over every head dim: one running sum per vector lane (independent
         // chains), added up in lane order.
-        let kb = (k_base + row * strides.k_row) / width;
-        let mut dots = Array::<f32>::new(width);
-        #[unroll]
-        for e in 0..width {
-            dots[e] = 0.0f32;
-        }
-        #[unroll]
-        for c in 0..vecs {
-            let kc = k[kb + c * strides.k_dim];
+        let mut s = f32::new(-1.0e30);
+        if seen {
+            let kb = (k_base + row * strides.k_row) / width;
+            let mut dots = Array::<f32>::new(width);
             #[unroll]
             for e in 0..width {
-                dots[e] += q_s[c * width + e] * f32::cast_from(kc.extract(e));
+                dots[e] = 0.0f32;
             }
-        }
-        let mut s = 0.0f32;
-        #[unroll]
-        for e in 0..width {
-            s += dots[e];
-        }
-        if !seen {
-            s = f32::new(-1.0e30);
+            #[unroll]
+            for c in 0..vecs {
+                let kc = k[kb + c * strides.k_dim];
+                #[unroll]
+                for e in 0..width {
+                    dots[e] += q_s[c * width + e] * f32::cast_from(kc.extract(e));
+                }
+            }
+            s = 0.0f32;
+            #[unroll]
+            for e in 0..width {
+                s += dots[e];
+            }
         }
         sc[tid] = s;
         sync_cube();
@@ -190,13 +190,19 @@ fn tree_attention_kernel<F: Float, N: Size>(
         sync_cube();
 
         // Probability-weighted V over the warp's 32 slots in order (slots past `len` add 0 * key row
-        // 0: no change); the sum of p in the same order.
+        // 0: no change); the sum of p in the same order. A warp with no slot in the chunk skips it:
+        // its max is unchanged, so rescale is 1 and every term 0, the same bits as walking it (a short
+        // cache leaves most warps of a decode step here).
         let mut psum = 0.0f32;
         #[unroll]
         for e in 0..per_lane {
             ov[e] = ov[e] * rescale;
         }
-        for r0 in 0..comptime!(32 / UNROLL) {
+        let mut groups = 0usize;
+        if warp * 32 < len {
+            groups = 32 / UNROLL;
+        }
+        for r0 in 0..groups {
             #[unroll]
             for u in 0..UNROLL {
                 let slot = warp * 32 + r0 * UNROLL + u;

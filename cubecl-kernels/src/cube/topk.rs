@@ -242,59 +242,96 @@ pub(crate) fn log_softmax_top_k(x: CubeTensor, k: usize) -> CubeTensor {
     out
 }
 
-/// Loads in flight per thread in [`argmax_kernel`]'s scan.
+/// Loads in flight per thread in [`argmax_chunk_kernel`]'s scan.
 const ARGMAX_UNROLL: usize = 4;
-const ARGMAX_THREADS: usize = 1024;
+const ARGMAX_THREADS: usize = 256;
+/// Vectors per chunk: one pass of every thread's loads.
+const ARGMAX_CHUNK: usize = ARGMAX_UNROLL * ARGMAX_THREADS;
+/// Threads of the merge cube (a power of two, for `block_argmax`).
+const MERGE_THREADS: usize = 64;
 
-/// Per row of x [n, v]: the index of the largest value, the lower index on ties (what every greedy
-/// step and verifier compares), as i32. One cube per row; each thread keeps its best of
-/// `ARGMAX_UNROLL` vectors of `width` values per step, then the cube reduces the pairs.
+/// First pass, cube (chunk c, row) of x [n, v]: the best (value, index) of the chunk's
+/// `ARGMAX_CHUNK` vectors of `width` values (larger value, then lower index; NaN never wins), or the
+/// sentinel (-3e38, u32::MAX) for a chunk of only NaN / -inf. A 152k-entry row is 19 cubes of 8192
+/// values, where one cube per row took 17 us on the H100 (one multiprocessor reading 300 KB).
 #[cube(launch_unchecked)]
-fn argmax_kernel<F: Float, N: Size>(x: &[Vector<F, N>], out: &mut [i32], vectors: usize, #[comptime] threads: usize, #[define(F)] _dtype: ElemType) {
-    let row = CUBE_POS_X as usize;
-    let tid = UNIT_POS_X as usize;
+fn argmax_chunk_kernel<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    part_v: &mut [f32],
+    part_i: &mut [u32],
+    vectors: usize,
+    chunks: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let (c, row, tid) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, UNIT_POS_X as usize);
     let width = x.vector_size();
     let base = row * vectors;
+    let mut end = (c + 1) * ARGMAX_CHUNK;
+    if end > vectors {
+        end = vectors;
+    }
+    let mut vals = Array::<Vector<F, N>>::new(ARGMAX_UNROLL);
+    // Every load is issued before any is used (a past-the-chunk slot reads vector 0, then is skipped).
+    #[unroll]
+    for q in 0..ARGMAX_UNROLL {
+        let jq = c * ARGMAX_CHUNK + q * ARGMAX_THREADS + tid;
+        let mut at = 0usize;
+        if jq < end {
+            at = jq;
+        }
+        vals[q] = x[base + at];
+    }
     let mut bv = f32::new(-3.0e38);
     let mut bi = 0xFFFF_FFFFu32;
-    let mut j = tid;
-    while j < vectors {
-        let mut vals = Array::<Vector<F, N>>::new(ARGMAX_UNROLL);
-        // Every load is issued before any is used (a past-the-row slot reads vector 0, then is skipped).
-        #[unroll]
-        for q in 0..ARGMAX_UNROLL {
-            let jq = j + q * threads;
-            let mut at = 0usize;
-            if jq < vectors {
-                at = jq;
-            }
-            vals[q] = x[base + at];
-        }
-        #[unroll]
-        for q in 0..ARGMAX_UNROLL {
-            let jq = j + q * threads;
-            if jq < vectors {
-                let vq = vals[q];
-                #[unroll]
-                for e in 0..width {
-                    let xv = f32::cast_from(vq.extract(e));
-                    let ie = u32::cast_from(jq * width + e);
-                    if before(xv, ie, bv, bi) {
-                        bv = xv;
-                        bi = ie;
-                    }
+    #[unroll]
+    for q in 0..ARGMAX_UNROLL {
+        let jq = c * ARGMAX_CHUNK + q * ARGMAX_THREADS + tid;
+        if jq < end {
+            let vq = vals[q];
+            #[unroll]
+            for e in 0..width {
+                let xv = f32::cast_from(vq.extract(e));
+                let ie = u32::cast_from(jq * width + e);
+                if before(xv, ie, bv, bi) {
+                    bv = xv;
+                    bi = ie;
                 }
             }
         }
-        j += comptime!(ARGMAX_UNROLL * threads);
     }
-    let mut red_v = Shared::<[f32]>::new_slice(threads);
-    let mut red_i = Shared::<[u32]>::new_slice(threads);
+    let mut red_v = Shared::<[f32]>::new_slice(ARGMAX_THREADS);
+    let mut red_i = Shared::<[u32]>::new_slice(ARGMAX_THREADS);
     red_v[tid] = bv;
     red_i[tid] = bi;
     block_argmax(&mut red_v, &mut red_i);
     if tid == 0 {
-        // A row of only NaN or -inf keeps the sentinel: report index 0.
+        part_v[row * chunks + c] = red_v[0];
+        part_i[row * chunks + c] = red_i[0];
+    }
+}
+
+/// Second pass, one cube per row: the best of the row's chunk pairs, as i32 (a row of only NaN or
+/// -inf reports index 0). The order is total, so the result does not depend on the chunking.
+#[cube(launch_unchecked)]
+fn argmax_merge_kernel(part_v: &[f32], part_i: &[u32], out: &mut [i32], chunks: usize) {
+    let (row, tid) = (CUBE_POS_X as usize, UNIT_POS_X as usize);
+    let mut bv = f32::new(-3.0e38);
+    let mut bi = 0xFFFF_FFFFu32;
+    let mut j = tid;
+    while j < chunks {
+        let (v, i) = (part_v[row * chunks + j], part_i[row * chunks + j]);
+        if before(v, i, bv, bi) {
+            bv = v;
+            bi = i;
+        }
+        j += MERGE_THREADS;
+    }
+    let mut red_v = Shared::<[f32]>::new_slice(MERGE_THREADS);
+    let mut red_i = Shared::<[u32]>::new_slice(MERGE_THREADS);
+    red_v[tid] = bv;
+    red_i[tid] = bi;
+    block_argmax(&mut red_v, &mut red_i);
+    if tid == 0 {
         let mut best = red_i[0];
         if best == 0xFFFF_FFFFu32 {
             best = 0u32;
@@ -303,23 +340,44 @@ fn argmax_kernel<F: Float, N: Size>(x: &[Vector<F, N>], out: &mut [i32], vectors
     }
 }
 
-/// x [n, v] -> [n] i32 (as the backend's int tensor).
+/// x [n, v] -> [n] i32 (as the backend's int tensor): chunks of each row in parallel, then one cube
+/// per row merging them.
 pub(crate) fn argmax(x: CubeTensor) -> CubeTensor {
     let [n, v] = x.meta.shape().dims::<2>();
     let dtype = x.dtype;
     let x = into_contiguous(x);
-    let out = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([n]), DType::I32);
-    let client = x.client.clone();
-    let count = CubeCount::Static(n as u32, 1, 1);
-    let dim = CubeDim::new_1d(ARGMAX_THREADS as u32);
-    // SAFETY: one cube per row; vectors read at < v / width per row (rows are contiguous and, with
-    // width 8, v % 8 == 0 keeps every row start aligned); one output per row.
+    let (client, device) = (x.client.clone(), x.device.clone());
+    let out = empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([n]), DType::I32);
+    let width = if v % 8 == 0 { 8 } else { 1 };
+    let vectors = v / width;
+    let chunks = vectors.div_ceil(ARGMAX_CHUNK);
+    let part_v = empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new([n * chunks]), DType::F32);
+    let part_i = empty_device_contiguous_dtype(client.clone(), device, Shape::new([n * chunks]), DType::U32);
+    // SAFETY: cube (c, row) reads vectors < min((c + 1) ARGMAX_CHUNK, v / width) of its row (rows
+    // are contiguous and, with width 8, v % 8 == 0 keeps every row start aligned) and writes its own
+    // slot; a row's merge cube reads its chunks' slots and writes one output.
     unsafe {
-        if v % 8 == 0 {
-            argmax_kernel::launch_unchecked(&client, count, dim, 8, arg(&x), arg(&out), v / 8, ARGMAX_THREADS, super::elem(dtype))
-        } else {
-            argmax_kernel::launch_unchecked(&client, count, dim, 1, arg(&x), arg(&out), v, ARGMAX_THREADS, super::elem(dtype))
-        }
-    };
+        argmax_chunk_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(chunks as u32, n as u32, 1),
+            CubeDim::new_1d(ARGMAX_THREADS as u32),
+            width,
+            arg(&x),
+            arg(&part_v),
+            arg(&part_i),
+            vectors,
+            chunks,
+            super::elem(dtype),
+        );
+        argmax_merge_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(MERGE_THREADS as u32),
+            arg(&part_v),
+            arg(&part_i),
+            arg(&out),
+            chunks,
+        );
+    }
     out
 }
