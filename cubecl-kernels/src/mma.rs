@@ -116,6 +116,18 @@ pub fn int4_ahead_forced() -> Option<bool> {
 thread_local! {
     static SHARE: Cell<Option<usize>> = const { Cell::new(None) };
     static TOKEN_TILES: Cell<Option<usize>> = const { Cell::new(None) };
+    static PAIRED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Force the int4 products at M <= 8 to pair channel tiles per block (`Some(true)`), or not, or
+/// leave it to the launch policy (`None`: pairs where they still fill the GPU, which no test shape
+/// is large enough for), for the products this thread launches. Tests use this to cover both.
+pub fn set_paired_tiles(mode: Option<bool>) {
+    PAIRED.with(|s| s.set(mode));
+}
+
+pub fn paired_tiles_forced() -> Option<bool> {
+    PAIRED.with(Cell::get)
 }
 
 /// Force the mma products' shared-x blocks (`Some(w)`: w warps per block share x, whatever M and

@@ -438,7 +438,7 @@ pub(crate) fn product(
     // for gate|up, one for dense (four weight vectors per unit and tile already).
     let shared_ct = if spec.group.is_some() || spec.swiglu { 2 } else { 1 };
     let share = x_share(m, warps, tt, shared_ct, spec.emulate);
-    let ct = if share > 0 { shared_ct } else { channel_tiles(m, &spec, warps) };
+    let ct = if share > 0 { shared_ct } else { channel_tiles(m, &spec, warps, tiles.iter().sum()) };
     let sets = share.max(1);
     let blocks: Vec<usize> = if spec.swiglu { vec![tiles[0].div_ceil(sets), 0, 0] } else { tiles.iter().map(|t| t.div_ceil(ct * sets)).collect() };
     let (c1, c2) = (blocks[0], blocks[0] + blocks[1usize]);
@@ -514,7 +514,7 @@ pub(crate) fn product(
                     spec.swiglu,
                     spec.emulate,
                     parts.len(),
-                    share == 0 && int4_ahead(tt, warps, spec.emulate),
+                    share == 0 && int4_ahead(tt, spec.emulate),
                     has_norm,
                     spec.half,
                     fused_rope,

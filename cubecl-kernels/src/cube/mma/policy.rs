@@ -39,8 +39,14 @@ pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
 
 /// Channel tiles per block: gate and up for a SwiGLU pair; two for an int4 product of at most 8
 /// tokens, where each tile's own work (conversions, mma) is small beside the per-unit work a block's
-/// tiles share (x loads, B registers, the group sums of x). A channel's sum does not depend on its
-/// block's other tiles, so this may depend on M.
+/// tiles share (x loads, B registers, the group sums of x), as long as the pairs still give about a
+/// block per multiprocessor (`PAIRED_BLOCKS_MIN`); fewer than that, one tile per block. A channel's
+/// sum does not depend on its block's other tiles, so this may depend on M and N.
+///
+/// On the H100 (docs/perf/int4-matmul.md, 2026-12-07), one tile per block took the
+/// Qwen2.5-Coder-1.5B down product (K = 8960, N = 1536: 48 paired blocks) from 17.5 to 12.5 us at
+/// M = 1 and its AR step from 624 to 692 tok/s; the Llama-3 8B and 70B products pair into >= 128
+/// blocks, where two tiles won on the H200 (be64041).
 ///
 /// Above 16 tokens x is what a block mostly reads: each lane loads 8 x vectors per unit (32 tokens)
 /// against one weight vector, from L2, once per channel tile; two tiles per block halve that. On the
@@ -48,11 +54,15 @@ pub(super) fn token_tiles(m: usize, emulate: bool) -> usize {
 /// to 307 us (70b.down), where blocks have >= 4 warps; with 1-3 warps (many channel tiles: 8b and
 /// 70b gate|up as one product) it was slower (172 -> 216 us), and at M = 16 it was mixed.
 /// `HIERSPEC_MMA_WIDE=1|2` forces one or two tiles there (to measure).
-pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize {
+pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize, tiles: usize) -> usize {
     if spec.swiglu {
         return 2;
     }
     if spec.group.is_some() && m <= 8 {
+        let paired = crate::mma::paired_tiles_forced().unwrap_or(tiles.div_ceil(2) >= PAIRED_BLOCKS_MIN);
+        if !paired && env_choice(&PAIR, "HIERSPEC_MMA_PAIR").is_none() {
+            return 1;
+        }
         // The epilogue's partial sums (512 bytes per warp and tile) stay within 48 KB of shared memory.
         let mut ct = int4_small_m_tiles();
         while ct > 1 && warps * ct * 512 > 48 * 1024 {
@@ -69,6 +79,10 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize) -> usize 
         _ => 1,
     }
 }
+
+/// Fewest blocks an int4 product at M <= 8 may pair its channel tiles into: ~3/4 of the H100's 132
+/// multiprocessors.
+const PAIRED_BLOCKS_MIN: usize = 99;
 
 /// Warps per block that share x (0: none, the block's warps split K instead). With x shared, each
 /// warp of a block owns its own channel tiles and walks the K split's `warps` virtual warps in
@@ -112,7 +126,6 @@ static PAIR: OnceLock<Option<usize>> = OnceLock::new();
 static PER_SM: OnceLock<Option<usize>> = OnceLock::new();
 static MOST: OnceLock<Option<usize>> = OnceLock::new();
 static SPAN: OnceLock<Option<usize>> = OnceLock::new();
-static AHEAD: OnceLock<Option<usize>> = OnceLock::new();
 static SHARE: OnceLock<Option<usize>> = OnceLock::new();
 static SHARE_W: OnceLock<Option<usize>> = OnceLock::new();
 static SHARE_M: OnceLock<Option<usize>> = OnceLock::new();
@@ -138,26 +151,20 @@ pub(super) fn int4_span() -> usize {
 
 /// Whether the int4 product at M <= 8 loads each warp's next span while it multiplies the current
 /// one. Only the load order changes, so results are the same bits either way. On the H200 (0ad7d3f)
-/// it helped where blocks have 1-3 warps (gate|up: 37.7 -> 35.4 us at 8B, 121 -> 111 us at 70B:
-/// many small blocks, each warp streaming many spans), although its 128 registers per thread hold
-/// those at ~23% occupancy (ncu, 0d70086); where blocks have 8-16 warps it cost 5-17%.
-/// `HIERSPEC_MMA_AHEAD=0|1` forces it off or on ([`crate::mma::set_int4_ahead`] before both).
+/// it helped where blocks have 1-3 warps and cost 5-17% where they have 8-16 (kernel time, before
+/// CUDA graphs); on the H100 with graphs (2026-12-07, docs/perf/int4-matmul.md) it raised every AR
+/// step measured: Llama-3 8B W4A16 272 -> 286 tok/s, Qwen2.5-Coder 0.5B W4A16 1180 -> 1222, 1.5B
+/// even (747 -> 746). So it is on at M <= 8.
 ///
 /// Never under emulation: with two register sets live across the emulated slab's barriers, lavapipe
 /// spent over 20 minutes compiling one test's kernels (the emulation checks the arithmetic, which is
-/// the same in both orders; `int4_load_ahead_gives_the_same_bits` checks the order on CUDA).
-pub(super) fn int4_ahead(tt: usize, warps: usize, emulate: bool) -> bool {
+/// the same in both orders; `int4_load_ahead_gives_the_same_bits` checks the order on CUDA, forcing
+/// it with [`crate::mma::set_int4_ahead`]).
+pub(super) fn int4_ahead(tt: usize, emulate: bool) -> bool {
     if tt != 1 || emulate {
         return false;
     }
-    if let Some(forced) = crate::mma::int4_ahead_forced() {
-        return forced;
-    }
-    match env_choice(&AHEAD, "HIERSPEC_MMA_AHEAD") {
-        Some(0) => false,
-        Some(_) => true,
-        None => warps <= 3,
-    }
+    crate::mma::int4_ahead_forced().unwrap_or(true)
 }
 
 /// Inputs per scale fold of the int4 product: a whole span where the group holds it (or the group is
