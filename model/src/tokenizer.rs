@@ -115,7 +115,8 @@ impl TextTokenizer {
     /// tokenizer.json (+ tokenizer_config.json for the chat template, generation_config.json for eos).
     pub fn from_hf_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let inner = parse_tokenizer(&text).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let read_json = |name: &str| -> Option<Value> {
             serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
         };
@@ -204,7 +205,7 @@ impl TextTokenizer {
                       "ignore_merges": pre == "llama-bpe" || pre == "llama3",
                       "vocab": vocab, "merges": merges}
         });
-        let inner: Tokenizer = tj.to_string().parse().map_err(|e| Error::Tokenizer(format!("GGUF vocabulary: {e}")))?;
+        let inner = parse_tokenizer(&tj.to_string()).map_err(|e| Error::Tokenizer(format!("GGUF vocabulary: {e}")))?;
         let id = |k: &str| meta(k).and_then(MetaValue::as_u64).map(|v| v as u32);
         let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
         let template = meta("tokenizer.chat_template").and_then(MetaValue::as_str).and_then(ChatTemplate::detect);
@@ -212,6 +213,17 @@ impl TextTokenizer {
         t.bos_id = id("tokenizer.ggml.bos_token_id");
         t.add_bos = matches!(meta("tokenizer.ggml.add_bos_token"), Some(MetaValue::Bool(true)));
         Ok(t)
+    }
+}
+
+/// A tokenizer from its JSON. The tokenizers crate panics on some malformed files (a document cut
+/// inside its `decoder`, found by `fuzz`), so the text must first be JSON, and a panic that still
+/// escapes the crate becomes an error.
+fn parse_tokenizer(text: &str) -> std::result::Result<Tokenizer, String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers crate could not read it (it panicked)".into()),
     }
 }
 
