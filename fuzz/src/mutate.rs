@@ -97,8 +97,27 @@ fn put(b: &mut [u8], at: usize, v: &[u8]) {
     b[at..end].copy_from_slice(&v[..end - at]);
 }
 
+/// A safetensors file with its JSON header mutated (dtypes, shapes, offsets past the end or
+/// overlapping, names) and the length prefix rewritten to fit, so the mutation reaches the tensor
+/// table instead of stopping at the prefix; half the time the bytes are mutated instead.
+pub fn safetensors(seed: &[u8], bounds: &[usize], rng: &mut Rng) -> Vec<u8> {
+    let n = seed.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")) as usize);
+    let Some(header) = n.and_then(|n| seed.get(8..8 + n)) else { return bytes(seed, bounds, rng) };
+    if rng.chance(2) {
+        return bytes(seed, bounds, rng);
+    }
+    let header = json(header, rng);
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(&seed[8 + n.unwrap_or(0)..]);
+    out
+}
+
 /// Strings worth trying where a config or tokenizer holds a string.
-const STRINGS: [&str; 16] = ["", "llama", "qwen2", "mistral", "gptq", "gptq_v2", "awq", "gemm", "gemv", "llama3", "bfloat16", "F32", "I32", "\u{0}", "\u{1F4A5}", "{{ messages }}"];
+const STRINGS: [&str; 23] = [
+    "", "llama", "qwen2", "mistral", "gptq", "gptq_v2", "awq", "gemm", "gemv", "llama3", "bfloat16", "F32", "F16", "BF16", "F64", "I32", "I64", "U8",
+    "BOOL", "F8_E4M3", "\u{0}", "\u{1F4A5}", "{{ messages }}",
+];
 
 /// One to three mutations of a JSON document: most keep it valid JSON with a wrong value somewhere,
 /// some break the text itself (truncation, invalid UTF-8, NaN literals, deep nesting).

@@ -108,6 +108,7 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
             let fi = rng.below(target.files.len());
             let f = &target.files[fi];
             let input = match f.kind {
+                Kind::Bytes if f.file.ends_with(".safetensors") => mutate::safetensors(&f.seed, &f.bounds, &mut rng),
                 Kind::Bytes => mutate::bytes(&f.seed, &f.bounds, &mut rng),
                 Kind::Json => mutate::json(&f.seed, &mut rng),
             };
