@@ -100,6 +100,7 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
     let mut errors = BTreeSet::new();
     let sweep: Vec<(usize, usize)> = target.files.iter().enumerate().filter(|(_, f)| f.kind == Kind::Bytes).flat_map(|(i, f)| f.bounds.iter().map(move |&b| (i, b))).take(execs / 2).collect();
     let watchdog = Watchdog::start(target.dir.clone());
+    let mut slowest = (0, Vec::new());
     for e in 0..execs {
         let (fi, input, what) = if let Some(&(fi, b)) = sweep.get(e) {
             let f = &target.files[fi];
@@ -133,6 +134,7 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
         if ms > report.max_ms {
             report.max_ms = ms;
             report.slowest = what.clone();
+            slowest = (fi, input.clone());
         }
         if ms > HANG.as_secs_f64() * 1e3 {
             report.hangs += 1;
@@ -152,6 +154,9 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
         std::fs::write(&path, &target.files[fi].seed).expect("restore the seed");
     }
     report.unique_errors = errors.len();
+    // The slowest input, to time it again alone (`replay` takes it from there).
+    let _ = std::fs::create_dir_all(crash_dir);
+    let _ = std::fs::write(crash_dir.join(format!("{}-slowest__{}", target.name, target.files[slowest.0].file)), &slowest.1);
     report
 }
 
