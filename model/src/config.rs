@@ -259,4 +259,25 @@ mod tests {
         let err = LlamaConfig::from_hf_json(&bad).unwrap_err().to_string();
         assert!(err.contains("not divisible"), "{err}");
     }
+
+    /// Sizes no model has, and settings the forward cannot use, are refused before anything is
+    /// allocated from them (a fuzzed config with 2^64 - 1 layers once overflowed a capacity).
+    #[test]
+    fn absurd_sizes_and_settings_are_rejected() {
+        let mut c = LlamaConfig::from_hf_json(OLD).unwrap();
+        c.num_hidden_layers = usize::MAX;
+        assert!(c.validate().unwrap_err().to_string().contains("num_hidden_layers"));
+        let mut c = LlamaConfig::from_hf_json(OLD).unwrap();
+        c.vocab_size = 1 << 40;
+        assert!(c.validate().unwrap_err().to_string().contains("vocab_size"));
+        let mut c = LlamaConfig::from_hf_json(OLD).unwrap();
+        c.rope_theta = f64::INFINITY;
+        assert!(c.validate().unwrap_err().to_string().contains("rope_theta"));
+        let mut c = LlamaConfig::from_hf_json(OLD).unwrap();
+        c.rms_norm_eps = f64::NAN;
+        assert!(c.validate().is_err());
+        let mut c = LlamaConfig::from_hf_json(OLD).unwrap();
+        c.rope_scaling.as_mut().unwrap().factor = -1.0;
+        assert!(c.validate().unwrap_err().to_string().contains("rope_scaling"));
+    }
 }

@@ -234,6 +234,16 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 mod tests {
     use super::*;
 
+    /// A tokenizer.json cut inside its decoder made the tokenizers crate panic (found by `fuzz`);
+    /// it is an error now, as is a cut at every other point.
+    #[test]
+    fn a_cut_tokenizer_json_is_an_error() {
+        let full = r#"{"added_tokens":[],"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},"model":{"type":"BPE","vocab":{"a":0},"merges":[]}}"#;
+        for cut in [29, 30, 31, 60, full.len() - 1] {
+            assert!(parse_tokenizer(&full[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn chatml_default_system_is_extracted() {
         // Qwen2.5's template: the first `system\n` block is the tools branch (not a literal).
