@@ -62,20 +62,23 @@ impl Gguf {
     }
 }
 
-/// ggml type ids and block sizes (elements, bytes) of the types the loader reads.
-const F32: (u32, usize, usize) = (0, 1, 4);
-const F16: (u32, usize, usize) = (1, 1, 2);
-const Q4_0: (u32, usize, usize) = (2, 32, 18);
-const Q4_1: (u32, usize, usize) = (3, 32, 20);
-const Q5_0: (u32, usize, usize) = (6, 32, 22);
-const Q8_0: (u32, usize, usize) = (8, 32, 34);
-const Q4K: (u32, usize, usize) = (12, 256, 144);
-const Q6K: (u32, usize, usize) = (14, 256, 210);
-const BF16: (u32, usize, usize) = (30, 1, 2);
+/// A ggml type: id, elements and bytes per block.
+type Ty = (u32, usize, usize);
+
+/// The types the loader reads.
+const F32: Ty = (0, 1, 4);
+const F16: Ty = (1, 1, 2);
+const Q4_0: Ty = (2, 32, 18);
+const Q4_1: Ty = (3, 32, 20);
+const Q5_0: Ty = (6, 32, 22);
+const Q8_0: Ty = (8, 32, 34);
+const Q4K: Ty = (12, 256, 144);
+const Q6K: Ty = (14, 256, 210);
+const BF16: Ty = (30, 1, 2);
 
 /// Plausible bytes for `numel` values of `ty`: small floats, and block scales of 0.01 (f16) where
 /// the block keeps them, random quants elsewhere.
-fn tensor_bytes(ty: (u32, usize, usize), numel: usize, rng: &mut Rng) -> Vec<u8> {
+fn tensor_bytes(ty: Ty, numel: usize, rng: &mut Rng) -> Vec<u8> {
     let (id, be, bb) = ty;
     let small = |rng: &mut Rng| (rng.below(2000) as f32 - 1000.0) * 1e-4;
     let scale = half::f16::from_f32(0.01).to_le_bytes();
@@ -86,7 +89,7 @@ fn tensor_bytes(ty: (u32, usize, usize), numel: usize, rng: &mut Rng) -> Vec<u8>
             1 => out.extend(half::f16::from_f32(small(rng)).to_le_bytes()),
             30 => out.extend(half::bf16::from_f32(small(rng)).to_le_bytes()),
             _ => {
-                let mut block: Vec<u8> = (0..bb).map(|_| rng.next() as u8).collect();
+                let mut block: Vec<u8> = (0..bb).map(|_| rng.next_u64() as u8).collect();
                 // d (and dmin / m) at the block's start; Q6_K keeps d at its end.
                 let at: &[usize] = match id {
                     3 | 12 => &[0, 2],
@@ -117,9 +120,9 @@ pub fn tiny_gguf() -> (Vec<u8>, Vec<usize>) {
     let types: Vec<i32> = (0..320).map(|i| if i < base { 1 } else { 3 }).collect();
 
     let (hidden, layers, ffn, vocab_n) = (64usize, 3usize, 112usize, 320usize);
-    let mut t: Vec<(String, Vec<usize>, (u32, usize, usize))> = vec![("token_embd.weight".into(), vec![hidden, vocab_n], Q8_0)];
+    let mut t: Vec<(String, Vec<usize>, Ty)> = vec![("token_embd.weight".into(), vec![hidden, vocab_n], Q8_0)];
     for i in 0..layers {
-        let pick = |a: [(u32, usize, usize); 3]| a[i];
+        let pick = |a: [Ty; 3]| a[i];
         t.push((format!("blk.{i}.attn_norm.weight"), vec![hidden], F32));
         t.push((format!("blk.{i}.attn_q.weight"), vec![hidden, hidden], pick([Q4_0, Q8_0, F16])));
         t.push((format!("blk.{i}.attn_k.weight"), vec![hidden, 16], pick([Q4_1, Q5_0, BF16])));
