@@ -94,11 +94,6 @@ impl Attention {
         })
     }
 
-    /// x: [b, n, hidden]. Writes the new K/V at cache rows [L, L + n) and attends over rows [0, L + n).
-    pub fn forward(&self, x: Tensor<3>, step: &Step, kv: &mut LayerKv) -> Tensor<3> {
-        self.o_proj.forward(self.attend(x, None, step, kv))
-    }
-
     /// The attention output before `o_proj`: [b, n, heads * head_dim] (o_proj's input), of x or of
     /// `norm(x)` (the norm folded into the q|k|v product where the kernel takes it).
     pub fn attend(&self, x: Tensor<3>, norm: Option<&RmsNorm>, step: &Step, kv: &mut LayerKv) -> Tensor<3> {

@@ -68,11 +68,6 @@ impl Rope {
         self.cos.dims()[0]
     }
 
-    /// x: [batch, heads, seq, head_dim]; positions: [seq].
-    pub fn forward(&self, x: Tensor<4>, positions: Tensor<1, Int>) -> Tensor<4> {
-        fused::rope(x, &self.cos, &self.sin, positions)
-    }
-
     /// The q|k|v product of x [b, n, d] (of `norm(x)` where given) with RoPE on q and k and the
     /// cache write ([`fused::qkv_rope`]: one launch on tensor cores); returns q [b, heads, n, hd].
     #[allow(clippy::too_many_arguments)]
