@@ -176,7 +176,7 @@ impl LlamaConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096).min(sliding_window(&v).unwrap_or(usize::MAX)),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
@@ -184,6 +184,17 @@ impl LlamaConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The attention window of a sliding-window model (Mistral 7B v0.1: 4096), where it is in force
+/// (Qwen2 configs name a window but turn it off with `use_sliding_window: false`). Attention over a
+/// window equals full attention while the context fits in it, so the usable context is capped at
+/// the window: a longer prompt is refused as beyond the context, never attended to wrongly.
+fn sliding_window(v: &Value) -> Option<usize> {
+    if v.get("use_sliding_window").and_then(Value::as_bool) == Some(false) {
+        return None;
+    }
+    v.get("sliding_window").and_then(Value::as_u64).filter(|&w| w > 0).map(|w| w as usize)
 }
 
 fn parse_rope_scaling(s: &Value) -> Result<Option<Llama3RopeScaling>> {
@@ -258,6 +269,17 @@ mod tests {
         let bad = OLD.replace(r#""hidden_size":64"#, r#""hidden_size":66"#);
         let err = LlamaConfig::from_hf_json(&bad).unwrap_err().to_string();
         assert!(err.contains("not divisible"), "{err}");
+    }
+
+    /// A sliding-window model's context stops at its window (exact there); a window turned off or
+    /// null changes nothing.
+    #[test]
+    fn a_sliding_window_caps_the_context() {
+        let with = |fields: &str| LlamaConfig::from_hf_json(&OLD.replace(r#""model_type":"llama""#, fields)).unwrap().max_position_embeddings;
+        let full = with(r#""model_type":"mistral""#);
+        assert_eq!(with(r#""model_type":"mistral","sliding_window":32"#), 32.min(full));
+        assert_eq!(with(r#""model_type":"mistral","sliding_window":null"#), full);
+        assert_eq!(with(r#""model_type":"mistral","sliding_window":32,"use_sliding_window":false"#), full);
     }
 
     /// Sizes no model has, and settings the forward cannot use, are refused before anything is
