@@ -41,31 +41,21 @@ impl LlamaConfig {
     /// Check the invariants the forward pass relies on; every loader calls this before reading weights.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be positive"));
-            }
-        }
-        // Far beyond any published model, well within what a size computed from them can hold: a
-        // corrupt config is refused here rather than sizing an allocation.
+        // Positive, and at most a bound far beyond any published model yet well within what a size
+        // computed from them can hold: a corrupt config is refused here rather than sizing an allocation.
         for (name, v, most) in [
             ("vocab_size", self.vocab_size, 1 << 24),
             ("hidden_size", self.hidden_size, 1 << 20),
             ("intermediate_size", self.intermediate_size, 1 << 22),
             ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
             ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 12),
             ("head_dim", self.head_dim, 1 << 12),
             ("max_position_embeddings", self.max_position_embeddings, 1 << 31),
         ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
             if v > most {
                 return bad(format!("{name} ({v}) is larger than any model's (at most {most})"));
             }
@@ -79,11 +69,11 @@ impl LlamaConfig {
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
         }
-        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) || !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+        let ok = |x: f64| x > 0.0 && x.is_finite();
+        if !(ok(self.rope_theta) && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return bad(format!("rope_theta ({}) must be positive and finite, rms_norm_eps ({}) in (0, 1)", self.rope_theta, self.rms_norm_eps));
         }
         if let Some(r) = &self.rope_scaling {
-            let ok = |x: f64| x > 0.0 && x.is_finite();
             if !ok(r.factor) || !ok(r.low_freq_factor) || !ok(r.high_freq_factor) || r.original_max_position_embeddings == 0 {
                 return bad(format!("rope_scaling {r:?}: factors must be positive and finite"));
             }
