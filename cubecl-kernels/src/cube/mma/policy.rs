@@ -59,12 +59,8 @@ pub(super) fn channel_tiles(m: usize, spec: &MmaProduct, warps: usize, tiles: us
         return 2;
     }
     if spec.group.is_some() && m <= 8 {
-        let paired = crate::mma::paired_tiles_forced().unwrap_or(tiles.div_ceil(2) >= PAIRED_BLOCKS_MIN);
-        if !paired && env_choice(&PAIR, "HIERSPEC_MMA_PAIR").is_none() {
-            return 1;
-        }
         // The epilogue's partial sums (512 bytes per warp and tile) stay within 48 KB of shared memory.
-        let mut ct = int4_small_m_tiles();
+        let mut ct = int4_small_m_tiles(tiles);
         while ct > 1 && warps * ct * 512 > 48 * 1024 {
             ct /= 2;
         }
@@ -130,13 +126,16 @@ static SHARE: OnceLock<Option<usize>> = OnceLock::new();
 static SHARE_W: OnceLock<Option<usize>> = OnceLock::new();
 static SHARE_M: OnceLock<Option<usize>> = OnceLock::new();
 
-/// Channel tiles per int4 block at M <= 8: two by default; `HIERSPEC_MMA_PAIR=0` keeps one (to
-/// measure the pairing), `HIERSPEC_MMA_PAIR=4` takes four.
-fn int4_small_m_tiles() -> usize {
+/// Channel tiles per int4 block at M <= 8, of a product with `tiles` tiles: two where the pairs make
+/// at least `PAIRED_BLOCKS_MIN` blocks (or tests force pairing, [`crate::mma::set_paired_tiles`]),
+/// else one; `HIERSPEC_MMA_PAIR=0|2|4` takes one, two or four whatever the shape (to measure).
+fn int4_small_m_tiles(tiles: usize) -> usize {
     match env_choice(&PAIR, "HIERSPEC_MMA_PAIR") {
         Some(0) => 1,
         Some(4) => 4,
-        _ => 2,
+        Some(_) => 2,
+        None if crate::mma::paired_tiles_forced().unwrap_or(tiles.div_ceil(2) >= PAIRED_BLOCKS_MIN) => 2,
+        None => 1,
     }
 }
 
