@@ -115,15 +115,11 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
             };
             (fi, input, format!("{} mutation {e}", f.file))
         };
-        let path = target.dir.join(&target.files[fi].file);
-        std::fs::write(&path, &input).expect("write the input");
         let inputs: usize = target.files.iter().enumerate().map(|(i, f)| if i == fi { input.len() } else { f.seed.len() }).sum();
         let base = alloc::reset_peak();
-        let t0 = Instant::now();
         watchdog.arm();
-        let outcome = execute(target);
+        let (outcome, ms) = try_input(target, fi, &input);
         watchdog.disarm();
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
         let grew = alloc::peak().saturating_sub(base);
         report.executions += 1;
         report.peak_alloc_mb = report.peak_alloc_mb.max(grew as f64 / (1 << 20) as f64);
@@ -150,14 +146,24 @@ pub fn fuzz(target: &Target, execs: usize, seed: u64, crash_dir: &Path) -> Repor
                 save(crash_dir, target, fi, &input, &mut report, format!("{what}: panic: {msg}"));
             }
         }
-        // Back to the seed, so that the next input mutates one file at a time.
-        std::fs::write(&path, &target.files[fi].seed).expect("restore the seed");
     }
     report.unique_errors = errors.len();
     // The slowest input, to time it again alone (`replay` takes it from there).
     let _ = std::fs::create_dir_all(crash_dir);
     let _ = std::fs::write(crash_dir.join(format!("{}-slowest__{}", target.name, target.files[slowest.0].file)), &slowest.1);
     report
+}
+
+/// Run the target's calls with file `fi` replaced by `input`, then put the seed back (so that each
+/// input mutates one file): the outcome and how long the calls took, in ms.
+fn try_input(target: &Target, fi: usize, input: &[u8]) -> (Outcome, f64) {
+    let path = target.dir.join(&target.files[fi].file);
+    std::fs::write(&path, input).expect("write the input");
+    let t0 = Instant::now();
+    let outcome = execute(target);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    std::fs::write(&path, &target.files[fi].seed).expect("restore the seed");
+    (outcome, ms)
 }
 
 fn save(crash_dir: &Path, target: &Target, fi: usize, input: &[u8], report: &mut Report, note: String) {
@@ -216,16 +222,11 @@ pub fn replay(targets: &[Target], dir: &Path) -> Vec<String> {
             continue;
         };
         let tname = target.name;
-        let Some(f) = target.files.iter().find(|f| f.file == file) else {
+        let Some(fi) = target.files.iter().position(|f| f.file == file) else {
             failures.push(format!("{name}: target {tname} has no file {file}"));
             continue;
         };
-        let path = target.dir.join(file);
-        std::fs::write(&path, std::fs::read(&p).expect("read the saved input")).expect("write");
-        let t0 = Instant::now();
-        let outcome = execute(target);
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        std::fs::write(&path, &f.seed).expect("restore");
+        let (outcome, ms) = try_input(target, fi, &std::fs::read(&p).expect("read the saved input"));
         if let Outcome::Crashed(msg) = outcome {
             failures.push(format!("{name}: panic: {msg}"));
         } else if ms > HANG.as_secs_f64() * 1e3 {

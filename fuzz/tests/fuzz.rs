@@ -30,6 +30,10 @@ fn every_parser_survives_a_short_budget_and_the_saved_inputs() {
     }
     let _ = std::panic::take_hook();
     let _ = std::fs::remove_dir_all(&work);
+    if bad.is_empty() {
+        // Only the slowest inputs are there: nothing to keep.
+        let _ = std::fs::remove_dir_all(&crashes);
+    }
     assert!(failures.is_empty(), "saved inputs: {failures:#?}");
     assert!(bad.is_empty(), "fuzzing found: {bad:#?}");
 }

@@ -75,7 +75,7 @@ fn main() -> Result<()> {
             })
             .collect();
         let command = format!("cargo run --release -p hierspec-fuzz --bin fuzz -- {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
-        let date = std::process::Command::new("date").arg("-u").arg("+%F").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let date = time::OffsetDateTime::now_utc().date().to_string();
         let doc = serde_json::json!({"targets": targets, "executions": total, "revision": args.revision, "date": date, "command": command, "seed": args.seed});
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
     }
