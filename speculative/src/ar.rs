@@ -69,16 +69,40 @@ pub fn check_prompt(prompt: &[u32], new: usize, context: usize, vocab: usize) ->
     Ok(())
 }
 
+/// What a method hands each new token to, as soon as it is on the host. A plain `FnMut(u32)` closure
+/// streams; an [`Until`] closure also decides whether generation goes on (a server stops once its
+/// client has gone).
+pub trait OnToken {
+    /// Take `t`; false stops generation after it.
+    fn take(&mut self, t: u32) -> bool;
+}
+
+impl<F: FnMut(u32)> OnToken for F {
+    fn take(&mut self, t: u32) -> bool {
+        self(t);
+        true
+    }
+}
+
+/// A token callback that returns whether to go on.
+pub struct Until<F>(pub F);
+
+impl<F: FnMut(u32) -> bool> OnToken for Until<F> {
+    fn take(&mut self, t: u32) -> bool {
+        (self.0)(t)
+    }
+}
+
 /// The tokens a method has emitted, and the stop rule every method shares: stop after `max_new`
-/// tokens or after any stop token (which is emitted).
-pub struct Emitter<'a, F: FnMut(u32)> {
+/// tokens, after any stop token (which is emitted), or when `on_token` says so.
+pub struct Emitter<'a, F: OnToken> {
     pub out: Vec<u32>,
     max_new: usize,
     stop: &'a [u32],
     on_token: F,
 }
 
-impl<'a, F: FnMut(u32)> Emitter<'a, F> {
+impl<'a, F: OnToken> Emitter<'a, F> {
     pub fn new(max_new: usize, stop: &'a [u32], on_token: F) -> Self {
         Self { out: Vec::with_capacity(max_new), max_new, stop, on_token }
     }
@@ -86,8 +110,8 @@ impl<'a, F: FnMut(u32)> Emitter<'a, F> {
     /// Emit `t`; true when generation is over.
     pub fn emit(&mut self, t: u32) -> bool {
         self.out.push(t);
-        (self.on_token)(t);
-        self.out.len() >= self.max_new || self.stop.contains(&t)
+        let go_on = self.on_token.take(t);
+        !go_on || self.out.len() >= self.max_new || self.stop.contains(&t)
     }
 
     /// Emit tokens in order until generation is over; true when it is.
@@ -110,7 +134,7 @@ pub fn read_id(t: Tensor<1, Int>) -> u32 {
 }
 
 /// Generate up to `max_new` tokens after `prompt`, stopping after any of `stop`. `on_token` sees each
-/// new id as soon as it is on the host (for streaming).
+/// new id as soon as it is on the host (for streaming), and may stop generation ([`OnToken`]).
 pub fn generate(
     model: &Llama,
     config: &LlamaConfig,
@@ -118,7 +142,7 @@ pub fn generate(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    on_token: impl FnMut(u32),
+    on_token: impl OnToken,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     check_prompt(prompt, max_new, model.max_positions(), config.vocab_size)?;
     let mut target = Runner::new(model, config, prompt.len() + max_new)?;
@@ -142,4 +166,29 @@ pub fn generate(
     stats.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     stats.new_tokens = em.out.len();
     Ok((em.out, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Emitter, Until};
+
+    #[test]
+    fn emitter_stops_at_max_new_a_stop_token_or_the_callback() {
+        let mut seen = Vec::new();
+        let mut em = Emitter::new(5, &[9], |t| seen.push(t));
+        assert!(!em.emit_all([1, 2]));
+        assert!(em.emit_all([3, 9, 4]), "a stop token ends generation");
+        assert_eq!(em.out, vec![1, 2, 3, 9]);
+        drop(em);
+        assert_eq!(seen, vec![1, 2, 3, 9]);
+
+        let mut em = Emitter::new(3, &[], |_| {});
+        assert!(em.emit_all(0..10));
+        assert_eq!(em.out.len(), 3);
+
+        // A callback that says stop ends generation after that token.
+        let mut em = Emitter::new(100, &[], Until(|t| t < 4));
+        assert!(em.emit_all(0..10));
+        assert_eq!(em.out, vec![0, 1, 2, 3, 4]);
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hierspec_model::{Llama, LlamaConfig, Result};
 
-use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats, OnToken};
 use crate::drafter::{observe_prompt, TreeDrafter};
 use crate::sampling::Sampler;
 use crate::tree::TreeConfig;
@@ -32,7 +32,7 @@ pub fn generate_eagle(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    on_token: impl FnMut(u32),
+    on_token: impl OnToken,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     tree.validate()?;
     // Verification writes up to total_nodes rows past the accepted sequence.

@@ -21,7 +21,7 @@ use burn::tensor::{Tensor};
 
 use hierspec_model::{Error, LogitsFor, Result};
 
-use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats, OnToken};
 use crate::drafter::{observe_prompt, TreeDrafter};
 use crate::profile::phase;
 use crate::sampling::Sampler;
@@ -69,7 +69,7 @@ pub fn generate_hier(
     max_new: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    on_token: impl FnMut(u32),
+    on_token: impl OnToken,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     cfg.validate()?;
     check_same_vocab(target, inter)?;

@@ -14,7 +14,7 @@ pub mod sd;
 pub mod tree;
 pub mod verify;
 
-pub use ar::{generate, GenerationStats};
+pub use ar::{generate, GenerationStats, OnToken, Until};
 pub use eagle::generate_eagle;
 pub use hier::{generate_hier, HierConfig};
 pub use sampling::{Fault, Sampler, SamplingParams};

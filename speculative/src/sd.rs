@@ -16,7 +16,7 @@ use burn::tensor::{Tensor};
 
 use hierspec_model::{Error, Llama, LlamaConfig, LogitsFor, Result};
 
-use crate::ar::{check_prompt, read_id, Emitter, GenerationStats};
+use crate::ar::{check_prompt, read_id, Emitter, GenerationStats, OnToken};
 use crate::profile::phase;
 use crate::sampling::Sampler;
 use crate::verify::Runner;
@@ -54,7 +54,7 @@ pub fn generate_sd(
     draft_len: usize,
     sampler: &mut Sampler,
     stop: &[u32],
-    on_token: impl FnMut(u32),
+    on_token: impl OnToken,
 ) -> Result<(Vec<u32>, GenerationStats)> {
     if draft_len == 0 {
         return Err(Error::Setting("--draft-len must be at least 1".into()));
