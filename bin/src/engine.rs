@@ -12,9 +12,9 @@ use hierspec_model::{Error, Result};
 use hierspec_speculative::drafter::EagleDrafter;
 use hierspec_speculative::sd::Model;
 use hierspec_speculative::tree::TreeConfig;
-use hierspec_speculative::{generate, generate_eagle, generate_hier, generate_sd, GenerationStats, HierConfig, Sampler, SamplingParams};
+use hierspec_speculative::{generate, generate_eagle, generate_hier, generate_sd, GenerationStats, HierConfig, OnToken, Sampler, SamplingParams};
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// The target alone.
@@ -261,7 +261,7 @@ impl Engine {
         max_new: usize,
         sampler: &mut Sampler,
         stop: &[u32],
-        on_token: impl FnMut(u32),
+        on_token: impl OnToken,
     ) -> Result<(Vec<u32>, GenerationStats)> {
         let t = &self.target;
         let not_loaded = || Error::Setting(format!("method {} was not loaded", method.name()));

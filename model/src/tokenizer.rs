@@ -70,6 +70,7 @@ impl ChatTemplate {
     }
 }
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     pub inner: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
