@@ -26,7 +26,9 @@ if len(sys.argv) > 3 and sys.argv[2] == "--all":
     for name, us in table:
         print(f"| {name} | {count[name]} | {us:.0f} | {us / count[name]:.2f} |")
     sys.exit(0)
-marks = [i for i, (name, _) in enumerate(rows) if name.startswith("argmax")]
+# A step ends with its argmax: the merge launch where argmax runs in two (chunks, then merge).
+last = "argmax_merge" if any(name.startswith("argmax_merge") for name, _ in rows) else "argmax"
+marks = [i for i, (name, _) in enumerate(rows) if name.startswith(last)]
 if len(marks) < 2:
     sys.exit(f"{path}: fewer than two argmax launches, no whole decode step")
 step = rows[marks[-2] + 1 : marks[-1] + 1]
