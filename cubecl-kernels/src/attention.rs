@@ -128,6 +128,7 @@ pub fn attention(
         if let Some(out) = crate::cube::attention(&q, &k, &v, &start, mask) {
             return out.swap_dims(1, 2);
         }
+        crate::fallback::declined("attention", &q.device());
     }
     reference(q, k, v, mask)
 }
@@ -149,6 +150,8 @@ pub fn attention_rows(
     if let Some(out) = crate::cube::attention(&q, k_cache, v_cache, start, mask) {
         return out.reshape([b, n, nh * hd]);
     }
+    #[cfg(feature = "cube")]
+    crate::fallback::declined("attention", &q.device());
     let [_, nkv, _, _] = k_cache.dims();
     let rows = |c: &Tensor<4>| c.clone().slice([0..b, 0..nkv, 0..keys, 0..hd]);
     reference(q, rows(k_cache), rows(v_cache), mask).swap_dims(1, 2).reshape([b, n, nh * hd])

@@ -125,10 +125,14 @@ pub fn linear(x: Tensor<2>, parts: &[Part], input: Input, residual: Option<Tenso
             if let Some(y) = crate::cube::mma_linear(&x, parts, false, residual.as_ref(), None) {
                 return y;
             }
+            if parts.iter().any(|p| p.mma.is_some()) {
+                crate::fallback::declined("tensor-core product", &x.device());
+            }
         }
         if let Some(y) = crate::cube::fused_linear(&x, parts, input, residual.as_ref()) {
             return y;
         }
+        crate::fallback::declined("fused product", &x.device());
     }
     compose(x, parts, input, residual, |p, x| p.product(x))
 }
@@ -162,6 +166,9 @@ fn mlp(x: Tensor<2>, norm: Option<&PreNorm>, gate: Part, up: Part, down: Part, r
         if let Some(h) = crate::cube::mma_linear(&x, &gate_up, true, None, norm) {
             return linear(h, &[down], Input::Plain, Some(residual));
         }
+        if gate_up.iter().any(|p| p.mma.is_some()) {
+            crate::fallback::declined("tensor-core SwiGLU", &x.device());
+        }
     }
     if let Some(norm) = norm {
         // The norm as its own launch, then the MLP as without one.
@@ -180,6 +187,9 @@ pub fn normed_linear(x: Tensor<2>, norm: &PreNorm, parts: &[Part]) -> Tensor<2> 
     if x.dims()[0] <= SMALL_M_MAX && fold_norm() {
         if let Some(y) = crate::cube::mma_linear(&x, parts, false, None, Some(norm)) {
             return y;
+        }
+        if parts.iter().any(|p| p.mma.is_some()) {
+            crate::fallback::declined("tensor-core normed product", &x.device());
         }
     }
     linear(rms_norm(x, norm.weight.clone(), norm.eps), parts, Input::Plain, None)
@@ -228,6 +238,8 @@ pub fn rms_norm(x: Tensor<2>, weight: Tensor<1>, eps: f64) -> Tensor<2> {
     if let Some(y) = crate::cube::rms_norm(&x, &weight, eps) {
         return y;
     }
+    #[cfg(feature = "cube")]
+    crate::fallback::declined("RMSNorm", &x.device());
     reference_rms_norm(x, weight, eps)
 }
 
@@ -276,6 +288,8 @@ pub fn rope_qkv(
     if let Some(q) = crate::cube::rope_qkv(&qkv, &positions, cos, sin, layout, k_cache, v_cache, start) {
         return q;
     }
+    #[cfg(feature = "cube")]
+    crate::fallback::declined("RoPE and cache write", &qkv.device());
     reference_rope_qkv(qkv, positions, cos, sin, layout, k_cache, v_cache, start.rows)
 }
 

@@ -137,6 +137,7 @@ pub fn matmul(x: Tensor<2>, w: &Int4Weight) -> Tensor<2> {
         if let Some(y) = crate::cube::int4_matmul(&x, w) {
             return y;
         }
+        crate::fallback::declined("int4 product", &x.device());
     }
     reference_matmul(x, w)
 }

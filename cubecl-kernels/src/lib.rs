@@ -20,6 +20,7 @@
 
 pub mod attention;
 pub mod dense;
+pub mod fallback;
 pub mod fused;
 pub mod int4;
 pub mod memory;

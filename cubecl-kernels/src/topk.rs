@@ -22,6 +22,7 @@ pub fn top_k_packed(logits: Tensor<2>, k: usize) -> Tensor<2> {
         if let Some(t) = crate::cube::log_softmax_top_k(&logits, k) {
             return t;
         }
+        crate::fallback::declined("top-k", &logits.device());
     }
     reference_packed(logits, k)
 }
@@ -38,6 +39,7 @@ pub fn argmax(x: Tensor<2>) -> Tensor<1, Int> {
         if let Some(ids) = crate::cube::argmax(&x) {
             return ids;
         }
+        crate::fallback::declined("argmax", &x.device());
     }
     reference_argmax(x)
 }

@@ -173,6 +173,34 @@ fn fused_linear_kernel_matches_reference() {
     }
 }
 
+/// A fused product that declines its parts (one with a bias, one without) still gives the
+/// reference's answer through the per-part products, and the decline is counted for the binaries'
+/// `--stats-json`.
+#[test]
+fn a_declined_fused_product_is_counted() {
+    let device = device();
+    let mut rng = StdRng::seed_from_u64(17);
+    let (k, n) = (96, 40);
+    let q = [int4_weight(&mut rng, k, n, 32, true, &device), int4_weight(&mut rng, k, n, 32, true, &device)];
+    let parts: Vec<fused::Part> = q
+        .iter()
+        .enumerate()
+        .map(|(i, w)| fused::Part {
+            weight: fused::PartWeight::Int4(w),
+            perm: None,
+            bias: (i == 0).then(|| Tensor::random([n], Distribution::Normal(0.0, 1.0), &device)),
+            mma: None,
+        })
+        .collect();
+    let before = hierspec_kernels::fallback::counts().get("fused product").copied().unwrap_or(0);
+    let x = Tensor::<2>::random([3, k], Distribution::Normal(0.0, 1.0), &device);
+    let got = fused::linear(x.clone(), &parts, fused::Input::Plain, None);
+    let err = rel_err(got, fused::reference_linear(x, &parts, fused::Input::Plain, None));
+    assert!(err <= bound(&device), "relative error {err}");
+    let after = hierspec_kernels::fallback::counts().get("fused product").copied().unwrap_or(0);
+    assert!(after > before, "the decline was not counted ({before} -> {after})");
+}
+
 /// Row i of a product is bitwise the same whatever M: verification reproduces AR decoding exactly.
 #[test]
 fn small_m_products_are_batch_invariant() {

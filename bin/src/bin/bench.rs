@@ -4,6 +4,7 @@
 //! - `--synthetic <shape>`: AR decode of a random-weight model at a published shape (weights made on
 //!   the device from a seed: speed does not depend on their values), against the bandwidth bound.
 
+use std::collections::BTreeMap;
 use burn::tensor::Device;
 use std::path::PathBuf;
 
@@ -121,6 +122,8 @@ struct SpecBenchReport {
     methods: Vec<Method>,
     summaries: Vec<Summary>,
     records: Vec<Record>,
+    /// Fused kernels that declined their operands, by kernel ([`hierspec_kernels::fallback`]).
+    fallbacks: BTreeMap<String, u64>,
 }
 
 #[derive(serde::Serialize)]
@@ -149,6 +152,8 @@ struct Synthetic {
     /// An EAGLE round's steps (a random head's draft round, the tree's verification), eager and
     /// replayed (`--tree-steps`).
     tree_steps: Vec<StepTime>,
+    /// Fused kernels that declined their operands, by kernel ([`hierspec_kernels::fallback`]).
+    fallbacks: BTreeMap<String, u64>,
 }
 
 /// One forward of `n` new tokens after the prompt.
@@ -224,6 +229,7 @@ impl Args {
             methods: self.methods.clone(),
             summaries: specbench::summaries(&records, &self.methods),
             records,
+            fallbacks: hierspec_kernels::fallback::counts(),
         })
     }
 
@@ -281,6 +287,7 @@ impl Args {
             graphs_captured,
             graphs_on_device,
             tree_steps,
+            fallbacks: hierspec_kernels::fallback::counts(),
         })
     }
 

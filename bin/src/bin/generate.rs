@@ -61,6 +61,8 @@ struct Stats {
     intermediate_forwards: usize,
     head_forwards: usize,
     intermediate_ms: f64,
+    /// Fused kernels that declined their operands, by kernel ([`hierspec_kernels::fallback`]).
+    fallbacks: std::collections::BTreeMap<String, u64>,
     text: String,
 }
 
@@ -145,6 +147,7 @@ impl BackendJob for Args {
                 intermediate_forwards: stats.intermediate_forwards,
                 head_forwards: stats.draft_forwards,
                 intermediate_ms: stats.intermediate_ms,
+                fallbacks: hierspec_kernels::fallback::counts(),
                 text: m.tokenizer.decode(&tokens)?,
             };
             let json = serde_json::to_string_pretty(&s).expect("stats serialise");
