@@ -8,9 +8,12 @@
 //! In a chunk, warp w owns slots [32 w, 32 w + 32), one key per lane: the lane scores its key over
 //! every head dim (16-byte K loads), then the warp keeps its own online softmax (running max, sum
 //! and probability-weighted V, the lane holding head dims lane + 32 e), and the warps' states are
-//! merged in warp order at the end. Three barriers per chunk; the previous layout (every lane one head
+//! merged in warp order at the end. Four barriers per chunk; the previous layout (every lane one head
 //! dim of 16 keys, partial sums transposed through shared memory, block-wide max and sum per chunk)
 //! cost ~20 barriers and 35 us per decode step on the H200 for 32 cubes (`docs/perf/decode.md`).
+//! Each lane loads its K row before the barrier that publishes q, and a warp's V walk unrolls all
+//! 32 slots, so both sets of loads are in flight at once: 8.6 -> 7.2 us per Qwen2.5-1.5B decode
+//! layer on the H100 (`docs/perf/int4-matmul.md`, same bits).
 //!
 //! Chunks, slots and segments are cut by position in the logical sequence, never by row index or
 //! row count: a tree node at depth d sums exactly what the single-row step at its position sums
@@ -31,7 +34,7 @@ const THREADS: usize = 256;
 /// Keys per segment: a multiple of [`THREADS`].
 const SEGMENT: usize = crate::attention::SEGMENT;
 /// Slots per unrolled group of a warp's V loop (their loads in flight at once; divides 32).
-const UNROLL: usize = 16;
+const UNROLL: usize = 32;
 
 /// Element strides of the kernel's views (buffers go in as flat arrays: a tensor argument would
 /// upload its shape and strides with every launch, ~3.5 us of host time on the H200).
@@ -96,10 +99,11 @@ fn tree_attention_kernel<F: Float, N: Size>(
     let mut wm = Shared::<[f32]>::new_slice(warps);
     let mut wl = Shared::<[f32]>::new_slice(warps);
     let mut wo = Shared::<[f32]>::new_slice(comptime!(warps * head_dim));
+    // q reaches shared memory while the first chunk's K loads are in flight: the barrier that makes
+    // it visible is in the chunk loop, after those loads.
     if tid < head_dim {
         q_s[tid] = f32::cast_from(q[h * strides.q_head + i * strides.q_row + tid * strides.q_dim]) * scale;
     }
-    sync_cube();
 
     // Keys this row sees: the prefix, then its listed masked columns; this cube takes one segment.
     let mut keys = t;
@@ -141,11 +145,20 @@ fn tree_attention_kernel<F: Float, N: Size>(
         }
         r_s[tid] = row as u32;
 
-        // The lane's key, scored over every head dim: one running sum per vector lane (independent
+        // The lane's key, loaded whole before the barrier (its latency overlaps q's and the other
+        // lanes'), then scored over every head dim: one running sum per vector lane (independent
         // chains), added up in lane order.
-        let mut s = f32::new(-1.0e30);
+        let mut kr = Array::<Vector<F, N>>::new(vecs);
         if seen {
             let kb = (k_base + row * strides.k_row) / width;
+            #[unroll]
+            for c in 0..vecs {
+                kr[c] = k[kb + c * strides.k_dim];
+            }
+        }
+        sync_cube();
+        let mut s = f32::new(-1.0e30);
+        if seen {
             let mut dots = Array::<f32>::new(width);
             #[unroll]
             for e in 0..width {
@@ -153,7 +166,7 @@ fn tree_attention_kernel<F: Float, N: Size>(
             }
             #[unroll]
             for c in 0..vecs {
-                let kc = k[kb + c * strides.k_dim];
+                let kc = kr[c];
                 #[unroll]
                 for e in 0..width {
                     dots[e] += q_s[c * width + e] * f32::cast_from(kc.extract(e));
