@@ -25,7 +25,7 @@ pub struct TreeAccept {
 ///
 /// The walk was on the device before (a gather of the parents' choices, an ancestor-matrix product,
 /// a depth-weighted argmax: five uploads and ~12 launches for two integers). It read fewer bytes
-/// but cost ~0.6 ms per tree on the H200 in host launch time (`docs/perf/real.md`, session 13),
+/// but cost ~0.6 ms per tree on the H200 in host launch time (`docs/perf/real.md`, 2026-12-03),
 /// where reading n integers instead of two costs nothing measurable.
 pub fn accept_tree_greedy(logits: Tensor<2>, tree: &DraftTree) -> TreeAccept {
     let choice = read_ids(hierspec_kernels::topk::argmax(logits));

@@ -401,7 +401,7 @@ pub fn train(
 /// half of the (fitted) schedule has run, from the speed since the previous fit. One early measure
 /// was not enough on the H200: with another head training on the same GPU and kernels still being
 /// tuned, steps 3..13 ran several times slower than the rest and cut schedules to 59 and 63 steps
-/// (`docs/perf/real.md`, sessions 12 and 13). So a fitted schedule may grow again (the learning rate
+/// (`docs/perf/real.md`, 2026-12-02 and 13). So a fitted schedule may grow again (the learning rate
 /// then rises back along the longer cosine), never past its full length.
 pub struct ScheduleFit {
     budget: f64,

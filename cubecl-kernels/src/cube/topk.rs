@@ -198,7 +198,7 @@ fn topk_merge_kernel(stats: &[f32], cand: &[f32], out: &mut [f32], v: usize, k: 
 ///
 /// Two launches: chunks of [`CHUNK`] columns, one cube each, then one cube per row merging the
 /// chunks. The single-cube version (one cube per row, scanning a 152k row 12 times) took ~510 us
-/// per launch on the H200 under ncu (`docs/perf/real.md`, session 13): one multiprocessor per row,
+/// per launch on the H200 under ncu (`docs/perf/real.md`, 2026-12-03): one multiprocessor per row,
 /// latency-bound, once per tree level of every draft.
 pub(crate) fn log_softmax_top_k(x: CubeTensor, k: usize) -> CubeTensor {
     let [n, v] = x.meta.shape().dims::<2>();

@@ -85,12 +85,12 @@ const PAIRED_BLOCKS_MIN: usize = 99;
 /// order, adding each one's partial sums into a running total: the same float operations in the same
 /// order as `warps` real warps meeting in the epilogue, so the same bits, at any M. What changes is
 /// the traffic: a block reads x once per `share` channel-tile sets instead of once per set. Above 16
-/// tokens x is most of what the product reads from L2 (int4-matmul.md, session 18: for a dense
+/// tokens x is most of what the product reads from L2 (int4-matmul.md, 2026-12-04: for a dense
 /// weight, 32 tokens of x are twice a channel tile's weight bytes), and where the K split is short
 /// (`warps` <= 4: gate|up and lm_head, whose N is large) a warp doing all of it still leaves the grid
 /// with as many warps as channel tiles.
 ///
-/// Off by default until it is timed on the H200 (written in a session without a GPU;
+/// Off by default until it is timed on the H200 (written on a day without a GPU;
 /// `scripts/gpu/share.sh` is the measurement). `HIERSPEC_MMA_SHARE=8` turns it on with 8 warps per
 /// block, `HIERSPEC_MMA_SHARE_W` (default 4) sets the longest K split it takes, `HIERSPEC_MMA_SHARE_M`
 /// (default 17) the fewest tokens; tests force it with [`crate::mma::set_x_share`]. Never under
