@@ -153,14 +153,15 @@ pub fn heads_root() -> PathBuf {
 /// The directory `train-eagle` writes the head of `model` to: its alias (or file / directory
 /// stem), with `-w4a16` when trained on the quantized model's features.
 pub fn default_head_dir(model: &str, quantized: bool) -> PathBuf {
-    let p = Path::new(model);
-    let stem = if hierspec_model::fetch::alias(model).is_some() || p.is_dir() {
-        p.file_name().map(|s| s.to_string_lossy().into_owned())
-    } else {
-        p.file_stem().map(|s| s.to_string_lossy().into_owned())
-    };
-    let stem = stem.unwrap_or_else(|| model.to_string());
+    let stem = model_name(model);
     heads_root().join(if quantized { format!("{stem}-w4a16") } else { stem })
+}
+
+/// A model's short name: its alias, its directory's name, or its file's stem.
+pub fn model_name(model: &str) -> String {
+    let p = Path::new(model);
+    let name = if hierspec_model::fetch::alias(model).is_some() || p.is_dir() { p.file_name() } else { p.file_stem() };
+    name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string())
 }
 
 /// `--eagle` to a head directory: a path as is; `auto` the head trained for `model` (its W4A16

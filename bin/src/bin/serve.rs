@@ -2,14 +2,14 @@
 //! `/v1/completions`, `/v1/models`, `/health`), streaming as server-sent events.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::num::NonZeroUsize;
 
 use burn::tensor::Device;
 use clap::Parser;
 use hierspec::backend::{dispatch, BackendJob, DeviceKind, Precision};
-use hierspec::engine::{Engine, EngineArgs, Method};
+use hierspec::engine::{model_name, Engine, EngineArgs, Method};
 use hierspec::serve::{serve, Options};
-use hierspec_model::{Error, Result};
+use hierspec_model::Result;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Serve a model over an OpenAI-compatible HTTP API, one generation at a time")]
@@ -25,8 +25,8 @@ struct Args {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Requests that may wait while one generates; more get 429.
-    #[arg(long, default_value_t = 16)]
-    queue: usize,
+    #[arg(long, default_value = "16")]
+    queue: NonZeroUsize,
     /// The model id clients see [default: the --model alias or file name].
     #[arg(long)]
     served_model_name: Option<String>,
@@ -39,9 +39,6 @@ struct Args {
 impl BackendJob for Args {
     type Output = ();
     fn run(self, device: Device) -> Result<()> {
-        if self.queue == 0 {
-            return Err(Error::Setting("--queue must be at least 1".into()));
-        }
         let mut methods: Vec<Method> = Vec::new();
         for m in &self.method {
             if !methods.contains(m) {
@@ -49,11 +46,7 @@ impl BackendJob for Args {
             }
         }
         let engine = Engine::load(self.engine.clone(), &methods, &device)?;
-        let model_name = self.served_model_name.clone().unwrap_or_else(|| {
-            let p = Path::new(&self.engine.model);
-            let name = if p.is_file() { p.file_stem() } else { p.file_name() };
-            name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.engine.model.clone())
-        });
+        let model_name = self.served_model_name.clone().unwrap_or_else(|| model_name(&self.engine.model));
         serve(engine, Options { addr: SocketAddr::new(self.host, self.port), methods, queue: self.queue, model_name })
     }
 }

@@ -7,6 +7,7 @@ pub mod worker;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,7 +48,7 @@ pub struct Options {
     /// The methods requests may ask for (`"method"` in the body); the first is the default.
     pub methods: Vec<Method>,
     /// Requests that may wait for the engine; one more is refused with 429.
-    pub queue: usize,
+    pub queue: NonZeroUsize,
     /// The id `/v1/models` lists and responses carry.
     pub model_name: String,
 }
@@ -64,7 +65,7 @@ pub fn serve(engine: Engine, opts: Options) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(opts.addr))
         .map_err(|e| Error::Setting(format!("cannot listen on {}: {e}", opts.addr)))?;
     let local = listener.local_addr().map_err(|e| Error::Setting(format!("listener address: {e}")))?;
-    let (jobs, queue) = mpsc::channel(opts.queue.max(1));
+    let (jobs, queue) = mpsc::channel(opts.queue.get());
     let app: App = Arc::new(Served {
         model: opts.model_name,
         methods: opts.methods,
@@ -150,8 +151,8 @@ async fn respond(app: App, job: std::result::Result<Job, ApiError>) -> Response 
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
     };
-    let id = format!("{prefix}-{}-{}", now(), app.next_id.fetch_add(1, Ordering::Relaxed));
     let created = now();
+    let id = format!("{prefix}-{created}-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     if stream {
         let events = sse(kind, id, created, app.model.clone(), rx);
         return axum::response::Sse::new(events).keep_alive(KeepAlive::default()).into_response();
